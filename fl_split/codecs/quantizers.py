@@ -1,0 +1,187 @@
+"""Scalar quantizers: ``quant`` (deterministic min-max), ``qsgd`` (stochastic, unbiased), ``sign``.
+
+All three send one small fixed-width code per element, bit-packed with ``bitpack``, and keep
+their scale in the parameter block of the header.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from fl_split.codecs.base import Chunk, Codec, InputStats, require, resolve_seed
+from fl_split.codecs.bitpack import pack_bits, packed_nbytes, unpack_bits
+from fl_split.codecs.registry import register_codec
+from fl_split.codecs.wire import Header, PayloadReader
+
+
+class SeededGenerators:
+    """One seeded ``torch.Generator`` per device (CUDA generators cannot serve CPU draws)."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+        self._by_device: dict[torch.device, torch.Generator] = {}
+
+    def __call__(self, device: torch.device) -> torch.Generator:
+        g = self._by_device.get(device)
+        if g is None:
+            g = self._by_device[device] = torch.Generator(device=device).manual_seed(self.seed)
+        return g
+
+
+def _check_finite_scale(reader: PayloadReader, *values: float) -> None:
+    if not all(math.isfinite(v) for v in values):
+        raise reader.error(f"scale parameters must be finite, got {values}")
+
+
+@register_codec
+class UniformQuantCodec(Codec):
+    """``quant``: deterministic min-max uniform quantization to ``bits`` bits per element.
+
+    ``q = round((x - min) / (max - min) * (2**bits - 1))``; decode ``min + q * (max - min) / (2**bits - 1)``.
+    The error is at most half a step, ``(max - min) / (2 * (2**bits - 1))``. min and max travel as
+    float32 in the parameter block.
+
+    Parameters
+    ----------
+    bits:
+        Bits per element, 1..8. Default 8.
+    nonfinite:
+        See :class:`~fl_split.codecs.base.Codec`.
+    """
+
+    name = "quant"
+    codec_id = 3
+    param_format = "Bff"  # bits, min, max
+
+    def __init__(self, *, bits: int = 8, nonfinite: str = "raise") -> None:
+        super().__init__(nonfinite=nonfinite)  # type: ignore[arg-type]
+        require(isinstance(bits, int) and 1 <= bits <= 8, f"bits must be an int in 1..8, got {bits!r}")
+        self.bits = bits
+
+    def expected_bits(self, numel: int) -> int:
+        return 8 * packed_nbytes(numel, self.bits)
+
+    def _encode(self, flat: torch.Tensor, stats: InputStats) -> tuple[tuple, list[Chunk]]:
+        levels = (1 << self.bits) - 1
+        lo, hi = stats.min, stats.max
+        span = hi - lo
+        if span > 0 and math.isfinite(levels / span):
+            scaled = (flat - lo).mul_(levels / span)
+            codes = scaled.round_().clamp_(0, levels).to(torch.uint8)
+        else:
+            codes = torch.zeros(flat.numel(), dtype=torch.uint8, device=flat.device)
+        return (self.bits, lo, hi), [pack_bits(codes, self.bits)]
+
+    def _decode(self, reader: PayloadReader, header: Header, device: torch.device) -> torch.Tensor:
+        bits, lo, hi = header.params
+        if not 1 <= bits <= 8:
+            raise reader.error(f"invalid bits = {bits} in parameter block")
+        _check_finite_scale(reader, lo, hi)
+        n = header.numel
+        codes = unpack_bits(reader.take_tensor(packed_nbytes(n, bits), torch.uint8, "codes", device), bits, n)
+        levels = (1 << bits) - 1
+        return codes.float().mul_((hi - lo) / levels).add_(lo)
+
+
+@register_codec
+class QSGDCodec(Codec):
+    """``qsgd``: stochastic unbiased quantization (Alistarh et al., NeurIPS 2017).
+
+    With ``s`` levels and ``n = ||x||_2``: ``l_i = floor(s |x_i| / n + u_i)``, ``u_i ~ U[0, 1)``,
+    decode ``sign(x_i) * l_i * n / s``, so ``E[decode] = x`` and ``|error_i| < n / s``. Each element
+    is a sign bit plus ``ceil(log2(s + 1))`` magnitude bits, fixed width (QSGD's Elias coding of
+    the levels is what the ``dither`` codec does); ``n`` travels as float32.
+
+    Parameters
+    ----------
+    levels:
+        Number of quantization levels ``s``, 1..127. Default 7 (4 bits per element).
+    seed:
+        Seed of the rounding noise (``None``: drawn from torch's global RNG).
+    nonfinite:
+        See :class:`~fl_split.codecs.base.Codec`.
+    """
+
+    name = "qsgd"
+    codec_id = 4
+    param_format = "Bf"  # levels, L2 norm
+
+    def __init__(self, *, levels: int = 7, seed: int | None = None, nonfinite: str = "raise") -> None:
+        super().__init__(nonfinite=nonfinite)  # type: ignore[arg-type]
+        require(isinstance(levels, int) and 1 <= levels <= 127, f"levels must be an int in 1..127, got {levels!r}")
+        self.levels = levels
+        self.seed = resolve_seed(seed)
+        self._generators = SeededGenerators(self.seed)
+
+    @staticmethod
+    def code_width(levels: int) -> int:
+        """Bits per element: one sign bit plus the magnitude bits."""
+        return 1 + max(1, math.ceil(math.log2(levels + 1)))
+
+    def expected_bits(self, numel: int) -> int:
+        return 8 * packed_nbytes(numel, self.code_width(self.levels))
+
+    def _encode(self, flat: torch.Tensor, stats: InputStats) -> tuple[tuple, list[Chunk]]:
+        s = self.levels
+        width = self.code_width(s)
+        norm = float(torch.linalg.vector_norm(flat).item())
+        if norm > 0 and math.isfinite(norm):
+            u = torch.rand(flat.numel(), device=flat.device, generator=self._generators(flat.device))
+            mag = flat.abs().mul_(s / norm).add_(u).floor_().clamp_(0, s).to(torch.uint8)
+        else:
+            norm = 0.0
+            mag = torch.zeros(flat.numel(), dtype=torch.uint8, device=flat.device)
+        codes = mag | torch.bitwise_left_shift((flat < 0).to(torch.uint8), width - 1)
+        return (s, norm), [pack_bits(codes, width)]
+
+    def _decode(self, reader: PayloadReader, header: Header, device: torch.device) -> torch.Tensor:
+        s, norm = header.params
+        if not 1 <= s <= 127:
+            raise reader.error(f"invalid levels = {s} in parameter block")
+        _check_finite_scale(reader, norm)
+        width = self.code_width(s)
+        n = header.numel
+        codes = unpack_bits(reader.take_tensor(packed_nbytes(n, width), torch.uint8, "codes", device), width, n)
+        sign_bit = 1 << (width - 1)
+        mag = codes & (sign_bit - 1)
+        if bool((mag > s).any()):
+            raise reader.error(f"a level exceeds levels = {s}")
+        out = mag.float().mul_(norm / s)
+        return torch.where(codes >= sign_bit, -out, out)
+
+
+@register_codec
+class SignCodec(Codec):
+    """``sign``: one sign bit per element, scaled by the mean magnitude (EF-signSGD style).
+
+    Decode ``scale * sign(x)`` with ``scale = ||x||_1 / d`` (float32) and ``sign(0) = +1``. Biased:
+    compose with :class:`~fl_split.codecs.ErrorFeedback` as EF-signSGD (Karimireddy et al. 2019) does.
+
+    Parameters
+    ----------
+    nonfinite:
+        See :class:`~fl_split.codecs.base.Codec`.
+    """
+
+    name = "sign"
+    codec_id = 9
+    param_format = "f"  # scale
+
+    def __init__(self, *, nonfinite: str = "raise") -> None:
+        super().__init__(nonfinite=nonfinite)  # type: ignore[arg-type]
+
+    def expected_bits(self, numel: int) -> int:
+        return 8 * packed_nbytes(numel, 1)
+
+    def _encode(self, flat: torch.Tensor, stats: InputStats) -> tuple[tuple, list[Chunk]]:
+        scale = float(flat.abs().mean().item())
+        return (scale,), [pack_bits((flat < 0).to(torch.uint8), 1)]
+
+    def _decode(self, reader: PayloadReader, header: Header, device: torch.device) -> torch.Tensor:
+        (scale,) = header.params
+        _check_finite_scale(reader, scale)
+        n = header.numel
+        neg = unpack_bits(reader.take_tensor(packed_nbytes(n, 1), torch.uint8, "sign bits", device), 1, n)
+        return neg.float().mul_(-2.0 * scale).add_(scale)
