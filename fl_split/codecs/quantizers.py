@@ -87,17 +87,22 @@ class UniformQuantCodec(Codec):
 
 @register_codec
 class QSGDCodec(Codec):
-    """``qsgd``: stochastic unbiased quantization (Alistarh et al., NeurIPS 2017).
+    """``qsgd``: stochastic unbiased quantization (Alistarh et al., NeurIPS 2017), per bucket.
 
-    With ``s`` levels and ``n = ||x||_2``: ``l_i = floor(s |x_i| / n + u_i)``, ``u_i ~ U[0, 1)``,
-    decode ``sign(x_i) * l_i * n / s``, so ``E[decode] = x`` and ``|error_i| < n / s``. Each element
-    is a sign bit plus ``ceil(log2(s + 1))`` magnitude bits, fixed width (QSGD's Elias coding of
-    the levels is what the ``dither`` codec does); ``n`` travels as float32.
+    The tensor is cut into buckets of ``bucket`` consecutive elements (QSGD's practical variant;
+    ``bucket=0`` is one bucket for the whole tensor). In a bucket with norm ``n = ||x_b||_2`` and
+    ``s`` levels: ``l_i = floor(s |x_i| / n + u_i)``, ``u_i ~ U[0, 1)``, decode
+    ``sign(x_i) * l_i * n / s``; so ``E[decode] = x`` and ``|error_i| < n / s``. The variance bound
+    ``min(B / s^2, sqrt(B) / s) ||x||^2`` grows with the bucket size B, which is why QSGD buckets.
+    Body: one float32 norm per bucket, then per element a sign bit plus ``ceil(log2(s + 1))``
+    magnitude bits, fixed width (QSGD's Elias coding of the levels is what ``dither`` does).
 
     Parameters
     ----------
     levels:
         Number of quantization levels ``s``, 1..127. Default 7 (4 bits per element).
+    bucket:
+        Elements per bucket (0 = whole tensor). Default 512, as in the QSGD paper's experiments.
     seed:
         Seed of the rounding noise (``None``: drawn from torch's global RNG).
     nonfinite:
@@ -106,12 +111,19 @@ class QSGDCodec(Codec):
 
     name = "qsgd"
     codec_id = 4
-    param_format = "Bf"  # levels, L2 norm
+    param_format = "BI"  # levels, bucket size (0 = whole tensor)
 
-    def __init__(self, *, levels: int = 7, seed: int | None = None, nonfinite: str = "raise") -> None:
+    def __init__(
+        self, *, levels: int = 7, bucket: int = 512, seed: int | None = None, nonfinite: str = "raise"
+    ) -> None:
         super().__init__(nonfinite=nonfinite)  # type: ignore[arg-type]
         require(isinstance(levels, int) and 1 <= levels <= 127, f"levels must be an int in 1..127, got {levels!r}")
+        require(
+            isinstance(bucket, int) and 0 <= bucket < 2**32,
+            f"bucket must be an int >= 0 (elements per bucket, 0 = whole tensor), got {bucket!r}",
+        )
         self.levels = levels
+        self.bucket = bucket
         self.seed = resolve_seed(seed)
         self._generators = SeededGenerators(self.seed)
 
@@ -120,35 +132,48 @@ class QSGDCodec(Codec):
         """Bits per element: one sign bit plus the magnitude bits."""
         return 1 + max(1, math.ceil(math.log2(levels + 1)))
 
+    @staticmethod
+    def num_buckets(numel: int, bucket: int) -> int:
+        """Number of buckets (and float32 norms) for ``numel`` elements."""
+        return 1 if bucket == 0 or bucket >= numel else -(-numel // bucket)
+
     def expected_bits(self, numel: int) -> int:
-        return 8 * packed_nbytes(numel, self.code_width(self.levels))
+        if numel == 0:
+            return 0
+        return 32 * self.num_buckets(numel, self.bucket) + 8 * packed_nbytes(numel, self.code_width(self.levels))
 
     def _encode(self, flat: torch.Tensor, stats: InputStats) -> tuple[tuple, list[Chunk]]:
-        s = self.levels
+        s, d = self.levels, flat.numel()
         width = self.code_width(s)
-        norm = float(torch.linalg.vector_norm(flat).item())
-        if norm > 0 and math.isfinite(norm):
-            u = torch.rand(flat.numel(), device=flat.device, generator=self._generators(flat.device))
-            mag = flat.abs().mul_(s / norm).add_(u).floor_().clamp_(0, s).to(torch.uint8)
-        else:
-            norm = 0.0
-            mag = torch.zeros(flat.numel(), dtype=torch.uint8, device=flat.device)
+        nb = self.num_buckets(d, self.bucket)
+        size = -(-d // nb)
+        padded = flat if nb * size == d else torch.cat([flat, flat.new_zeros(nb * size - d)])
+        norms = torch.linalg.vector_norm(padded.view(nb, size), dim=1)
+        scale = torch.where(norms > 0, s / norms, torch.zeros_like(norms))  # a zero bucket sends zeros
+        u = torch.rand(d, device=flat.device, generator=self._generators(flat.device))
+        per_elem = scale.repeat_interleave(size)[:d] if nb > 1 else scale
+        mag = flat.abs().mul_(per_elem).add_(u).floor_().clamp_(0, s).to(torch.uint8)
         codes = mag | torch.bitwise_left_shift((flat < 0).to(torch.uint8), width - 1)
-        return (s, norm), [pack_bits(codes, width)]
+        return (s, 0 if nb == 1 else size), [norms, pack_bits(codes, width)]
 
     def _decode(self, reader: PayloadReader, header: Header, device: torch.device) -> torch.Tensor:
-        s, norm = header.params
+        s, bucket = header.params
+        d = header.numel
         if not 1 <= s <= 127:
             raise reader.error(f"invalid levels = {s} in parameter block")
-        _check_finite_scale(reader, norm)
+        nb = self.num_buckets(d, bucket)
+        norms = reader.take_tensor(nb, torch.float32, "bucket norms", device)
+        if not bool(torch.isfinite(norms).all()) or bool((norms < 0).any()):
+            raise reader.error("bucket norms must be finite and non-negative")
         width = self.code_width(s)
-        n = header.numel
-        codes = unpack_bits(reader.take_tensor(packed_nbytes(n, width), torch.uint8, "codes", device), width, n)
+        codes = unpack_bits(reader.take_tensor(packed_nbytes(d, width), torch.uint8, "codes", device), width, d)
         sign_bit = 1 << (width - 1)
         mag = codes & (sign_bit - 1)
         if bool((mag > s).any()):
             raise reader.error(f"a level exceeds levels = {s}")
-        out = mag.float().mul_(norm / s)
+        step = norms / s
+        per_elem = step.repeat_interleave(-(-d // nb))[:d] if nb > 1 else step
+        out = mag.float().mul_(per_elem)
         return torch.where(codes >= sign_bit, -out, out)
 
 
