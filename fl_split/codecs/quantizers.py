@@ -146,7 +146,7 @@ class QSGDCodec(Codec):
         s, d = self.levels, flat.numel()
         width = self.code_width(s)
         nb = self.num_buckets(d, self.bucket)
-        size = -(-d // nb)
+        size = self.bucket if nb > 1 else d  # the last bucket may be shorter
         padded = flat if nb * size == d else torch.cat([flat, flat.new_zeros(nb * size - d)])
         norms = torch.linalg.vector_norm(padded.view(nb, size), dim=1)
         scale = torch.where(norms > 0, s / norms, torch.zeros_like(norms))  # a zero bucket sends zeros
@@ -172,7 +172,7 @@ class QSGDCodec(Codec):
         if bool((mag > s).any()):
             raise reader.error(f"a level exceeds levels = {s}")
         step = norms / s
-        per_elem = step.repeat_interleave(-(-d // nb))[:d] if nb > 1 else step
+        per_elem = step.repeat_interleave(bucket)[:d] if nb > 1 else step
         out = mag.float().mul_(per_elem)
         return torch.where(codes >= sign_bit, -out, out)
 
