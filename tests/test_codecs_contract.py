@@ -272,3 +272,34 @@ def test_cuda_in_cuda_out(name: str) -> None:
     assert y.device.type == "cuda" and y.shape == x.shape
     ycpu = make(name).decode(payload)
     torch.testing.assert_close(y.cpu(), ycpu)
+
+
+def test_randtopk_matches_a_brute_force_weighted_draw() -> None:
+    # the O(k log k) split must have the law of the full exponential race over all d elements
+    d, k, alpha, trials = 200, 20, 0.3, 4000
+    codec = create_codec("randtopk", keep=k / d, alpha=alpha, seed=4)
+    fast = [codec.split_counts(k, d - k)[0] for _ in range(trials)]  # type: ignore[attr-defined]
+    g = torch.Generator().manual_seed(5)
+    w = torch.full((d,), alpha / (d - k))
+    w[:k] = (1 - alpha) / k
+    brute = [
+        int((torch.topk(torch.empty(d).exponential_(generator=g) / w, k, largest=False).indices < k).sum())
+        for _ in range(trials)
+    ]
+    mean_fast, mean_brute = sum(fast) / trials, sum(brute) / trials
+    sd = float(torch.tensor(brute, dtype=torch.float64).std())
+    assert abs(mean_fast - mean_brute) < 5 * sd * (2 / trials) ** 0.5
+
+
+def test_randtopk_positions_are_distinct_and_non_top_uniform() -> None:
+    d, k = 400, 40
+    x = torch.arange(d, dtype=torch.float32)  # top-k = the last 40 positions
+    codec = create_codec("randtopk", keep=k / d, alpha=0.5, seed=2)
+    hits = torch.zeros(d)
+    for _ in range(2000):
+        y = codec.decode(codec.encode(x))
+        assert int((y != 0).sum()) in (k, k - 1)  # position 0 holds the value 0
+        hits += (y != 0).float()
+    rest = hits[1 : d - k]  # exclude position 0 (value 0 decodes as 0 even when kept)
+    assert rest.min() > 0  # every non-top position gets explored
+    assert float(rest.std() / rest.mean()) < 0.35  # roughly uniform over the non-top positions

@@ -139,7 +139,8 @@ class RandomizedTopKCodec(_SparseCodec):
     ``k`` positions are drawn without replacement; each of the exact top-k elements has weight
     ``(1 - alpha) / k`` and every other element ``alpha / (d - k)``, so with ``alpha = 0`` it is
     top-k and with larger ``alpha`` it explores more neurons. Kept values are sent unscaled, on
-    the ``topk`` wire.
+    the ``topk`` wire. The draw is exact and O(k log k) after the top-k (see :meth:`split_counts`);
+    random numbers come from a CPU generator, so the selection is the same on any device.
 
     Parameters
     ----------
@@ -163,26 +164,42 @@ class RandomizedTopKCodec(_SparseCodec):
         require(isinstance(alpha, (int, float)) and 0.0 <= alpha < 1.0, f"alpha must be in [0, 1), got {alpha!r}")
         self.alpha = float(alpha)
         self.seed = resolve_seed(seed)
-        self._generators: dict[torch.device, torch.Generator] = {}
-
-    def _generator(self, device: torch.device) -> torch.Generator:
-        g = self._generators.get(device)
-        if g is None:
-            g = self._generators[device] = torch.Generator(device=device).manual_seed(self.seed)
-        return g
+        self._gen = torch.Generator().manual_seed(self.seed)
 
     def _select(self, flat: torch.Tensor, k: int) -> torch.Tensor:
         d = flat.numel()
         top = select_topk(flat.abs(), k)[0]
         if k == d or self.alpha == 0.0:
             return top
-        weights = torch.full((d,), self.alpha / (d - k), device=flat.device)
-        weights[top] = (1.0 - self.alpha) / k
-        # Sampling without replacement by exponential races (Efraimidis-Spirakis): the k smallest
-        # E_i / w_i are a weighted sample without replacement, in O(d).
-        race = torch.empty(d, device=flat.device).exponential_(generator=self._generator(flat.device))
-        race /= weights
-        return select_topk(-race + race.max(), k)[0]
+        n_top, n_rest = self.split_counts(k, d - k)
+        top_sorted = torch.sort(top).values
+        # a uniform n_top-subset of the top-k ...
+        pick_top = top_sorted[torch.randperm(k, generator=self._gen)[:n_top].to(top.device)]
+        # ... and a uniform n_rest-subset of the others: ranks among the non-top positions, mapped to
+        # positions by skipping the top-k (position = rank + #top positions at or before it)
+        ranks = random_positions(d - k, n_rest, int(torch.randint(0, 2**62, (1,), generator=self._gen)))
+        shifted = top_sorted.cpu() - torch.arange(k)
+        pick_rest = ranks + torch.searchsorted(shifted, ranks, right=True)
+        return torch.cat([pick_top, pick_rest.to(top.device)])
+
+    def split_counts(self, k: int, n: int) -> tuple[int, int]:
+        """How many of the k draws land in the top-k and how many in the other ``n`` elements.
+
+        Sampling k of the d elements without replacement with weight ``w1 = (1 - alpha) / k`` on
+        the top-k and ``w0 = alpha / n`` elsewhere is a race of exponential clocks ``E / w``
+        (Efraimidis-Spirakis): the k earliest win. Top-k clocks are k i.i.d. ``Exp(1) / w1``; only
+        the k earliest of the n other clocks can win, and those are the order statistics
+        ``sum_{i<=j} Z_i / (n - i + 1) / w0`` (Renyi). So the split is exact in O(k log k), and
+        the winners inside each class are uniform subsets.
+        """
+        w1, w0 = (1.0 - self.alpha) / k, self.alpha / n
+        m = min(k, n)
+        top_clocks = torch.empty(k, dtype=torch.float64).exponential_(generator=self._gen) / w1
+        z = torch.empty(m, dtype=torch.float64).exponential_(generator=self._gen)
+        rest_clocks = torch.cumsum(z / torch.arange(n, n - m, -1, dtype=torch.float64), 0) / w0
+        winners = torch.topk(torch.cat([top_clocks, rest_clocks]), k, largest=False).indices
+        n_top = int((winners < k).sum())
+        return n_top, k - n_top
 
 
 @register_codec
