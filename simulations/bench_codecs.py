@@ -27,6 +27,7 @@ import sys
 import time
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -34,17 +35,36 @@ import torch
 from fl_split.codecs import Codec, create_codec, list_codecs
 from fl_split.codecs.bitpack import pack_bits, unpack_bits
 
-#: Parameters benchmarked per codec (defaults where empty); MS at the paper's operating point.
-BENCH_PARAMS: dict[str, dict[str, Any]] = {
-    "ms": {"keep": 0.01, "bits": 2},
-    "topk": {"keep": 0.01},
-    "randk": {"keep": 0.01, "seed": 0},
-    "randtopk": {"keep": 0.01, "seed": 0},
-    "qsgd": {"seed": 0},
-    "powersgd": {"rank": 4, "seed": 0},
-    "bird": {"seed": 0},
-    "dither": {"seed": 0},
-}
+#: Default configuration: per-codec parameters (codecs not listed run with their defaults).
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "conf" / "bench_codecs.yaml"
+
+
+def load_config(path: str | Path) -> dict[str, dict[str, Any]]:
+    """Read ``{codecs: {name: {param: value}}}`` and check every name and parameter.
+
+    Raises
+    ------
+    ValueError
+        For a missing file, an unknown top-level key, codec name or parameter, with the valid ones.
+    """
+    import yaml
+
+    from fl_split.codecs import codec_parameters
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"benchmark config {path} does not exist (default: {DEFAULT_CONFIG})")
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(data, dict) or set(data) - {"codecs"}:
+        raise ValueError(f"{path}: expected a mapping with the single key 'codecs', got {sorted(data)}")
+    params = data.get("codecs") or {}
+    for name, kwargs in params.items():
+        if name not in list_codecs():
+            raise ValueError(f"{path}: unknown codec {name!r}; registered: {', '.join(list_codecs())}")
+        bad = sorted(set(kwargs or {}) - set(codec_parameters(name)))
+        if bad:
+            raise ValueError(f"{path}: codec {name!r} has no parameter {bad}; valid: {codec_parameters(name)}")
+    return {name: dict(kwargs or {}) for name, kwargs in params.items()}
 
 
 def _sync(device: torch.device) -> None:
@@ -132,7 +152,13 @@ def ms_exactness(x: torch.Tensor) -> dict[str, Any]:
     }
 
 
-def run(device: str = "cpu", repeats: int = 9, codecs: list[str] | None = None, n: int = 256) -> dict[str, Any]:
+def run(
+    device: str = "cpu",
+    repeats: int = 9,
+    codecs: list[str] | None = None,
+    n: int = 256,
+    config: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     """Run the whole benchmark and return the JSON-ready result."""
     from fl_split.data.feature_maps import real_feature_maps
 
@@ -159,7 +185,7 @@ def run(device: str = "cpu", repeats: int = 9, codecs: list[str] | None = None, 
         "codecs": {},
     }
     for name in codecs or list_codecs():
-        codec = create_codec(name, **BENCH_PARAMS.get(name, {}))
+        codec = create_codec(name, **(config or {}).get(name, {}))
         try:
             result["codecs"][name] = bench_codec(codec, x, ref, repeats)
         except ValueError as err:  # e.g. a codec that cannot take this tensor: report, do not hide
@@ -176,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=9, help="timed repeats per measurement (median)")
     parser.add_argument("--codecs", nargs="*", help="subset of codecs (default: all registered)")
     parser.add_argument("--batch", type=int, default=256, help="feature-map batch size (default 256)")
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML with per-codec parameters")
     parser.add_argument("--out", help="also write the JSON to this file")
     args = parser.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -183,7 +210,11 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(args.codecs or []) - set(list_codecs()))
     if unknown:
         parser.error(f"unknown codec(s) {unknown}; registered: {', '.join(list_codecs())}")
-    result = run(args.device, args.repeats, args.codecs, args.batch)
+    try:
+        config = load_config(args.config)
+    except ValueError as err:
+        parser.error(str(err))
+    result = run(args.device, args.repeats, args.codecs, args.batch, config)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:
