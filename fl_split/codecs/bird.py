@@ -7,7 +7,7 @@ is sent with its decoded norm set to ``c * M`` (``c = |S1| / |S2|``), which keep
 expected norm (``E||x_hat_b|| = n_b``). ``mode="sign"`` sends one sign bit per kept element and one
 float32 scale; ``mode="values"`` sends the kept elements pre-scaled, which makes ``E[x_hat] = x``.
 The mechanics follow the first author's prototype; every choice it leaves open is fl-split's
-reconstruction, written down in ``/work/shared/spec/bird.md`` section 4 and ``docs/codecs.md``.
+reconstruction, listed in the ``bird`` section of ``docs/codecs.md``.
 
 Body layout (after the common header and the ``<IB`` parameter block ``block, norm``)::
 
@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import struct
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import torch
 
@@ -48,7 +48,8 @@ _F32_MAX = float(torch.finfo(torch.float32).max)
 #: Default block length for tensors of fewer than two dimensions (spec section 4.1).
 DEFAULT_FLAT_BLOCK = 64
 
-BlockRule = int | Literal["spatial"] | None
+#: An int block length, ``None`` (the default rule) or ``"spatial"`` (see :func:`default_block`).
+BlockRule = int | str | None
 
 
 def default_block(shape: tuple[int, ...], block: BlockRule = None) -> int:
@@ -168,9 +169,9 @@ class BirdCodec(Codec):
         *,
         keep: float | None = 0.1,
         block: BlockRule = None,
-        norm: Literal["l1", "l2"] = "l1",
-        mode: Literal["sign", "values"] = "sign",
-        values_dtype: Literal["f32", "f16"] = "f32",
+        norm: str = "l1",
+        mode: str = "sign",
+        values_dtype: str = "f32",
         seed: int | None = None,
         nonfinite: NonFinitePolicy = "raise",
     ) -> None:
@@ -185,7 +186,7 @@ class BirdCodec(Codec):
             or (isinstance(block, int) and not isinstance(block, bool) and 1 <= block <= _U32_MAX),
             f"block must be an int in [1, {_U32_MAX}], None (default rule) or 'spatial', got {block!r}",
         )
-        require(norm in _NORM_CODES, f"norm must be 'l1' or 'l2', got {norm!r}")
+        require(norm in ("l1", "l2"), f"norm must be 'l1' or 'l2', got {norm!r}")
         require(mode in ("sign", "values"), f"mode must be 'sign' or 'values', got {mode!r}")
         require(values_dtype in ("f32", "f16"), f"values_dtype must be 'f32' or 'f16', got {values_dtype!r}")
         self.keep: float | None = None if keep is None else float(keep)
@@ -318,8 +319,8 @@ class BirdCodec(Codec):
                 )
             payload = kept
         else:
-            negative = torch.cat([rows.reshape(-1), tail_vals]) < 0  # sign(0) is sent as +
-            payload = pack_bits(negative.to(torch.uint8), 1)
+            kept = torch.cat([rows.reshape(-1), tail_vals]) if last_kept else rows.reshape(-1)
+            payload = pack_bits((kept < 0).view(torch.uint8), 1)  # sign(0) is sent as +
         return (block, norm_code), [*self._head(values, f16, m, scale, s2, num_blocks), payload]
 
     def _norms_on(self, flat: torch.Tensor, block: int, nfull: int, tail: int) -> torch.Tensor:
@@ -361,13 +362,15 @@ class BirdCodec(Codec):
             self._scatter_blocks(out, body, vals, device)
             return out
         packed = reader.take_tensor(packed_nbytes(count, 1), torch.uint8, "sign bits", device)
-        signs = 1.0 - 2.0 * unpack_bits(packed, 1, count).float()  # bit 1 = negative
-        full = body.m - body.last_kept
+        negative = unpack_bits(packed, 1, count).view(torch.bool)  # bit 1 = negative; codes are 0 or 1
         # A kept block decodes to norm s: s / len per element for l1, s / sqrt(len) for l2.
         root = float if norm_code == 0 else math.sqrt
-        signs[: full * body.block] *= body.scale / root(body.block)
+        magnitude = body.scale / root(body.block)
+        signs = torch.where(negative, -magnitude, magnitude)
         if body.last_kept:
-            signs[full * body.block :] *= body.scale / root(body.tail)
+            full = body.m - 1
+            magnitude = body.scale / root(body.tail)
+            signs[full * body.block :] = torch.where(negative[full * body.block :], -magnitude, magnitude)
         self._scatter_blocks(out, body, signs, device)
         return out
 
