@@ -49,10 +49,13 @@ class InputStats:
     ----------
     min, max:
         Smallest and largest element, as Python floats.
+    shape:
+        Shape of the tensor being encoded (``_encode`` sees it flattened).
     """
 
     min: float
     max: float
+    shape: tuple[int, ...] = ()
 
 
 def require(condition: bool, message: str) -> None:
@@ -202,8 +205,9 @@ class Codec(ABC):
         if flat.dtype != torch.float32:
             flat = flat.float()
         flat = flat.contiguous()
+        shape = tuple(x.shape)
         if flat.numel() == 0:
-            return flat, InputStats(0.0, 0.0)
+            return flat, InputStats(0.0, 0.0, shape)
         lo, hi = torch.aminmax(flat)  # NaN propagates; +-Inf shows up as an extreme
         lo_f, hi_f = torch.stack([lo, hi]).tolist()
         if not (_finite(lo_f) and _finite(hi_f)):
@@ -211,7 +215,7 @@ class Codec(ABC):
             n_nan = int(torch.isnan(flat).sum())
             n_bad = int(bad.sum())
             if n_bad == 0:  # pragma: no cover - aminmax and isfinite disagree only on exotic hardware
-                return flat, InputStats(lo_f, hi_f)
+                return flat, InputStats(lo_f, hi_f, shape)
             if self.nonfinite == "raise":
                 raise ValueError(
                     f"codec {self.name!r}: input has {n_bad} non-finite values ({n_nan} NaN, "
@@ -220,7 +224,7 @@ class Codec(ABC):
                 )
             flat = torch.where(bad, torch.zeros((), device=flat.device), flat)
             lo_f, hi_f = torch.stack(list(torch.aminmax(flat))).tolist()
-        return flat, InputStats(lo_f, hi_f)
+        return flat, InputStats(lo_f, hi_f, shape)
 
 
 def _finite(v: float) -> bool:

@@ -196,17 +196,8 @@ class BirdCodec(Codec):
         self.values_dtype = values_dtype
         self.seed = resolve_seed(seed)
         self._generator = torch.Generator(device="cpu").manual_seed(self.seed)
-        self._shape: tuple[int, ...] | None = None
 
     # ----------------------------------------------------------------- public API
-    def encode(self, x: torch.Tensor) -> bytes:
-        """Encode ``x``; the default block rule reads its shape (see :func:`default_block`)."""
-        self._shape = tuple(x.shape) if isinstance(x, torch.Tensor) else None
-        try:
-            return super().encode(x)
-        finally:
-            self._shape = None
-
     def expected_bits(self, numel: int) -> int:
         """Upper bound of the body size in bits for ``numel`` elements at the configured ``keep``.
 
@@ -270,8 +261,7 @@ class BirdCodec(Codec):
         norm_code = _NORM_CODES[self.norm]
         if self.keep is not None and self.keep >= 1.0:
             return (0, norm_code), [flat]  # dense float32 passthrough, as the prototype does at sr = 1
-        shape = self._shape if self._shape is not None and math.prod(self._shape) == n else (n,)
-        block = min(default_block(shape, self.block), n)
+        block = min(default_block(stats.shape, self.block), n)
         nfull, tail = divmod(n, block)
         num_blocks = nfull + (tail > 0)
         values = self.mode == "values"

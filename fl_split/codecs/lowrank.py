@@ -62,12 +62,6 @@ class PowerSGDCodec(Codec):
         self.seed = resolve_seed(seed)
         self._init = torch.Generator().manual_seed(self.seed)
         self._q: dict[tuple[int, int, torch.device], torch.Tensor] = {}
-        self._shape: tuple[int, ...] = ()
-
-    def encode(self, x: torch.Tensor) -> bytes:
-        """Encode ``x`` (see the class docstring); the matrix view needs the shape, kept here."""
-        self._shape = tuple(x.shape)
-        return super().encode(x)
 
     def _plan(self, shape: tuple[int, ...]) -> tuple[int, int, int, bool]:
         n, m = matrix_shape(shape)
@@ -89,7 +83,7 @@ class PowerSGDCodec(Codec):
         return self.expected_bits(header.numel, header.shape) if header.numel else 0
 
     def _encode(self, flat: torch.Tensor, stats: InputStats) -> tuple[tuple, list[Chunk]]:
-        n, m, r, dense = self._plan(self._shape)
+        n, m, r, dense = self._plan(stats.shape)
         if dense:
             return (0, _FLAG_DENSE), [flat]
         mat = flat.view(n, m)
