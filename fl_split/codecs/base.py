@@ -18,6 +18,7 @@ empty tensors, dtype/shape/device restoration, and the final length check.
 
 from __future__ import annotations
 
+import numbers
 import struct
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -38,6 +39,10 @@ from fl_split.codecs.wire import (
 )
 
 Chunk = bytes | torch.Tensor
+
+#: Largest finite input magnitude a codec accepts (2**64, about 1.8e19). Scales, norms and
+#: means are float32 on the wire; beyond this they could overflow (a norm squares its inputs).
+MAX_ABS_INPUT = float(2**64)
 NonFinitePolicy = Literal["raise", "zero"]
 
 
@@ -64,6 +69,16 @@ def require(condition: bool, message: str) -> None:
         raise ValueError(message)
 
 
+def is_int(value: object) -> bool:
+    """True for Python/NumPy integers, False for bool (``True`` is not a bit width)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_number(value: object) -> bool:
+    """True for real numbers, False for bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def resolve_seed(seed: int | None) -> int:
     """A concrete 63-bit seed: ``seed`` itself, or one drawn from torch's global RNG when ``None``.
 
@@ -72,7 +87,7 @@ def resolve_seed(seed: int | None) -> int:
     """
     if seed is None:
         return int(torch.randint(0, 2**62, (1,)).item())
-    require(isinstance(seed, int) and 0 <= seed < 2**63, f"seed must be an int in [0, 2**63), got {seed!r}")
+    require(is_int(seed) and 0 <= seed < 2**63, f"seed must be an int in [0, 2**63), got {seed!r}")
     return seed
 
 
@@ -202,12 +217,14 @@ class Codec(ABC):
         if x.numel() > MAX_NUMEL:
             raise ValueError(f"codec {self.name!r}: at most {MAX_NUMEL} elements per tensor, got {x.numel()}")
         flat = x.detach().reshape(-1)
+        shape = tuple(x.shape)
+        if flat.numel() == 0:
+            return flat.float(), InputStats(0.0, 0.0, shape)
+        if flat.dtype == torch.float64:  # check the range before the cast turns big values into inf
+            self._check_range(*torch.stack(list(torch.aminmax(flat.nan_to_num(0.0, 0.0, 0.0)))).tolist())
         if flat.dtype != torch.float32:
             flat = flat.float()
         flat = flat.contiguous()
-        shape = tuple(x.shape)
-        if flat.numel() == 0:
-            return flat, InputStats(0.0, 0.0, shape)
         lo, hi = torch.aminmax(flat)  # NaN propagates; +-Inf shows up as an extreme
         lo_f, hi_f = torch.stack([lo, hi]).tolist()
         if not (_finite(lo_f) and _finite(hi_f)):
@@ -224,7 +241,16 @@ class Codec(ABC):
                 )
             flat = torch.where(bad, torch.zeros((), device=flat.device), flat)
             lo_f, hi_f = torch.stack(list(torch.aminmax(flat))).tolist()
+        self._check_range(lo_f, hi_f)
         return flat, InputStats(lo_f, hi_f, shape)
+
+    def _check_range(self, lo: float, hi: float) -> None:
+        big = max(abs(lo), abs(hi))
+        if big > MAX_ABS_INPUT:
+            raise ValueError(
+                f"codec {self.name!r}: input magnitude {big:.4g} exceeds the supported {MAX_ABS_INPUT:.4g} (2**64); "
+                "float32 scales and norms would overflow. Rescale the tensor (e.g. divide by its max) first"
+            )
 
 
 def _finite(v: float) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from fl_split.codecs.base import Chunk, Codec, InputStats, require, resolve_seed
+from fl_split.codecs.base import Chunk, Codec, InputStats, is_int, require, resolve_seed
 from fl_split.codecs.registry import register_codec
 from fl_split.codecs.wire import Header, PayloadReader
 
@@ -56,7 +56,7 @@ class PowerSGDCodec(Codec):
         self, *, rank: int = 4, warm_start: bool = True, seed: int | None = None, nonfinite: str = "raise"
     ) -> None:
         super().__init__(nonfinite=nonfinite)  # type: ignore[arg-type]
-        require(isinstance(rank, int) and 1 <= rank <= 65535, f"rank must be an int in 1..65535, got {rank!r}")
+        require(is_int(rank) and 1 <= rank <= 65535, f"rank must be an int in 1..65535, got {rank!r}")
         self.rank = rank
         self.warm_start = bool(warm_start)
         self.seed = resolve_seed(seed)

@@ -22,11 +22,10 @@ import math
 
 import torch
 
-from fl_split.codecs.base import Chunk, Codec, InputStats, require
+from fl_split.codecs.base import Chunk, Codec, InputStats, is_int, is_number, require
 from fl_split.codecs.bitpack import pack_bits, packed_nbytes, unpack_bits
 from fl_split.codecs.registry import register_codec
 from fl_split.codecs.selection import select_topk
-from fl_split.codecs.sparsifiers import check_keep
 from fl_split.codecs.wire import Header, PayloadReader
 
 
@@ -55,9 +54,12 @@ class MaskSparsificationCodec(Codec):
 
     def __init__(self, *, keep: float = 0.01, bits: int = 2, signed: bool = False, nonfinite: str = "raise") -> None:
         super().__init__(nonfinite=nonfinite)  # type: ignore[arg-type]
-        check_keep(keep)
-        require(keep < 1.0, "ms needs keep < 1 (at keep = 1 nothing is sparsified: use codec 'none')")
-        require(isinstance(bits, int) and 1 <= bits <= 8, f"bits (mask width) must be an int in 1..8, got {bits!r}")
+        require(
+            is_number(keep) and 0.0 < keep < 1.0,
+            f"keep is the fraction of elements sent exactly and must be in (0, 1) for ms, got {keep!r} "
+            "(at keep = 1 nothing is sparsified: use codec 'none')",
+        )
+        require(is_int(bits) and 1 <= bits <= 8, f"bits (mask width) must be an int in 1..8, got {bits!r}")
         self.keep = float(keep)
         self.bits = bits
         self.signed = bool(signed)

@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from fl_split.codecs.base import Chunk, Codec, InputStats, require, resolve_seed
+from fl_split.codecs.base import MAX_ABS_INPUT, Chunk, Codec, InputStats, is_int, require, resolve_seed
 from fl_split.codecs.bitpack import pack_bits, packed_nbytes, unpack_bits
 from fl_split.codecs.registry import register_codec
 from fl_split.codecs.wire import Header, PayloadReader
@@ -30,9 +30,10 @@ class SeededGenerators:
         return g
 
 
-def _check_finite_scale(reader: PayloadReader, *values: float) -> None:
-    if not all(math.isfinite(v) for v in values):
-        raise reader.error(f"scale parameters must be finite, got {values}")
+def _check_scale(reader: PayloadReader, *values: float) -> None:
+    """Scales an encoder can emit are finite and at most ``MAX_ABS_INPUT``; refuse anything else."""
+    if not all(math.isfinite(v) and abs(v) <= MAX_ABS_INPUT for v in values):
+        raise reader.error(f"scale parameters must be finite and at most {MAX_ABS_INPUT:.4g} in size, got {values}")
 
 
 @register_codec
@@ -57,7 +58,7 @@ class UniformQuantCodec(Codec):
 
     def __init__(self, *, bits: int = 8, nonfinite: str = "raise") -> None:
         super().__init__(nonfinite=nonfinite)  # type: ignore[arg-type]
-        require(isinstance(bits, int) and 1 <= bits <= 8, f"bits must be an int in 1..8, got {bits!r}")
+        require(is_int(bits) and 1 <= bits <= 8, f"bits must be an int in 1..8, got {bits!r}")
         self.bits = bits
 
     def expected_bits(self, numel: int) -> int:
@@ -78,7 +79,7 @@ class UniformQuantCodec(Codec):
         bits, lo, hi = header.params
         if not 1 <= bits <= 8:
             raise reader.error(f"invalid bits = {bits} in parameter block")
-        _check_finite_scale(reader, lo, hi)
+        _check_scale(reader, lo, hi)
         n = header.numel
         codes = unpack_bits(reader.take_tensor(packed_nbytes(n, bits), torch.uint8, "codes", device), bits, n)
         levels = (1 << bits) - 1
@@ -117,9 +118,9 @@ class QSGDCodec(Codec):
         self, *, levels: int = 7, bucket: int = 512, seed: int | None = None, nonfinite: str = "raise"
     ) -> None:
         super().__init__(nonfinite=nonfinite)  # type: ignore[arg-type]
-        require(isinstance(levels, int) and 1 <= levels <= 127, f"levels must be an int in 1..127, got {levels!r}")
+        require(is_int(levels) and 1 <= levels <= 127, f"levels must be an int in 1..127, got {levels!r}")
         require(
-            isinstance(bucket, int) and 0 <= bucket < 2**32,
+            is_int(bucket) and 0 <= bucket < 2**32,
             f"bucket must be an int >= 0 (elements per bucket, 0 = whole tensor), got {bucket!r}",
         )
         self.levels = levels
@@ -148,7 +149,7 @@ class QSGDCodec(Codec):
         nb = self.num_buckets(d, self.bucket)
         size = self.bucket if nb > 1 else d  # the last bucket may be shorter
         padded = flat if nb * size == d else torch.cat([flat, flat.new_zeros(nb * size - d)])
-        norms = torch.linalg.vector_norm(padded.view(nb, size), dim=1)
+        norms = torch.linalg.vector_norm(padded.view(nb, size), dim=1, dtype=torch.float64).float()
         scale = torch.where(norms > 0, s / norms, torch.zeros_like(norms))  # a zero bucket sends zeros
         u = torch.rand(d, device=flat.device, generator=self._generators(flat.device))
         per_elem = scale.repeat_interleave(size)[:d] if nb > 1 else scale
@@ -201,12 +202,12 @@ class SignCodec(Codec):
         return 8 * packed_nbytes(numel, 1)
 
     def _encode(self, flat: torch.Tensor, stats: InputStats) -> tuple[tuple, list[Chunk]]:
-        scale = float(flat.abs().mean().item())
+        scale = float(flat.abs().mean(dtype=torch.float64).item())
         return (scale,), [pack_bits((flat < 0).to(torch.uint8), 1)]
 
     def _decode(self, reader: PayloadReader, header: Header, device: torch.device) -> torch.Tensor:
         (scale,) = header.params
-        _check_finite_scale(reader, scale)
+        _check_scale(reader, scale)
         n = header.numel
         neg = unpack_bits(reader.take_tensor(packed_nbytes(n, 1), torch.uint8, "sign bits", device), 1, n)
         return neg.float().mul_(-2.0 * scale).add_(scale)
