@@ -22,13 +22,12 @@ Wire: header parameter block ``<HBQ`` = (levels s, flags, dither seed); body = f
 from __future__ import annotations
 
 import math
-import numbers
 import struct
 
 import numpy as np
 import torch
 
-from fl_split.codecs.base import Codec, InputStats, require, resolve_seed
+from fl_split.codecs.base import Codec, InputStats, is_int, is_number, require, resolve_seed
 from fl_split.codecs.errors import CodecError
 from fl_split.codecs.registry import register_codec
 from fl_split.codecs.source_coding import (
@@ -124,28 +123,29 @@ def quantize(
     ValueError
         If the norm overflows float32, or a fixed step would need ``|z| > STEP_MAX_LEVEL``.
     """
-    r64 = r.detach().to(torch.float64)
+    r64 = r.detach().to(torch.float64, copy=True)
     if uniform is None:
         uniform = torch.rand(r.shape, generator=generator, dtype=torch.float32, device=r.device)
-    u = uniform.to(device=r.device, dtype=torch.float64)
+    u = uniform.to(device=r.device, dtype=torch.float64, copy=True)
     if step is None:
         norm = torch.linalg.vector_norm(r64, dim=-1, keepdim=True)
         scale = norm.to(torch.float32).to(torch.float64)
         if not bool(torch.isfinite(scale).all()):
             raise ValueError("dither: the tensor's L2 norm exceeds the float32 range; scale the input down")
-        t = r64 * levels / torch.where(scale > 0, scale, torch.ones_like(scale))
-        cap = levels
+        # |r_k| <= scale (float32 rounding is monotone), so |r_k| s / scale <= s exactly.
+        t = r64.mul_(levels).div_(torch.where(scale > 0, scale, torch.ones_like(scale)))
     else:
         scale = torch.full((*r.shape[:-1], 1), float(np.float32(step)), dtype=torch.float64, device=r.device)
-        t = r64 / scale
-        cap = STEP_MAX_LEVEL
-        if t.numel() and float(t.abs().max()) + 1 >= STEP_MAX_LEVEL:
+        t = r64.div_(scale)
+        biggest = float(t.abs().max()) if t.numel() else 0.0
+        if biggest + 1 >= STEP_MAX_LEVEL:
             raise ValueError(
-                f"dither: |r|/step reaches {float(t.abs().max()):.4g}, beyond the level range ±{STEP_MAX_LEVEL}; "
+                f"dither: |r|/step reaches {biggest:.4g}, beyond the level range ±{STEP_MAX_LEVEL}; "
                 "use a larger step or step=None"
             )
-    z = torch.floor(t + u) if subtractive else torch.sign(t) * torch.floor(t.abs() + u)
-    return z.clamp_(-cap, cap).to(torch.int64), scale
+    # u < 1 is a float32, so |t| + u stays below the next integer after |t| in float64: |z| <= s.
+    z = u.add_(t).floor_() if subtractive else u.add_(t.abs()).floor_().copysign_(t)
+    return z.to(torch.int64), scale
 
 
 def dequantize(
@@ -157,12 +157,13 @@ def dequantize(
     subtractive: bool = False,
     uniform: torch.Tensor | None = None,
     rescale: bool = False,
+    numel: int | None = None,
 ) -> torch.Tensor:
     """Reconstruct ``Δ z`` (or ``Δ (z - u + 1/2)`` for subtractive dither) in float64.
 
     ``Δ`` is ``scale / levels`` (computed as ``(z scale) / levels``, exact for ``z = ±s``), or
     ``scale`` when ``fixed_step``. ``rescale`` divides by ``1 + variance_factor(d, levels, subtractive)``
-    with ``d = z.shape[-1]``.
+    with ``d = numel``, by default ``z.shape[-1]`` (pass it when ``z`` holds only the nonzero levels).
     """
     zf = z.to(torch.float64)
     scale = torch.as_tensor(scale, dtype=torch.float64, device=z.device)
@@ -172,7 +173,24 @@ def dequantize(
         zf = zf - uniform.to(device=z.device, dtype=torch.float64) + 0.5
     out = zf * scale if fixed_step else zf * scale / levels
     if rescale:
-        out = out / (1.0 + variance_factor(z.shape[-1], levels, subtractive))
+        d = z.shape[-1] if numel is None else numel
+        out = out / (1.0 + variance_factor(d, levels, subtractive))
+    return out
+
+
+def _largest_output(values: np.ndarray, scale: float, levels: int, fixed_step: bool, subtractive: bool) -> float:
+    """Upper bound on ``|dequantize(z)|`` (before rescaling) for the nonzero ``values`` of ``z``."""
+    biggest = float(np.abs(values).max()) if values.size else 0.0
+    if subtractive:
+        biggest += 0.5
+    return biggest * scale if fixed_step else biggest * scale / levels
+
+
+def _saturate(out: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Clamp to the largest finite value of a half-precision output dtype (rounding up can overshoot it)."""
+    if dtype in (torch.float16, torch.bfloat16):
+        limit = float(torch.finfo(dtype).max)
+        out = out.clamp_(-limit, limit)
     return out
 
 
@@ -220,13 +238,13 @@ class DitherCodec(Codec):
     ) -> None:
         super().__init__(nonfinite=nonfinite)  # type: ignore[arg-type]
         require(
-            isinstance(levels, numbers.Integral) and not isinstance(levels, bool) and 1 <= levels <= MAX_LEVELS,
+            is_int(levels) and 1 <= levels <= MAX_LEVELS,
             f"levels must be an int in [1, {MAX_LEVELS}], got {levels!r}",
         )
         if step is not None:
-            ok = isinstance(step, numbers.Real) and not isinstance(step, bool) and math.isfinite(step)
+            ok = is_number(step) and math.isfinite(step)
             require(
-                ok and 0 < float(np.float32(step)) < math.inf,
+                ok and 0 < step <= _F32_MAX and float(np.float32(step)) > 0,
                 f"step must be None or a finite number > 0 representable in float32, got {step!r}",
             )
         require(isinstance(subtractive, bool), f"subtractive must be a bool, got {subtractive!r}")
@@ -290,6 +308,9 @@ class DitherCodec(Codec):
         index = torch.nonzero(z).reshape(-1)
         positions = index.cpu().numpy()
         values = z[index].cpu().numpy()
+        scale_f = float(scale.reshape(-1)[0])
+        if _largest_output(values, scale_f, self.levels, self.step is not None, self.subtractive) > _F32_MAX:
+            raise ValueError("codec 'dither': the reconstruction would overflow float32; scale the input down")
         coded, _ = encode_sparse_levels(positions, values, numel)
         flags = (
             (_FLAG_SUBTRACTIVE if self.subtractive else 0)
@@ -297,7 +318,7 @@ class DitherCodec(Codec):
             | (_FLAG_FIXED_STEP if self.step is not None else 0)
         )
         params = (self.levels, flags, message_seed if self.subtractive else 0)
-        return params, [struct.pack("<f", float(scale.reshape(-1)[0])), coded]
+        return params, [struct.pack("<f", scale_f), coded]
 
     def _read_levels(self, reader: PayloadReader, header: Header) -> tuple[np.ndarray, np.ndarray, float, int]:
         """Validate the parameter block, read the scale and the coded levels; (positions, values, scale, flags)."""
@@ -316,27 +337,33 @@ class DitherCodec(Codec):
             raise reader.error(f"scale {scale!r} is not a finite {'positive' if fixed_step else 'non-negative'} float")
         cap = STEP_MAX_LEVEL if fixed_step else levels
         try:
-            positions, values, _ = decode_sparse_levels(reader.take(reader.remaining, "coded levels"), header.numel, 2 * cap)
+            positions, values, _ = decode_sparse_levels(
+                reader.take(reader.remaining, "coded levels"), header.numel, 2 * cap
+            )
         except CodecError as exc:
             raise reader.error(str(exc)) from exc
         if scale == 0 and values.size:
             raise reader.error("scale is 0 but the coded levels are not all zero")
+        if _largest_output(values, scale, levels, fixed_step, bool(flags & _FLAG_SUBTRACTIVE)) > _F32_MAX:
+            raise reader.error("scale and levels give values beyond the float32 range")
         return positions, values, scale, flags
 
     def _decode(self, reader: PayloadReader, header: Header, device: torch.device) -> torch.Tensor:
         positions, values, scale, flags = self._read_levels(reader, header)
-        subtractive = bool(flags & _FLAG_SUBTRACTIVE)
-        z = torch.zeros(header.numel, dtype=torch.int64, device=device)
-        if positions.size:
-            z[torch.from_numpy(positions).to(device)] = torch.from_numpy(values).to(device)
-        uniform = dither_uniform(header.params[2], header.numel, device) if subtractive else None
-        out = dequantize(
-            z,
-            scale,
-            levels=header.params[0],
-            fixed_step=bool(flags & _FLAG_FIXED_STEP),
-            subtractive=subtractive,
-            uniform=uniform,
-            rescale=bool(flags & _FLAG_RESCALE),
-        )
-        return out.to(torch.float32)
+        levels, _, seed = header.params
+        options = {
+            "levels": levels,
+            "fixed_step": bool(flags & _FLAG_FIXED_STEP),
+            "rescale": bool(flags & _FLAG_RESCALE),
+            "numel": header.numel,
+        }
+        index = torch.from_numpy(positions).to(device)
+        if flags & _FLAG_SUBTRACTIVE:  # dense: every element carries -u
+            z = torch.zeros(header.numel, dtype=torch.int64, device=device)
+            z[index] = torch.from_numpy(values).to(device)
+            uniform = dither_uniform(seed, header.numel, device)
+            out = dequantize(z, scale, subtractive=True, uniform=uniform, **options).to(torch.float32)
+            return _saturate(out, header.dtype)
+        out = torch.zeros(header.numel, dtype=torch.float32, device=device)
+        out[index] = dequantize(torch.from_numpy(values), scale, **options).to(device=device, dtype=torch.float32)
+        return _saturate(out, header.dtype)
