@@ -303,3 +303,26 @@ def test_randtopk_positions_are_distinct_and_non_top_uniform() -> None:
     rest = hits[1 : d - k]  # exclude position 0 (value 0 decodes as 0 even when kept)
     assert rest.min() > 0  # every non-top position gets explored
     assert float(rest.std() / rest.mean()) < 0.35  # roughly uniform over the non-top positions
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_support_is_read_from_the_payload(name: str) -> None:
+    x = sample(name, (32, 50), seed=5)
+    codec = make(name)
+    payload = codec.encode(x)
+    mask = codec.support(payload)
+    assert mask.dtype == torch.bool and mask.shape == x.shape
+    y = codec.decode(payload)
+    if name in {"topk", "randtopk", "ms"}:
+        k = int(codec.keep * x.numel())  # type: ignore[attr-defined]
+        assert int(mask.sum()) == k
+        assert torch.equal(y[mask], x[mask])  # the support is where values travel exactly
+    if name == "topk" or name == "ms":
+        assert torch.equal(
+            mask.reshape(-1).nonzero().squeeze(1), torch.sort(torch.topk(x.abs().reshape(-1), k).indices).values
+        )
+    if name == "randk":
+        assert torch.equal(mask, y != 0)
+    if name in {"none", "fp16", "bf16", "quant", "qsgd", "sign", "powersgd", "dither"}:
+        assert bool(mask.all())
+    assert not bool(codec.support(codec.encode(x[:0])).any())

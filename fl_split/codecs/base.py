@@ -163,6 +163,25 @@ class Codec(ABC):
             raise CodecError(f"codec {self.name!r} decoded {flat.numel()} elements, header says {header.numel}")
         return flat.reshape(header.shape).to(header.dtype)
 
+    def support(
+        self, payload: bytes | bytearray | memoryview, device: torch.device | str | None = None
+    ) -> torch.Tensor:
+        """Boolean mask, in the tensor's shape, of the positions whose values ``payload`` sends exactly.
+
+        Sparse codecs return their kept positions (MS: the sentinel positions), read from the payload
+        without a second top-k, so a receiver can send a gradient back only there (the ``mask``
+        downlink: no indices needed, both sides know them). Dense and quantizing codecs send every
+        element: all True.
+        """
+        header = unpack_header(payload, self.codec_id, self.name, self._param_struct)
+        device = torch.device(device) if device is not None else torch.device("cpu")
+        if header.numel == 0:
+            return torch.zeros(header.shape, dtype=torch.bool, device=device)
+        mask = self._support(PayloadReader(payload, header.body_offset, self.name), header, device)
+        if mask is None:
+            return torch.ones(header.shape, dtype=torch.bool, device=device)
+        return mask.reshape(header.shape)
+
     def header_nbytes(self, ndim: int) -> int:
         """Size in bytes of the header (common part + this codec's parameter block)."""
         return header_nbytes(ndim, self._param_struct.size)
@@ -198,6 +217,10 @@ class Codec(ABC):
     @abstractmethod
     def _decode(self, reader: PayloadReader, header: Header, device: torch.device) -> torch.Tensor:
         """Decode the body into a 1-D float tensor of ``header.numel`` elements on ``device``."""
+
+    def _support(self, reader: PayloadReader, header: Header, device: torch.device) -> torch.Tensor | None:
+        """Flat boolean mask of the exactly-sent positions, or ``None`` for every position."""
+        return None
 
     def _empty_params(self) -> tuple:
         """Parameter block written for an empty tensor (all zeros)."""

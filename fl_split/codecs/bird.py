@@ -237,23 +237,15 @@ class BirdCodec(Codec):
             index_bytes, body.kept_elements, bool(body.flags & FLAG_VALUES), bool(body.flags & FLAG_F16)
         )
 
-    def support(self, payload: bytes, device: torch.device | str | None = None) -> torch.Tensor:
-        """Boolean mask (the tensor's shape) of the elements ``payload`` carries (its kept blocks).
-
-        Lets a caller reuse the support of an encode (e.g. to send a gradient back only there)
-        without keeping any state. The dense passthrough carries every element.
-        """
-        header = unpack_header(payload, self.codec_id, self.name, self._param_struct)
-        device = torch.device(device) if device is not None else torch.device("cpu")
+    def _support(self, reader: PayloadReader, header: Header, device: torch.device) -> torch.Tensor | None:
+        """The elements of the kept blocks (every element for the dense passthrough)."""
+        block, _ = self._check_params(header)
+        if block == 0:
+            return None
         mask = torch.zeros(header.numel, dtype=torch.bool, device=device)
-        if header.numel:
-            block, _ = self._check_params(header)
-            if block == 0:
-                mask.fill_(True)
-            else:
-                body = self._read_head(PayloadReader(payload, header.body_offset, self.name), header)
-                self._scatter_blocks(mask, body, torch.ones((), dtype=torch.bool, device=device), device)
-        return mask.reshape(header.shape)
+        one = torch.ones((), dtype=torch.bool, device=device)
+        self._scatter_blocks(mask, self._read_head(reader, header), one, device)
+        return mask
 
     # ----------------------------------------------------------------- encode
     def _encode(self, flat: torch.Tensor, stats: InputStats) -> tuple[tuple, list]:

@@ -114,7 +114,10 @@ class MaskSparsificationCodec(Codec):
             chunks.append(pack_bits((flat < 0).to(torch.uint8), 1))
         return (k, self.bits, int(self.signed)), chunks
 
-    def _decode(self, reader: PayloadReader, header: Header, device: torch.device) -> torch.Tensor:
+    def _read_codes(
+        self, reader: PayloadReader, header: Header, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Read and check the kept values and the codes; return (values, codes, kept-position mask)."""
         k, bits, flags = header.params
         d = header.numel
         if not 1 <= bits <= 8 or flags & ~1 or not 1 <= k < d:
@@ -122,17 +125,25 @@ class MaskSparsificationCodec(Codec):
         values = reader.take_tensor(k, torch.float32, "kept values", device)
         packed = reader.take_tensor(packed_nbytes(d, bits), torch.uint8, "mask codes", device)
         codes = unpack_bits(packed, bits, d)
-        sentinel = (1 << bits) - 1
         if not bool(torch.isfinite(values).all()) or bool((values < 0).any()):
             raise reader.error("kept values must be finite and non-negative magnitudes")
-        t = float(values.min().item())
-        is_kept = codes == sentinel
+        is_kept = codes == (1 << bits) - 1
         n_kept = int(torch.count_nonzero(is_kept).item())  # (bool .sum() is ~100x slower on CPU)
         if n_kept != k:
             raise reader.error(f"mask marks {n_kept} kept positions but the payload carries {k} values")
-        out = codes.float().mul_(t / sentinel)  # (uint8 * float promotion is ~100x slower on CPU)
+        return values, codes, is_kept
+
+    def _decode(self, reader: PayloadReader, header: Header, device: torch.device) -> torch.Tensor:
+        values, codes, is_kept = self._read_codes(reader, header, device)
+        _, bits, flags = header.params
+        d = header.numel
+        t = float(values.min().item())
+        out = codes.float().mul_(t / ((1 << bits) - 1))  # (uint8 * float promotion is ~100x slower on CPU)
         out.masked_scatter_(is_kept, values)
         if flags & 1:
             signs = unpack_bits(reader.take_tensor(packed_nbytes(d, 1), torch.uint8, "sign bits", device), 1, d)
             out = torch.where(signs.bool(), -out, out)
         return out
+
+    def _support(self, reader: PayloadReader, header: Header, device: torch.device) -> torch.Tensor:
+        return self._read_codes(reader, header, device)[2]

@@ -96,16 +96,24 @@ class _SparseCodec(Codec):
         flags, positions = encode_positions(idx, d)
         return (k, flags), [positions, flat[idx]]
 
-    def _decode(self, reader: PayloadReader, header: Header, device: torch.device) -> torch.Tensor:
+    def _positions(self, reader: PayloadReader, header: Header, device: torch.device) -> torch.Tensor:
         k, flags = header.params
         d = header.numel
         if not 1 <= k <= d or flags & ~_FLAG_BITMAP:
             raise reader.error(f"invalid parameter block: k = {k} for {d} elements, flags = {flags}")
-        idx = decode_positions(reader, flags, d, k, device)
-        values = reader.take_tensor(k, torch.float32, "values", device)
-        out = torch.zeros(d, dtype=torch.float32, device=device)
+        return decode_positions(reader, flags, d, k, device)
+
+    def _decode(self, reader: PayloadReader, header: Header, device: torch.device) -> torch.Tensor:
+        idx = self._positions(reader, header, device)
+        values = reader.take_tensor(idx.numel(), torch.float32, "values", device)
+        out = torch.zeros(header.numel, dtype=torch.float32, device=device)
         out[idx] = values
         return out
+
+    def _support(self, reader: PayloadReader, header: Header, device: torch.device) -> torch.Tensor:
+        mask = torch.zeros(header.numel, dtype=torch.bool, device=device)
+        mask[self._positions(reader, header, device)] = True
+        return mask
 
 
 @register_codec
@@ -246,17 +254,27 @@ class RandomKCodec(Codec):
         idx = random_positions(d, k, msg_seed).to(flat.device)
         return (k, msg_seed, int(self.unbiased)), [flat[idx]]
 
-    def _decode(self, reader: PayloadReader, header: Header, device: torch.device) -> torch.Tensor:
+    def _params(self, reader: PayloadReader, header: Header) -> tuple[int, int, int]:
         k, msg_seed, flags = header.params
+        if not 1 <= k <= header.numel or flags & ~1:
+            raise reader.error(f"invalid parameter block: k = {k} for {header.numel} elements, flags = {flags}")
+        return k, msg_seed, flags
+
+    def _decode(self, reader: PayloadReader, header: Header, device: torch.device) -> torch.Tensor:
+        k, msg_seed, flags = self._params(reader, header)
         d = header.numel
-        if not 1 <= k <= d or flags & ~1:
-            raise reader.error(f"invalid parameter block: k = {k} for {d} elements, flags = {flags}")
         values = reader.take_tensor(k, torch.float32, "values", device)
         if flags & 1:
             values = values * (d / k)
         out = torch.zeros(d, dtype=torch.float32, device=device)
         out[random_positions(d, k, msg_seed).to(device)] = values
         return out
+
+    def _support(self, reader: PayloadReader, header: Header, device: torch.device) -> torch.Tensor:
+        k, msg_seed, _ = self._params(reader, header)
+        mask = torch.zeros(header.numel, dtype=torch.bool, device=device)
+        mask[random_positions(header.numel, k, msg_seed).to(device)] = True
+        return mask
 
 
 def random_positions(d: int, k: int, seed: int) -> torch.Tensor:
