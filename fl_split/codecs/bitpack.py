@@ -1,59 +1,52 @@
 """Bit packing of small unsigned codes (1 to 8 bits each), in torch, on any device.
 
-Format ("bit-sliced planar"; see ``docs/wire-format.md``). A width ``b`` is split into parts whose
-widths are the powers of two in ``b``, widest first (``7 = 4 + 2 + 1``, ``6 = 4 + 2``, ``5 = 4 + 1``,
-``3 = 2 + 1``; 1, 2, 4 and 8 are one part). Part ``p`` of width ``w`` carries bits
-``s .. s + w - 1`` of every code, where ``s`` is the sum of the widths before it. Inside a part the
-``n`` codes are cut into ``8 / w`` consecutive planes of ``P = ceil(n * w / 8)`` codes each (the last
-plane zero-padded), and byte ``i`` of the part is ``sum_j plane_j[i] << (w * j)``, that is, element
-``j * P + i`` sits in bits ``w*j .. w*j + w - 1`` of byte ``i``. Width 8 is the raw bytes.
-The parts are concatenated, widest first. A part of width ``w`` is ``ceil(n * w / 8)`` bytes, so
-widths 1, 2, 4 and 8 cost exactly ``ceil(n * b / 8)`` bytes and the others at most two more.
+Format (see ``docs/wire-format.md``). Everything is *planar*: codes are cut into consecutive
+planes and whole planes are combined with shift/OR, never neighbouring codes within a byte.
 
-Why planar: each part is a handful of whole-vector shift/OR passes over ``n * w / 8`` bytes of
-uint8, which runs at memory bandwidth in torch on CPU and CUDA alike; interleaving neighbouring
-codes into one byte would need per-element gathers or 64-bit word tricks that measured 5-10x
-slower (``simulations/bench_codecs.py`` reports the packing bandwidth against ``clone``).
+* Widths 1, 2, 4 ("sliced"): the ``n`` codes form ``8 / w`` planes of ``P = ceil(n * w / 8)``
+  codes (the last plane zero-padded); byte ``i`` is ``sum_j plane_j[i] << (w * j)``, i.e. element
+  ``j * P + i`` sits in bits ``w*j .. w*j + w - 1`` of byte ``i``. ``ceil(n * w / 8)`` bytes.
+* Width 3: two sliced parts, first the low 2 bits of every code (width 2), then the high bit
+  (width 1). ``ceil(2n / 8) + ceil(n / 8)`` bytes.
+* Widths 5, 6, 7 ("spill"): the codes form 8 planes of ``G = ceil(n / 8)`` codes. Planes
+  ``0 .. b-1`` are *hosts* and become the ``b`` output byte planes; the ``8 - b`` *donor* planes
+  ``b + j`` spill their bit ``i`` into bit ``b + j`` of host ``i``:
+  ``out_i = plane_i | sum_j bit_i(plane_{b+j}) << (b + j)``. ``b * ceil(n / 8)`` bytes.
+* Width 8: the raw bytes.
+
+Why planar: each step is a whole-vector shift/AND/OR over ``n / 8`` to ``n / 2`` bytes of uint8,
+which runs at memory bandwidth in torch on CPU and CUDA alike; interleaving neighbouring codes
+measured 5-10x slower, and the spill layout is ~3x faster than slicing widths 5-7 into parts
+(``simulations/bench_codecs.py`` reports packing bandwidth against ``clone``).
 """
 
 from __future__ import annotations
 
 import torch
 
-_PART_WIDTHS = (4, 2, 1)
+_SLICED = {1: [(0, 1)], 2: [(0, 2)], 3: [(0, 2), (2, 1)], 4: [(0, 4)]}
 
 
-def _parts(width: int) -> list[tuple[int, int]]:
-    """(shift, part_width) pairs of a code width, widest part first."""
+def _check_width(width: int) -> None:
     if not 1 <= width <= 8:
         raise ValueError(f"bit width must be in 1..8, got {width}")
-    if width == 8:
-        return [(0, 8)]
-    out = []
-    shift = 0
-    for w in _PART_WIDTHS:
-        if width & w:
-            out.append((shift, w))
-            shift += w
-    return out
 
 
 def packed_nbytes(n: int, width: int) -> int:
     """Bytes :func:`pack_bits` produces for ``n`` codes of ``width`` bits."""
-    return sum((n * w + 7) // 8 for _, w in _parts(width))
+    _check_width(width)
+    if width == 8:
+        return n
+    if width in _SLICED:
+        return sum((n * w + 7) // 8 for _, w in _SLICED[width])
+    return width * ((n + 7) // 8)
 
 
-def _pack_part(sub: torch.Tensor, w: int, n: int) -> torch.Tensor:
-    per = 8 // w
-    plane = (n * w + 7) // 8
-    if plane * per != n:
-        padded = torch.zeros(plane * per, dtype=torch.uint8, device=sub.device)
-        padded[:n] = sub
-        sub = padded
-    planes = sub.view(per, plane)
-    out = planes[0].clone()
-    for j in range(1, per):
-        out |= torch.bitwise_left_shift(planes[j], w * j)
+def _padded(codes: torch.Tensor, length: int) -> torch.Tensor:
+    if codes.numel() == length:
+        return codes.contiguous()
+    out = torch.zeros(length, dtype=torch.uint8, device=codes.device)
+    out[: codes.numel()] = codes
     return out
 
 
@@ -64,7 +57,7 @@ def pack_bits(codes: torch.Tensor, width: int) -> torch.Tensor:
     ----------
     codes:
         1-D ``torch.uint8`` tensor; values must be below ``2**width`` (callers produce them by
-        clamping; higher bits would be dropped).
+        clamping; higher bits are not guaranteed to be dropped).
     width:
         Bits per code, 1 to 8.
 
@@ -73,21 +66,60 @@ def pack_bits(codes: torch.Tensor, width: int) -> torch.Tensor:
     torch.Tensor
         1-D uint8 tensor of ``packed_nbytes(len(codes), width)`` bytes, on the same device.
     """
-    parts = _parts(width)
+    _check_width(width)
     codes = codes.reshape(-1)
     n = codes.numel()
     if width == 8:
         return codes.contiguous()
+    out = torch.empty(packed_nbytes(n, width), dtype=torch.uint8, device=codes.device)
     if n == 0:
-        return torch.empty(0, dtype=torch.uint8, device=codes.device)
-    if len(parts) == 1:
-        return _pack_part(codes, width, n)
-    chunks = []
+        return out
+    groups = (n + 7) // 8
+    padded = _padded(codes, 8 * groups)
+    if width in _SLICED:
+        _pack_sliced(padded, n, width, out)
+    else:
+        _pack_spill(padded.view(8, groups), width, out.view(width, groups))
+    return out
+
+
+def _pack_sliced(padded: torch.Tensor, n: int, width: int, out: torch.Tensor) -> None:
+    parts = _SLICED[width]
+    tmp = torch.empty((n + 1) // 2, dtype=torch.uint8, device=padded.device)
+    offset = 0
     for shift, w in parts:
-        sub = torch.bitwise_right_shift(codes, shift) if shift else codes.clone()
-        sub &= (1 << w) - 1
-        chunks.append(_pack_part(sub, w, n))
-    return torch.cat(chunks)
+        per, plane = 8 // w, (n * w + 7) // 8
+        src = padded[: per * plane].view(per, plane)
+        dst = out[offset : offset + plane]
+        t = tmp[:plane]
+        last = shift + w == width  # the top part needs no mask: codes < 2**width
+        for j in range(per):
+            if shift:
+                torch.bitwise_right_shift(src[j], shift, out=t)
+                if not last:
+                    t &= (1 << w) - 1
+            elif not last:
+                torch.bitwise_and(src[j], (1 << w) - 1, out=t)
+            else:
+                t.copy_(src[j])
+            if j == 0:
+                dst.copy_(t)
+            else:
+                t <<= w * j
+                dst |= t
+        offset += plane
+
+
+def _pack_spill(planes: torch.Tensor, width: int, out: torch.Tensor) -> None:
+    out.copy_(planes[:width])
+    t = torch.empty_like(planes[0])
+    for j in range(8 - width):
+        donor = planes[width + j]
+        for i in range(width):
+            # bit i of the donor to bit width + j of host i
+            torch.bitwise_left_shift(donor, width + j - i, out=t)
+            t &= 1 << (width + j)
+            out[i] |= t
 
 
 def unpack_bits(packed: torch.Tensor, width: int, n: int) -> torch.Tensor:
@@ -99,32 +131,48 @@ def unpack_bits(packed: torch.Tensor, width: int, n: int) -> torch.Tensor:
         If ``packed`` does not hold exactly ``packed_nbytes(n, width)`` bytes (decoders check the
         payload length before calling, so this guards programming errors).
     """
-    parts = _parts(width)
     nbytes = packed_nbytes(n, width)
+    packed = packed.reshape(-1)
     if packed.numel() != nbytes:
         raise ValueError(f"expected {nbytes} packed bytes for {n} codes of {width} bits, got {packed.numel()}")
-    packed = packed.reshape(-1)
     if width == 8:
         return packed
-    out: torch.Tensor | None = None
+    groups = (n + 7) // 8
+    codes = torch.zeros(8 * groups, dtype=torch.uint8, device=packed.device)
+    if n == 0:
+        return codes
+    if width in _SLICED:
+        _unpack_sliced(packed, n, width, codes)
+    else:
+        _unpack_spill(packed.view(width, groups), width, codes.view(8, groups))
+    return codes[:n]
+
+
+def _unpack_sliced(packed: torch.Tensor, n: int, width: int, codes: torch.Tensor) -> None:
+    tmp = torch.empty((n + 1) // 2, dtype=torch.uint8, device=packed.device)
     offset = 0
-    for shift, w in parts:
-        per = 8 // w
-        plane = (n * w + 7) // 8
+    for shift, w in _SLICED[width]:
+        per, plane = 8 // w, (n * w + 7) // 8
         part = packed[offset : offset + plane]
-        offset += plane
-        codes = torch.empty(per, plane, dtype=torch.uint8, device=packed.device)
-        mask = (1 << w) - 1
+        dst = codes[: per * plane].view(per, plane)
+        t = tmp[:plane]
         for j in range(per):
-            if j:
-                torch.bitwise_right_shift(part, w * j, out=codes[j])
+            torch.bitwise_right_shift(part, w * j, out=t)
+            t &= (1 << w) - 1
+            if shift:
+                t <<= shift
+                dst[j] |= t
             else:
-                codes[j].copy_(part)
-            codes[j] &= mask
-        flat = codes.view(-1)[:n]
-        if out is None:
-            out = flat if shift == 0 else torch.bitwise_left_shift(flat, shift)
-        else:
-            out |= torch.bitwise_left_shift(flat, shift)
-    assert out is not None
-    return out
+                dst[j].copy_(t)
+        offset += plane
+
+
+def _unpack_spill(packed: torch.Tensor, width: int, planes: torch.Tensor) -> None:
+    torch.bitwise_and(packed, (1 << width) - 1, out=planes[:width])
+    t = torch.empty_like(planes[0])
+    for j in range(8 - width):
+        donor = planes[width + j]
+        for i in range(width):
+            torch.bitwise_right_shift(packed[i], width + j - i, out=t)
+            t &= 1 << i
+            donor |= t
