@@ -40,9 +40,6 @@ class NoneCodec(_DenseCast):
     codec_id = 0
     wire_dtype = torch.float32
 
-    def __init__(self, *, nonfinite: str = "raise") -> None:
-        super().__init__(nonfinite=nonfinite)  # type: ignore[arg-type]
-
 
 @register_codec
 class Fp16Codec(_DenseCast):
@@ -57,9 +54,6 @@ class Fp16Codec(_DenseCast):
     name = "fp16"
     codec_id = 1
     wire_dtype = torch.float16
-
-    def __init__(self, *, nonfinite: str = "raise") -> None:
-        super().__init__(nonfinite=nonfinite)  # type: ignore[arg-type]
 
     def _encode(self, flat: torch.Tensor, stats: InputStats) -> tuple[tuple, list]:
         big = max(abs(stats.min), abs(stats.max))
@@ -84,6 +78,3 @@ class Bf16Codec(_DenseCast):
     name = "bf16"
     codec_id = 2
     wire_dtype = torch.bfloat16
-
-    def __init__(self, *, nonfinite: str = "raise") -> None:
-        super().__init__(nonfinite=nonfinite)  # type: ignore[arg-type]

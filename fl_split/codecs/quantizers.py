@@ -195,9 +195,6 @@ class SignCodec(Codec):
     codec_id = 9
     param_format = "f"  # scale
 
-    def __init__(self, *, nonfinite: str = "raise") -> None:
-        super().__init__(nonfinite=nonfinite)  # type: ignore[arg-type]
-
     def expected_bits(self, numel: int) -> int:
         return 8 * packed_nbytes(numel, 1)
 
