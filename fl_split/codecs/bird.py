@@ -35,6 +35,7 @@ from fl_split.codecs.base import Codec, InputStats, NonFinitePolicy, require, re
 from fl_split.codecs.bitpack import pack_bits, packed_nbytes, unpack_bits
 from fl_split.codecs.errors import CodecError
 from fl_split.codecs.registry import register_codec
+from fl_split.codecs.sparsifiers import decode_positions, encode_positions, sparse_index_bits
 from fl_split.codecs.wire import Header, PayloadReader, unpack_header
 
 FLAG_BITMAP = 0x01
@@ -213,7 +214,7 @@ class BirdCodec(Codec):
             b = min(self.block, numel)
             r = -(-numel // b)
             k = keep_count(self.keep, r)
-            index_bytes = min(4 * k, -(-r // 8))
+            index_bytes = sparse_index_bits(r, k) // 8
             kept = min(numel, k * b)
         else:
             index_bytes, kept = -(-numel // 8), numel
@@ -232,7 +233,7 @@ class BirdCodec(Codec):
         if block == 0:
             return 32 * header.numel
         body = self._read_head(PayloadReader(payload, header.body_offset, self.name), header)
-        index_bytes = min(4 * body.m, -(-body.num_blocks // 8))
+        index_bytes = sparse_index_bits(body.num_blocks, body.m) // 8
         return self._body_bits(
             index_bytes, body.kept_elements, bool(body.flags & FLAG_VALUES), bool(body.flags & FLAG_F16)
         )
@@ -317,15 +318,11 @@ class BirdCodec(Codec):
 
     @staticmethod
     def _head(values: bool, f16: bool, m: int, scale: float, s2: torch.Tensor, num_blocks: int) -> list:
-        """flags, m, s (sign mode) and the index buffer."""
-        bitmap = -(-num_blocks // 8) < 4 * m
-        flags = (FLAG_BITMAP if bitmap else 0) | (FLAG_VALUES if values else 0) | (FLAG_F16 if f16 else 0)
+        """flags, m, s (sign mode) and the index buffer (the sparsifiers' bitmap-or-u32 positions)."""
+        bitmap, indices = encode_positions(s2, num_blocks)
+        flags = bitmap | (FLAG_VALUES if values else 0) | (FLAG_F16 if f16 else 0)
         head = struct.pack("<BI", flags, m) if values else struct.pack("<BIf", flags, m, scale)
-        if bitmap:
-            mask = torch.zeros(num_blocks, dtype=torch.uint8)
-            mask[s2] = 1
-            return [head, pack_bits(mask, 1)]
-        return [head, s2.to(torch.int32)]  # indices < 2**31, so int32 bytes equal the u32 ones
+        return [head, indices]
 
     # ----------------------------------------------------------------- decode
     def _decode(self, reader: PayloadReader, header: Header, device: torch.device) -> torch.Tensor:
@@ -396,25 +393,7 @@ class BirdCodec(Codec):
             (scale,) = reader.take_struct("f", "scale s")
             if not (math.isfinite(scale) and scale >= 0.0):
                 raise reader.error(f"scale s={scale} is not a finite non-negative number (corrupted payload)")
-        bitmap_bytes = -(-num_blocks // 8)
-        if bool(flags & FLAG_BITMAP) != (bitmap_bytes < 4 * m):
-            raise reader.error(
-                f"index encoding does not match m={m} and {num_blocks} blocks (a bitmap is used exactly when "
-                "ceil(R/8) < 4m); corrupted payload"
-            )
-        if flags & FLAG_BITMAP:
-            packed = reader.take_tensor(bitmap_bytes, torch.uint8, "index bitmap", "cpu")
-            bits = unpack_bits(packed, 1, num_blocks)
-            indices = torch.nonzero(bits).squeeze(1)
-            if indices.numel() != m:
-                raise reader.error(f"index bitmap has {indices.numel()} bits set, but m={m}")
-        else:
-            raw = reader.take_tensor(m, torch.int32, "block indices", "cpu")
-            indices = raw.to(torch.int64) & _U32_MAX
-            if m and int(indices[-1]) >= num_blocks:
-                raise reader.error(f"block index {int(indices.max())} is out of range (the tensor has {num_blocks})")
-            if m > 1 and not bool((indices[1:] > indices[:-1]).all()):
-                raise reader.error("block indices are not strictly ascending (corrupted payload)")
+        indices = decode_positions(reader, flags & FLAG_BITMAP, num_blocks, m, "cpu")
         return _Body(flags, m, scale, indices, num_blocks, block, numel)
 
     @staticmethod

@@ -55,18 +55,28 @@ def encode_positions(idx_sorted: torch.Tensor, d: int) -> tuple[int, Chunk]:
     return 0, idx_sorted.to(torch.int32)
 
 
-def decode_positions(reader: PayloadReader, flags: int, d: int, k: int, device: torch.device) -> torch.Tensor:
-    """Read ``k`` ascending positions written by :func:`encode_positions`, validating them."""
+def decode_positions(reader: PayloadReader, flags: int, d: int, k: int, device: torch.device | str) -> torch.Tensor:
+    """Read ``k`` ascending positions written by :func:`encode_positions`, validating them.
+
+    The encoding must be the one :func:`use_bitmap` picks for ``(d, k)``, a bitmap must have
+    exactly ``k`` bits set, and u32 positions must be below ``d`` and strictly ascending.
+    """
+    if bool(flags & _FLAG_BITMAP) != use_bitmap(d, k):
+        raise reader.error(
+            f"index encoding does not match k={k} and d={d} (a bitmap is used exactly when ceil(d/8) < 4k); "
+            "corrupted payload"
+        )
     if flags & _FLAG_BITMAP:
         bitmap = reader.take_tensor(packed_nbytes(d, 1), torch.uint8, "position bitmap", device)
-        bits = unpack_bits(bitmap, 1, d)
-        idx = torch.nonzero(bits).squeeze(1)
+        idx = torch.nonzero(unpack_bits(bitmap, 1, d)).squeeze(1)
         if idx.numel() != k:
-            raise reader.error(f"position bitmap has {idx.numel()} bits set, header says k = {k}")
+            raise reader.error(f"position bitmap has {idx.numel()} bits set, but k={k}")
         return idx
-    idx = reader.take_tensor(k, torch.int32, "u32 positions", device).long()
-    if k and (idx.min() < 0 or idx.max() >= d or (k > 1 and bool((idx[1:] <= idx[:-1]).any()))):
-        raise reader.error(f"positions must be strictly ascending and below {d}")
+    idx = reader.take_tensor(k, torch.int32, "u32 positions", device).long() & 0xFFFFFFFF
+    if k and int(idx.max()) >= d:
+        raise reader.error(f"position {int(idx.max())} is out of range (the tensor has {d})")
+    if k > 1 and not bool((idx[1:] > idx[:-1]).all()):
+        raise reader.error("positions are not strictly ascending (corrupted payload)")
     return idx
 
 
