@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from fl_split.models.registry import register_model
+
 NUM_CLASSES = 10
 
 
@@ -25,6 +27,17 @@ def digits_layers(num_classes: int = NUM_CLASSES) -> list[nn.Module]:
     5     flatten                     1024
     6     linear(1024→num_classes)    num_classes
     ====  ==========================  ====================
+
+    Named cuts in the model registry (``create_split_model("digits_cnn", cut)``; the client keeps
+    ``cut`` layers, so it sends the output of layer ``cut - 1``):
+
+    =======  ===  ==========================================
+    name     cut  client output (per image)
+    =======  ===  ==========================================
+    shallow  2    64×16×16, post-ReLU (the MS paper's setting)
+    medium   4    64×8×8, post-ReLU
+    deep     5    64×4×4, max-pool of post-ReLU
+    =======  ===  ==========================================
     """
     return [
         _conv_relu(1, 32),
@@ -35,6 +48,17 @@ def digits_layers(num_classes: int = NUM_CLASSES) -> list[nn.Module]:
         nn.Flatten(),
         nn.Linear(64 * 4 * 4, num_classes),
     ]
+
+
+@register_model(
+    "digits_cnn",
+    cuts={"shallow": 2, "medium": 4, "deep": 5},
+    default_in_channels=1,
+    fixed_in_channels=True,
+)
+def _digits_cnn(*, num_classes: int, in_channels: int, stem: str | None) -> list[nn.Module]:
+    """Registry entry: :func:`digits_layers` (``[N, 1, 16, 16]`` input, one channel only)."""
+    return digits_layers(num_classes)
 
 
 class DigitsCNN(nn.Sequential):
