@@ -23,6 +23,7 @@ from fl_split.codecs.registry import (
     list_codecs,
     register_codec,
 )
+from fl_split.codecs.spec import codec_from_spec, parse_codec_spec
 from fl_split.codecs.wire import MAX_NUMEL, peek_codec_id
 
 __all__ = [
@@ -31,10 +32,12 @@ __all__ = [
     "ErrorFeedback",
     "InputStats",
     "codec_class",
+    "codec_from_spec",
     "codec_parameters",
     "create_codec",
     "decode_payload",
     "list_codecs",
+    "parse_codec_spec",
     "register_codec",
 ]
 

@@ -1,0 +1,241 @@
+"""Run configurations: a typed schema per command, YAML files in ``conf/``, ``--set`` overrides.
+
+A config is a nested ``dict`` validated against a schema of :class:`Field` s. Keys are addressed
+with dots (``optimizer.lr``); the same keys, with ``-`` for ``_``, are a Flower app's run-config
+keys (``optimizer.lr`` ↔ ``optimizer.lr``, ``out_dir`` ↔ ``out-dir``). Every error names the bad
+key or value and lists the valid keys or choices.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+Check = Callable[[Any], str | None]
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is wrong; the message says which and what is allowed."""
+
+
+@dataclass(frozen=True)
+class Field:
+    """One configuration key.
+
+    Parameters
+    ----------
+    default:
+        Value when neither the file nor an override sets it.
+    types:
+        Accepted Python types (``int`` values are accepted where ``float`` is).
+    help:
+        One line for ``--help``-style listings and error messages.
+    choices:
+        If set, the value must be one of these, or a callable returning them (registries).
+    check:
+        Extra validation: returns an error message (without the key name) or ``None``.
+    """
+
+    default: Any
+    types: tuple[type, ...]
+    help: str
+    choices: Iterable[Any] | Callable[[], Iterable[Any]] | None = None
+    check: Check | None = field(default=None, compare=False)
+
+    def allowed(self) -> list[Any] | None:
+        """The choices as a list (calling the registry when ``choices`` is callable)."""
+        if self.choices is None:
+            return None
+        return list(self.choices() if callable(self.choices) else self.choices)
+
+
+Schema = Mapping[str, "Field | Schema"]
+
+
+def flat_fields(schema: Schema, prefix: str = "") -> dict[str, Field]:
+    """Dotted key → :class:`Field` for every leaf of ``schema``."""
+    out: dict[str, Field] = {}
+    for key, value in schema.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Field):
+            out[dotted] = value
+        else:
+            out.update(flat_fields(value, dotted + "."))
+    return out
+
+
+def defaults(schema: Schema) -> dict[str, Any]:
+    """The nested config holding every default."""
+    return {k: (copy.deepcopy(v.default) if isinstance(v, Field) else defaults(v)) for k, v in schema.items()}
+
+
+def get_dotted(config: Mapping[str, Any], key: str) -> Any:
+    """``config["a"]["b"]`` for ``key = "a.b"``."""
+    node: Any = config
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def _set_dotted(config: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = config
+    for part in parts[:-1]:
+        node = node[part]
+    node[parts[-1]] = value
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _unknown_key(key: str, fields: Mapping[str, Field], where: str) -> ConfigError:
+    return ConfigError(f"unknown config key {key!r} ({where}); valid keys: {', '.join(sorted(fields))}")
+
+
+def _coerce(key: str, value: Any, spec: Field) -> Any:
+    """Check ``value`` against ``spec``; ints are accepted (and converted) where floats are."""
+    types = spec.types
+    if isinstance(value, bool) and bool not in types:
+        ok = False
+    elif isinstance(value, int) and not isinstance(value, bool) and float in types and int not in types:
+        value, ok = float(value), True
+    else:
+        ok = isinstance(value, types)
+    if not ok:
+        names = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+        raise ConfigError(f"config key {key!r} must be {names}, got {value!r} ({type(value).__name__}): {spec.help}")
+    allowed = spec.allowed()
+    if allowed is not None and value not in allowed:
+        raise ConfigError(f"config key {key!r} must be one of {', '.join(map(str, allowed))}; got {value!r}")
+    if spec.check is not None:
+        problem = spec.check(value)
+        if problem:
+            raise ConfigError(f"config key {key!r} = {value!r}: {problem}")
+    return value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"optimizer.lr=0.1"`` → ``("optimizer.lr", 0.1)``; the value is parsed as YAML."""
+    key, eq, raw = text.partition("=")
+    key = key.strip()
+    if not eq or not key:
+        raise ConfigError(f"--set expects key=value (e.g. --set rounds=5), got {text!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def resolve_config_path(name_or_path: str | Path, command: str) -> Path:
+    """A path as given, or ``conf/NAME.yaml`` / ``conf/<command>/NAME.yaml`` for a bare name."""
+    path = Path(name_or_path).expanduser()
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        return path
+    candidates = [CONF_DIR / f"{name_or_path}.yaml", CONF_DIR / command / f"{name_or_path}.yaml"]
+    for cand in candidates:
+        if cand.is_file():
+            return cand
+    known = sorted({p.stem for p in CONF_DIR.glob("*.yaml")} | {p.stem for p in CONF_DIR.glob(f"{command}/*.yaml")})
+    raise ConfigError(f"no config named {str(name_or_path)!r}; configs in {CONF_DIR}: {', '.join(known)}")
+
+
+def build_config(
+    schema: Schema,
+    *,
+    file: str | Path | None = None,
+    values: Mapping[str, Any] | None = None,
+    overrides: Iterable[str] = (),
+    command: str = "sl",
+    validate: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Resolve a config: schema defaults ← YAML file ← ``values`` (dotted or nested) ← ``--set`` overrides.
+
+    Parameters
+    ----------
+    schema:
+        The command's schema.
+    file:
+        A config name in ``conf/`` or a path to a YAML file.
+    values:
+        Extra settings (nested or dotted keys), applied after the file.
+    overrides:
+        ``key=value`` strings (``--set``), applied last.
+    command:
+        Used to find ``conf/<command>/NAME.yaml``.
+    validate:
+        Cross-key checks on the resolved config (raise :class:`ConfigError`).
+
+    Raises
+    ------
+    ConfigError
+        Unknown key (with the valid keys), wrong type or value (with the choices).
+    """
+    fields = flat_fields(schema)
+    config = defaults(schema)
+    layers: list[tuple[str, dict[str, Any]]] = []
+    if file is not None:
+        path = resolve_config_path(file, command)
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"config file {path} must hold a mapping of keys to values")
+        layers.append((f"in {path}", _flatten(data)))
+    if values:
+        layers.append(("in the given values", _flatten(values)))
+    if overrides:
+        layers.append(("in --set", dict(parse_override(o) for o in overrides)))
+    for where, flat in layers:
+        for key, value in flat.items():
+            if key not in fields:
+                raise _unknown_key(key, fields, where)
+            _set_dotted(config, key, _coerce(key, value, fields[key]))
+    for key, spec in fields.items():  # defaults are validated too (registries may have changed)
+        _coerce(key, get_dotted(config, key), spec)
+    if validate is not None:
+        validate(config)
+    return config
+
+
+# ------------------------------------------------------------------ Flower run config
+def to_run_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Flatten to Flower run-config keys (``out_dir`` → ``out-dir``); ``None`` becomes ``""``."""
+    return {k.replace("_", "-"): ("" if v is None else v) for k, v in _flatten(config).items()}
+
+
+def from_run_config(schema: Schema, run_config: Mapping[str, Any], **kwargs: Any) -> dict[str, Any]:
+    """Inverse of :func:`to_run_config`, validated; unknown run-config keys are errors."""
+    fields = flat_fields(schema)
+    values: dict[str, Any] = {}
+    for key, value in run_config.items():
+        dotted = key.replace("-", "_")
+        if dotted not in fields:
+            raise _unknown_key(key, {k.replace("_", "-"): f for k, f in fields.items()}, "in the Flower run config")
+        if value == "" and type(None) in fields[dotted].types:
+            value = None
+        values[dotted] = value
+    return build_config(schema, values=values, **kwargs)
+
+
+def config_digest(config: Mapping[str, Any]) -> str:
+    """Canonical JSON of a config (sorted keys): its identity in logs and message headers."""
+    return json.dumps(config, sort_keys=True, separators=(",", ":"))
