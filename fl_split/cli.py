@@ -1,12 +1,18 @@
-"""``fl-split`` command line: ``fl-split codecs`` and ``fl-split bench codecs``.
+"""``fl-split`` command line: one shape for every command.
 
-The SL/FL/gossip/compare subcommands arrive with their issues; this module only dispatches.
+    fl-split <command> [--config NAME|PATH] [--set key=value ...] [--out DIR]
+
+Commands: ``sl`` (split learning), ``codecs`` (list codecs), ``bench codecs`` (codec benchmark),
+``bench sl-accuracy`` (split-learning accuracy at equal measured budgets).
+Configs live in ``conf/``; ``--set`` takes dotted keys (``--set optimizer.lr=0.1``); an unknown
+key or a bad value is an error that lists the valid keys or choices.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 
 
@@ -25,19 +31,64 @@ def _codecs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sl(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from fl_split.config import ConfigError, flat_fields
+    from fl_split.sl.config import SL_SCHEMA, load_sl_config
+
+    if args.list_keys:
+        for key, spec in flat_fields(SL_SCHEMA).items():
+            allowed = spec.allowed()
+            extra = f" (one of: {', '.join(map(str, allowed))})" if allowed else ""
+            print(f"{key:<28} default {spec.default!r:<24} {spec.help}{extra}")
+        return 0
+    overrides = list(args.set or [])
+    if args.out:
+        overrides.append(f"out_dir={args.out}")
+    try:
+        config = load_sl_config(args.config or "sl", overrides)
+        from simulations import sl
+
+        return sl.main(config)
+    except (ConfigError, FileNotFoundError) as err:
+        parser.error(str(err))
+    except ValueError as err:  # model/data mismatches found at start-up, before training
+        parser.error(str(err))
+    return 2  # pragma: no cover - parser.error exits
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="NAME|PATH", help="a config in conf/ by name, or a YAML file")
+    p.add_argument(
+        "--set", metavar="KEY=VALUE", action="extend", nargs="+", help="override config keys (dotted: optimizer.lr=0.1)"
+    )
+    p.add_argument("--out", metavar="DIR", help="output directory (the config key out_dir)")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``fl-split`` console script."""
     parser = argparse.ArgumentParser(prog="fl-split", description="Communication-efficient split/federated learning")
     sub = parser.add_subparsers(dest="command", required=True)
     p_codecs = sub.add_parser("codecs", help="list the registered codecs and their parameters")
     p_codecs.add_argument("--json", action="store_true", help="print JSON")
+    p_sl = sub.add_parser("sl", help="split learning over Flower (or in process)")
+    _add_common(p_sl)
+    p_sl.add_argument("--list-keys", action="store_true", help="list every config key with its default and exit")
     p_bench = sub.add_parser("bench", help="benchmarks")
-    p_bench.add_argument("what", choices=["codecs"], help="what to benchmark")
+    p_bench.add_argument("what", choices=["codecs", "sl-accuracy"], help="what to benchmark")
     args, rest = parser.parse_known_args(argv)
+    if args.command in ("codecs", "sl") and rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "codecs":
-        if rest:
-            parser.error(f"unrecognized arguments: {' '.join(rest)}")
         return _codecs(args)
+    if args.command == "sl":
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        for handler in logging.getLogger().handlers:  # flwr logs DEBUG records that would propagate here
+            handler.setLevel(logging.WARNING)
+        return _sl(args, p_sl)
+    if args.what == "sl-accuracy":
+        from simulations import bench_sl_accuracy
+
+        return bench_sl_accuracy.main(rest)
     from simulations import bench_codecs
 
     return bench_codecs.main(rest)

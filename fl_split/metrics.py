@@ -1,0 +1,94 @@
+"""The run outputs every command writes: ``metrics.jsonl``, ``summary.json`` and the plot.
+
+One schema for split learning, FL, gossip and the comparison: one JSON object per round with at
+least ``round``, ``train_loss``, ``test_accuracy``, ``test_accuracy_dense``, ``uplink_bytes``,
+``downlink_bytes``, ``cum_uplink_bytes``, ``cum_downlink_bytes``, ``steps``, ``samples``,
+``dropped``, ``wall_s``. Byte fields are sums of ``len()`` of real payloads.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from collections.abc import Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+ROUND_KEYS = (
+    "round",
+    "train_loss",
+    "test_accuracy",
+    "test_accuracy_dense",
+    "uplink_bytes",
+    "downlink_bytes",
+    "cum_uplink_bytes",
+    "cum_downlink_bytes",
+    "steps",
+    "samples",
+    "dropped",
+    "wall_s",
+)
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of Python and the packages a result depends on."""
+    out = {"python": platform.python_version()}
+    for pkg in ("fl-split", "torch", "torchvision", "flwr", "flwr-datasets", "numpy", "ray"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+class RunWriter:
+    """Writes one run's outputs under ``out_dir`` (created; an old ``metrics.jsonl`` is replaced)."""
+
+    def __init__(self, out_dir: str | Path) -> None:
+        self.out_dir = Path(out_dir).expanduser()
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics_path = self.out_dir / "metrics.jsonl"
+        self.summary_path = self.out_dir / "summary.json"
+        self.plot_path = self.out_dir / "accuracy_vs_mb.png"
+        self.metrics_path.write_text("", encoding="utf-8")
+        self.rows: list[dict[str, Any]] = []
+
+    def write_round(self, row: Mapping[str, Any]) -> None:
+        """Append one round's metrics (must hold every key of :data:`ROUND_KEYS`)."""
+        missing = [k for k in ROUND_KEYS if k not in row]
+        if missing:
+            raise ValueError(f"round metrics lack {missing}")
+        self.rows.append(dict(row))
+        with self.metrics_path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(dict(row)) + "\n")
+
+    def write_summary(self, config: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Write ``summary.json`` (config, final/best accuracy, byte totals, wall time, versions) and the plot."""
+        rows = self.rows
+        last = rows[-1] if rows else {}
+        summary: dict[str, Any] = {
+            "config": dict(config),
+            "rounds_completed": len(rows),
+            "final_test_accuracy": last.get("test_accuracy"),
+            "final_test_accuracy_dense": last.get("test_accuracy_dense"),
+            "best_test_accuracy": max((r["test_accuracy"] for r in rows), default=None),
+            "total_uplink_bytes": last.get("cum_uplink_bytes", 0),
+            "total_downlink_bytes": last.get("cum_downlink_bytes", 0),
+            "total_dropped": sum(r["dropped"] for r in rows),
+            "wall_s": last.get("wall_s"),
+            "versions": package_versions(),
+            "files": {"metrics": str(self.metrics_path), "plot": str(self.plot_path)},
+        }
+        summary.update(extra or {})
+        self.summary_path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        if rows:
+            from fl_split.plots import plot_accuracy_vs_mb
+
+            plot_accuracy_vs_mb(rows, self.plot_path, title=str(summary.get("title", "")))
+        return summary
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a ``metrics.jsonl`` file."""
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]

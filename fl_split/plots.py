@@ -1,0 +1,31 @@
+"""Figures drawn from run metrics (matplotlib, Agg backend: no display needed)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+def plot_accuracy_vs_mb(rows: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> Path:
+    """Test accuracy (with and without the codec) against cumulative measured uplink+downlink MB."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mb = [(r["cum_uplink_bytes"] + r["cum_downlink_bytes"]) / 1e6 for r in rows]
+    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=100)
+    ax.plot(mb, [r["test_accuracy"] for r in rows], marker="o", label="codec in the loop")
+    ax.plot(mb, [r["test_accuracy_dense"] for r in rows], marker=".", linestyle="--", label="dense (no codec)")
+    ax.set_xlabel("cumulative measured MB (uplink + downlink)")
+    ax.set_ylabel("test accuracy")
+    if title:
+        ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out)
+    plt.close(fig)
+    return out

@@ -1,0 +1,235 @@
+"""The client side of a split-learning step, as pure functions of (state, message fields).
+
+A client owns the shallow half. Between messages its whole state is a :class:`ClientState`
+(weights, momentum, data cursor, pending batches): plain ints and bytes that Flower keeps in
+``context.state`` (and the in-process engine keeps in a dict), so nothing depends on a process
+surviving. The autograd graph cannot be kept, so applying a gradient recomputes the forward of
+its batch (cheap: the shallow half) with the current weights.
+
+Protocol (one round trip per step, ``k = batches_per_message``)::
+
+    sl_begin (config, weights[, momentum])  ->  acts/labels of the next k batches
+    sl_step  (grads of the pending batches) ->  apply them, step; acts/labels of the next k
+                                               ... or, when the round's batches are done,
+                                               done=True, weights[, momentum], counts
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from fl_split.codecs import Codec, CodecError, codec_from_spec, create_codec
+from fl_split.data import dataset_info
+from fl_split.sl.config import MASK
+from fl_split.sl.setup import batch_indices, batches_per_epoch, cached_client_half, client_data
+from fl_split.sl.wire import (
+    ACTIVATIONS,
+    GRADIENTS,
+    LABELS,
+    MOMENTUM,
+    WEIGHTS,
+    decode_tensors,
+    encode_labels,
+    encode_tensors,
+)
+
+BEGIN, STEP = "sl_begin", "sl_step"
+_NONE = create_codec("none")
+
+
+@dataclass
+class ClientState:
+    """Everything a client keeps between messages (serialised by :meth:`to_fields`)."""
+
+    config: str = ""  #: the run's resolved config, JSON
+    weights: list[bytes] = field(default_factory=list)  #: client-half state_dict, ``none`` payloads
+    momentum: list[bytes] = field(default_factory=list)  #: SGD momentum per parameter (``b""``: none yet)
+    epoch: int = 0  #: cursor: current epoch over the partition
+    pos: int = 0  #: cursor: next batch within the epoch
+    left: int = 0  #: batches still to send this round
+    pending: list[int] = field(default_factory=list)  #: sent, not yet applied: [epoch, batch, epoch, batch, ...]
+    pending_uplink: list[bytes] = field(default_factory=list)  #: their uplink payloads (mask downlink only)
+    round: int = 0
+    samples: int = 0  #: samples whose gradient was applied this round
+    steps: int = 0  #: optimizer steps this round
+    skipped: int = 0  #: batches the server dropped this round
+
+    def to_fields(self) -> dict[str, Any]:
+        """Plain fields (str, int, bytes and lists of them) for ``context.state``."""
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, Any]) -> ClientState:
+        """Inverse of :meth:`to_fields`; missing fields take their defaults."""
+        known = {k: v for k, v in fields.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+class _Runtime:
+    """The live objects rebuilt from a :class:`ClientState` for one message."""
+
+    def __init__(self, state: ClientState, partition_id: int, num_partitions: int) -> None:
+        self.state = state
+        self.config: dict[str, Any] = json.loads(state.config)
+        self.partition_id = partition_id
+        self.half = cached_client_half(self.config)
+        self.half.train()
+        self.params = list(self.half.parameters())
+        self.tensors = list(self.half.state_dict(keep_vars=True).values())
+        opt = self.config["optimizer"]
+        self.optimizer = torch.optim.SGD(
+            self.params, lr=opt["lr"], momentum=opt["momentum"], weight_decay=opt["weight_decay"]
+        )
+        self.x, self.y = client_data(self.config, partition_id, num_partitions)
+        self.uplink: Codec = codec_from_spec(self.config["uplink"])
+        down = self.config["downlink"]
+        self.downlink: Codec | None = None if down == MASK else codec_from_spec(down)
+        self.num_classes = dataset_info(str(self.config["dataset"])).num_classes
+
+    # ------------------------------------------------------------- weights and momentum
+    def load(self, weights: list[bytes], momentum: list[bytes]) -> None:
+        with torch.no_grad():
+            for dst, src in zip(
+                self.tensors, decode_tensors(weights, self.tensors, "client-half weights"), strict=True
+            ):
+                if src is None:
+                    raise CodecError("client-half weights: every tensor must be sent")
+                dst.copy_(src)
+        if momentum:
+            bufs = decode_tensors(momentum, self.params, "client-half momentum")
+            for p, buf in zip(self.params, bufs, strict=True):
+                if buf is not None:
+                    self.optimizer.state[p]["momentum_buffer"] = buf.clone()
+
+    def save(self) -> None:
+        self.state.weights = encode_tensors(self.tensors)
+        self.state.momentum = self.momentum()
+
+    def momentum(self) -> list[bytes]:
+        return encode_tensors([self.optimizer.state.get(p, {}).get("momentum_buffer") for p in self.params])
+
+    # ------------------------------------------------------------- batches
+    def batch(self, epoch: int, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        c = self.config
+        idx = batch_indices(len(self.y), int(c["batch_size"]), int(c["seed"]), self.partition_id, epoch, index)
+        return self.x[idx], self.y[idx]
+
+    def send_next(self) -> dict[str, Any]:
+        """Forward the next ``k`` batches of the round; their payloads for the server."""
+        st, k = self.state, int(self.config["batches_per_message"])
+        nb = batches_per_epoch(len(self.y), int(self.config["batch_size"]))
+        acts, labels = [], []
+        for _ in range(min(k, st.left)):
+            x, y = self.batch(st.epoch, st.pos)
+            with torch.no_grad():
+                out = self.half(x)
+            payload = self.uplink.encode(out)
+            acts.append(payload)
+            labels.append(encode_labels(y, self.num_classes))
+            st.pending += [st.epoch, st.pos]
+            if self.downlink is None:
+                st.pending_uplink.append(payload)
+            st.left -= 1
+            st.pos += 1
+            if st.pos == nb:
+                st.epoch, st.pos = st.epoch + 1, 0
+        return {ACTIVATIONS: acts, LABELS: labels, "done": False}
+
+    def apply(self, grads: list[bytes]) -> None:
+        """Apply the server's gradients to the pending batches, one optimizer step each, in order."""
+        st = self.state
+        pending = list(zip(st.pending[::2], st.pending[1::2], strict=True))
+        if len(grads) != len(pending):
+            raise CodecError(f"got {len(grads)} gradients for {len(pending)} pending batches")
+        for j, ((epoch, index), g) in enumerate(zip(pending, grads, strict=True)):
+            if not g:  # the server dropped this batch (its payload did not decode)
+                st.skipped += 1
+                continue
+            x, _ = self.batch(epoch, index)
+            buffers = [b.detach().clone() for b in self.half.buffers()]
+            out = self.half(x)  # recompute: same weights as the send for k = 1 (exact SL)
+            with torch.no_grad():  # the send's forward already updated BN statistics: undo this one
+                for b, saved in zip(self.half.buffers(), buffers, strict=True):
+                    b.copy_(saved)
+            grad = self.decode_gradient(g, out, j)
+            self.optimizer.zero_grad(set_to_none=True)
+            out.backward(grad)  # straight-through: decode∘encode treated as the identity
+            self.optimizer.step()
+            st.steps += 1
+            st.samples += x.shape[0]
+        st.pending, st.pending_uplink = [], []
+
+    def decode_gradient(self, payload: bytes, out: torch.Tensor, j: int) -> torch.Tensor:
+        if self.downlink is not None:
+            grad = self.downlink.decode(payload, max_numel=out.numel())
+        else:  # mask: the values at the uplink's kept positions, in row-major order
+            support = self.uplink.support(self.state.pending_uplink[j])
+            values = _NONE.decode(payload, max_numel=out.numel())
+            if values.ndim != 1 or values.numel() != int(support.sum()):
+                raise CodecError(f"mask gradient holds {values.numel()} values for {int(support.sum())} kept positions")
+            grad = torch.zeros(support.shape)
+            grad[support] = values
+        if tuple(grad.shape) != tuple(out.shape):
+            raise CodecError(f"gradient of shape {tuple(grad.shape)} for activations of shape {tuple(out.shape)}")
+        return grad.to(out.dtype)
+
+
+def client_handle(
+    kind: str, fields: dict[str, Any], state: ClientState | None, partition_id: int, num_partitions: int
+) -> tuple[ClientState, dict[str, Any]]:
+    """Handle one server message; return the new state and the reply fields.
+
+    Parameters
+    ----------
+    kind:
+        ``"sl_begin"`` or ``"sl_step"``.
+    fields:
+        The message fields (see the module docstring).
+    state:
+        The state left by the previous message (``None`` on a node's first message).
+    partition_id, num_partitions:
+        This node's data partition (Flower's ``partition-id`` / ``num-partitions`` node config).
+    """
+    if kind == BEGIN:
+        state = state or ClientState()
+        state.config = str(fields["config"])
+        rt = _Runtime(state, partition_id, num_partitions)
+        rt.load(list(fields[WEIGHTS]), list(fields.get(MOMENTUM, [])) or list(state.momentum))
+        nb = batches_per_epoch(len(rt.y), int(rt.config["batch_size"]))
+        cap = int(rt.config["max_steps_per_round"])
+        state.left = nb * int(rt.config["local_epochs"])
+        state.left = min(state.left, cap) if cap else state.left
+        state.round, state.samples, state.steps, state.skipped = int(fields["round"]), 0, 0, 0
+        state.pending, state.pending_uplink = [], []
+        reply = rt.send_next()
+        rt.save()
+        return state, reply
+    if kind == STEP:
+        if state is None or not state.config:
+            raise RuntimeError("sl_step before sl_begin: this node holds no split-learning state")
+        rt = _Runtime(state, partition_id, num_partitions)
+        rt.load(state.weights, state.momentum)
+        rt.apply(list(fields[GRADIENTS]))
+        reply = rt.send_next() if state.left > 0 else rt_done(rt, rt.config["mode"] == "sequential")
+        rt.save()
+        return state, reply
+    raise ValueError(f"unknown split-learning message {kind!r}; expected {BEGIN!r} or {STEP!r}")
+
+
+def rt_done(rt: _Runtime, with_momentum: bool) -> dict[str, Any]:
+    """The round's last reply: weights (and momentum when the half is handed on), counts."""
+    st = rt.state
+    reply: dict[str, Any] = {
+        "done": True,
+        WEIGHTS: encode_tensors(rt.tensors),
+        "samples": st.samples,
+        "steps": st.steps,
+        "skipped": st.skipped,
+    }
+    if with_momentum:
+        reply[MOMENTUM] = rt.momentum()
+    return reply

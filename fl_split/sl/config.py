@@ -1,0 +1,121 @@
+"""The split-learning configuration schema (``fl-split sl``, the Flower app's run config)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fl_split.config import ConfigError, Field, Schema, build_config
+
+ENGINES = ("flower", "inprocess")
+MODES = ("sequential", "splitfed1", "splitfed2")
+PARTITIONS = ("iid", "dirichlet", "shard")
+#: Downlink value meaning "the gradient only at the positions the uplink kept, no indices sent".
+MASK = "mask"
+
+
+def _codec_spec_check(value: str) -> str | None:
+    from fl_split.codecs import codec_from_spec
+
+    try:
+        codec_from_spec(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _downlink_check(value: str) -> str | None:
+    return None if value == MASK else _codec_spec_check(value)
+
+
+def _models() -> list[str]:
+    from fl_split.models import list_models
+
+    return ["auto", *list_models()]
+
+
+def _datasets() -> list[str]:
+    from fl_split.data import list_datasets
+
+    return list_datasets()
+
+
+def _cut_check(value: str | int) -> str | None:
+    if isinstance(value, int):
+        return None if value >= 1 else "an integer cut is the number of client layers, >= 1"
+    return None if value in ("shallow", "medium", "deep") else "named cuts: shallow, medium, deep (or an integer)"
+
+
+def _positive(value: float) -> str | None:
+    return None if value > 0 else "must be > 0"
+
+
+def _non_negative(value: float) -> str | None:
+    return None if value >= 0 else "must be >= 0"
+
+
+def _at_least_one(value: int) -> str | None:
+    return None if value >= 1 else "must be >= 1"
+
+
+def _fraction(value: float) -> str | None:
+    return None if 0 < value <= 1 else "must be in (0, 1]"
+
+
+SL_SCHEMA: Schema = {
+    "engine": Field(
+        "flower", (str,), "flower (Ray virtual clients) or inprocess (no Flower, same step functions)", ENGINES
+    ),
+    "mode": Field("splitfed2", (str,), "how the server loops over clients", MODES),
+    "clients": Field(10, (int,), "number of clients (Flower virtual nodes / data partitions)", check=_at_least_one),
+    "fraction": Field(1.0, (float,), "fraction of clients sampled per round", check=_fraction),
+    "rounds": Field(10, (int,), "training rounds", check=_at_least_one),
+    "local_epochs": Field(1, (int,), "passes over its partition a client makes per round", check=_at_least_one),
+    "max_steps_per_round": Field(0, (int,), "cap on a client's batches per round (0: no cap)", check=_non_negative),
+    "batch_size": Field(32, (int,), "samples per batch (one codec call per batch)", check=_at_least_one),
+    "batches_per_message": Field(1, (int,), "k batches per Flower message (1: exact vanilla SL)", check=_at_least_one),
+    "dataset": Field("digits", (str,), "dataset name", _datasets),
+    "data_dir": Field(None, (str, type(None)), "folder with torchvision datasets (cifar10, mnist, ...)"),
+    "model": Field("auto", (str,), "model name (auto: the dataset's default)", _models),
+    "cut": Field("shallow", (str, int), "shallow, medium, deep, or the number of client layers", check=_cut_check),
+    "partition": Field("iid", (str,), "how the training set is split among clients", PARTITIONS),
+    "dirichlet_alpha": Field(0.3, (float,), "concentration of the dirichlet partition", check=_positive),
+    "shards_per_client": Field(2, (int,), "label shards per client for the shard partition", check=_at_least_one),
+    "seed": Field(0, (int,), "seed of initialisation, partitioning, batch order and sampling"),
+    "uplink": Field("ms:keep=0.01,bits=2", (str,), "codec spec for the activations", check=_codec_spec_check),
+    "downlink": Field("none", (str,), "codec spec for the activation gradient, or 'mask'", check=_downlink_check),
+    "optimizer": {
+        "lr": Field(0.05, (float,), "SGD learning rate (both halves)", check=_positive),
+        "momentum": Field(0.9, (float,), "SGD momentum", check=_non_negative),
+        "weight_decay": Field(5e-4, (float,), "SGD weight decay", check=_non_negative),
+    },
+    "eval_batch_size": Field(0, (int,), "test batch size (0: batch_size, so the codec sees training-sized batches)"),
+    "out_dir": Field("runs/sl", (str,), "where metrics.jsonl, summary.json and the plot go"),
+    "progress": Field(True, (bool,), "show a progress bar"),
+    "flower": {
+        "num_cpus": Field(1.0, (float,), "Ray CPUs per virtual client", check=_positive),
+        "num_gpus": Field(0.0, (float,), "Ray GPU fraction per virtual client", check=_non_negative),
+        "poll_ms": Field(1.0, (float,), "ServerApp wait between pulls for replies, milliseconds", check=_positive),
+        "timeout_s": Field(600.0, (float,), "give up on a client reply after this many seconds", check=_positive),
+    },
+}
+
+
+def validate_sl(config: dict[str, Any]) -> None:
+    """Cross-key checks that a single key's schema cannot express."""
+    if config["dataset"] in ("cifar10", "cifar100", "mnist", "fashion_mnist") and not config["data_dir"]:
+        raise ConfigError(
+            f"dataset {config['dataset']!r} is read from disk: set data_dir to the folder holding it "
+            "(e.g. --set data_dir=~/data), or use an offline dataset: digits, mnist1d"
+        )
+    if config["downlink"] == MASK and config["uplink"].split(":")[0] in ("none", "fp16", "bf16"):
+        raise ConfigError(
+            f"downlink 'mask' sends the gradient at the positions a sparse uplink kept; uplink "
+            f"{config['uplink']!r} keeps every position: use downlink=none (the same bytes, simpler)"
+        )
+
+
+def load_sl_config(
+    file: str | None = None, overrides: list[str] | tuple[str, ...] = (), values: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The resolved split-learning config (see :func:`fl_split.config.build_config`)."""
+    return build_config(SL_SCHEMA, file=file, values=values, overrides=overrides, command="sl", validate=validate_sl)

@@ -1,0 +1,66 @@
+"""Fault injection for split-learning ClientApps (Flower mods), to test that a run survives faults.
+
+They live in the library, not in the tests, so Ray actors can import them by reference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flwr.app import Context, Message
+from flwr.clientapp.typing import ClientAppCallable
+
+from fl_split.sl.records import RECORD
+from fl_split.sl.wire import ACTIVATIONS
+
+
+@dataclass(frozen=True)
+class CorruptUplink:
+    """Truncate the first activation payload of partition ``partition_id``'s ``nth`` step reply in round ``round_``."""
+
+    partition_id: int
+    nth: int = 2
+    round_: int = 1
+
+    def __call__(self, msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        reply = call_next(msg, context)
+        if _hit(msg, context, self, "corrupt") and reply.has_content():
+            record = reply.content.config_records[RECORD]
+            acts = record.get(ACTIVATIONS)
+            if isinstance(acts, list) and acts and isinstance(acts[0], bytes):
+                record[ACTIVATIONS] = [acts[0][: len(acts[0]) // 2], *acts[1:]]
+        return reply
+
+
+@dataclass(frozen=True)
+class RaiseOnStep:
+    """Raise in partition ``partition_id``'s ClientApp on its ``nth`` ``sl_step`` message of round ``round_``.
+
+    A ClientApp that raises does not persist ``context.state`` for that message.
+    """
+
+    partition_id: int
+    nth: int = 2
+    round_: int = 1
+
+    def __call__(self, msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        if _hit(msg, context, self, "raise"):
+            raise RuntimeError(f"injected fault in partition {self.partition_id}")
+        return call_next(msg, context)
+
+
+def _hit(msg: Message, context: Context, fault: CorruptUplink | RaiseOnStep, tag: str) -> bool:
+    """Count the target node's ``sl_step`` messages of the fault's round; True on the ``nth``."""
+    if (
+        int(context.node_config.get("partition-id", -1)) != fault.partition_id
+        or msg.metadata.message_type != "train.sl_step"
+        or msg.metadata.group_id != str(fault.round_)
+    ):
+        return False
+    key = f"fl_split.faults.{tag}"
+    from flwr.app import ConfigRecord
+
+    counter = context.state.config_records.get(key)
+    seen = int(str(counter["n"])) + 1 if counter is not None else 1
+    context.state[key] = ConfigRecord({"n": seen})
+    return seen == fault.nth

@@ -1,0 +1,114 @@
+"""Split-learning accuracy at equal measured budgets: codecs × modes × datasets (JSON + a Markdown table).
+
+Each row is a full run on the in-process engine (the same client/server step functions as over
+Flower, so the same accuracy and bytes); accuracies and byte totals are read from its metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fl_split.config import CONF_DIR
+from fl_split.sl.config import load_sl_config
+from simulations.sl import run_sl
+
+DEFAULT_CONFIG = CONF_DIR / "bench_sl_accuracy.yaml"
+
+
+def run(bench: dict[str, Any], out_dir: Path, groups: list[str] | None = None) -> list[dict[str, Any]]:
+    """Run every (group, mode, codec) cell; return one result row each."""
+    rows = []
+    for group, spec in bench["groups"].items():
+        if groups and group not in groups:
+            continue
+        for mode in spec["modes"]:
+            for label, codec in bench["codecs"].items():
+                values = {**bench["base"], **spec.get("set", {}), "mode": mode, "uplink": codec}
+                values["out_dir"] = str(out_dir / f"{group}-{mode}-{label}")
+                config = load_sl_config("sl", values=values)
+                t0 = time.perf_counter()
+                summary = run_sl(config)
+                metrics = [json.loads(line) for line in Path(summary["files"]["metrics"]).read_text().splitlines()]
+                last = metrics[-1]
+                rows.append(
+                    {
+                        "group": group,
+                        "mode": mode,
+                        "codec": codec,
+                        "final_test_accuracy": summary["final_test_accuracy"],
+                        "final_test_accuracy_dense": summary["final_test_accuracy_dense"],
+                        "best_test_accuracy": summary["best_test_accuracy"],
+                        "cum_uplink_activation_mb": sum(r.get("uplink_activation_bytes", 0) for r in metrics) / 1e6,
+                        "cum_uplink_mb": last["cum_uplink_bytes"] / 1e6,
+                        "cum_downlink_mb": last["cum_downlink_bytes"] / 1e6,
+                        "bits_per_element": 8
+                        * sum(r.get("uplink_activation_bytes", 0) for r in metrics)
+                        / _elements(metrics, config),
+                        "rounds": len(metrics),
+                        "wall_s": round(time.perf_counter() - t0, 1),
+                    }
+                )
+                print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    return rows
+
+
+def _elements(metrics: list[dict[str, Any]], config: dict[str, Any]) -> int:
+    """Activation elements sent over the run: samples × elements per sample at the cut."""
+    from fl_split.sl.setup import check_model_fits_data
+
+    per_sample = 1
+    for d in check_model_fits_data(config):
+        per_sample *= d
+    return sum(r["samples"] for r in metrics) * per_sample
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """The rows as a Markdown table."""
+    head = (
+        "| data | mode | uplink codec | final acc | final acc (dense eval) | bits/elem "
+        "| uplink act. MB | uplink MB | downlink MB |"
+    )
+    lines = [head, "|" + "---|" * 9]
+    for r in rows:
+        lines.append(
+            f"| {r['group']} | {r['mode']} | `{r['codec']}` | {r['final_test_accuracy']:.4f} | "
+            f"{r['final_test_accuracy_dense']:.4f} | {r['bits_per_element']:.3f} | "
+            f"{r['cum_uplink_activation_mb']:.2f} | "
+            f"{r['cum_uplink_mb']:.2f} | {r['cum_downlink_mb']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``fl-split bench sl-accuracy [--config PATH] [--groups ...] [--out FILE]``."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="benchmark YAML (base, codecs, groups)")
+    parser.add_argument("--groups", nargs="*", help="run only these groups")
+    parser.add_argument("--set", action="extend", nargs="+", default=[], help="override base keys: key=value")
+    parser.add_argument("--out", help="write the JSON here (the Markdown table goes next to it)")
+    args = parser.parse_args(argv)
+    bench = yaml.safe_load(Path(args.config).read_text(encoding="utf-8"))
+    for item in args.set:
+        key, _, value = item.partition("=")
+        bench["base"][key] = yaml.safe_load(value)
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = run(bench, Path(tmp), args.groups)
+    text = json.dumps({"rows": rows}, indent=2)
+    print(text)
+    print(markdown(rows))
+    if args.out:
+        Path(args.out).write_text(text + "\n", encoding="utf-8")
+        Path(args.out).with_suffix(".md").write_text(markdown(rows) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+"""The split-learning ClientApp: a node's shallow half, driven by ``train.sl_begin`` / ``train.sl_step``.
+
+Thin glue: the node's whole state lives in ``context.state`` (one ConfigRecord), the logic in
+:func:`fl_split.sl.client.client_handle`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import Mod
+
+from fl_split.sl.client import BEGIN, STEP, ClientState, client_handle
+from fl_split.sl.records import RECORD, from_record, to_record
+
+
+def handle(kind: str, msg: Message, context: Context) -> Message:
+    """Run one split-learning message against this node's persisted state; reply with the fields."""
+    stored = from_record(context.state)
+    state = ClientState.from_fields(stored) if stored else None
+    pid = int(context.node_config.get("partition-id", 0))
+    num = int(context.node_config.get("num-partitions", 1))
+    state, reply = client_handle(kind, from_record(msg.content), state, pid, num)
+    context.state[RECORD] = to_record(state.to_fields())[RECORD]
+    return Message(content=to_record(reply), reply_to=msg)
+
+
+def make_client_app(mods: Sequence[Mod] = ()) -> ClientApp:
+    """A ClientApp answering ``train.sl_begin`` and ``train.sl_step`` (``mods`` wrap every message)."""
+    app = ClientApp(mods=list(mods))
+
+    @app.train(BEGIN)
+    def sl_begin(msg: Message, context: Context) -> Message:
+        return handle(BEGIN, msg, context)
+
+    @app.train(STEP)
+    def sl_step(msg: Message, context: Context) -> Message:
+        return handle(STEP, msg, context)
+
+    return app
+
+
+#: The ClientApp ``flwr run .`` loads (``pyproject.toml``: ``[tool.flwr.app.components]``).
+app = make_client_app()

@@ -1,0 +1,45 @@
+"""The split-learning ServerApp: reads the run config and hands the grid to the strategy.
+
+``flwr run .`` loads :data:`app` (``pyproject.toml``: ``[tool.flwr.app.components]``), whose run
+config holds every key of the split-learning config (``out-dir``, ``rounds``, ``optimizer.lr``...).
+``fl-split sl`` builds the strategy itself and uses :func:`make_server_app`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from fl_split.config import from_run_config
+from fl_split.sl.config import SL_SCHEMA, validate_sl
+from strategies.flower_transport import FlowerTransport
+from strategies.split_learning import SplitLearningStrategy
+
+
+def make_server_app(strategy: SplitLearningStrategy, done: Callable[[], None] | None = None) -> ServerApp:
+    """A ServerApp that runs an already-built strategy over the grid Flower gives it."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        flower = strategy.config["flower"]
+        strategy.start(FlowerTransport(grid, poll_ms=flower["poll_ms"], timeout_s=flower["timeout_s"]))
+        if done is not None:
+            done()
+
+    return app
+
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """``flwr run .``: resolve the config from the run config, run, write the outputs."""
+    from simulations.sl import run_with_transport
+
+    config = from_run_config(SL_SCHEMA, context.run_config, validate=validate_sl)
+    flower = config["flower"]
+    run_with_transport(config, FlowerTransport(grid, poll_ms=flower["poll_ms"], timeout_s=flower["timeout_s"]))

@@ -1,0 +1,119 @@
+"""``fl-split sl``: run split learning on the configured engine and write the run's outputs.
+
+>>> from fl_split.sl.config import load_sl_config
+>>> summary = run_sl(load_sl_config(overrides=["rounds=2", "engine=inprocess"]))
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+from fl_split.metrics import RunWriter
+from fl_split.sl.transport import InProcessTransport, Transport
+from strategies.split_learning import SplitLearningStrategy, describe
+
+log = logging.getLogger(__name__)
+
+
+class _Progress:
+    """A tqdm bar over rounds (on stderr), showing accuracy and measured MB."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(
+            total=int(config["rounds"]),
+            desc=f"SL {config['mode']} ({config['engine']})",
+            unit="round",
+            file=sys.stderr,
+            disable=not config["progress"],
+            dynamic_ncols=True,
+        )
+
+    def __call__(self, row: dict[str, Any]) -> None:
+        mb = (row["cum_uplink_bytes"] + row["cum_downlink_bytes"]) / 1e6
+        self.bar.set_postfix(acc=f"{row['test_accuracy']:.4f}", loss=f"{row['train_loss']:.3f}", MB=f"{mb:.1f}")
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _build(config: dict[str, Any]) -> tuple[SplitLearningStrategy, RunWriter, _Progress]:
+    strategy = SplitLearningStrategy(config)  # validates model/data/codecs before anything starts
+    writer = RunWriter(config["out_dir"])
+    progress = _Progress(config)
+    strategy.writer, strategy.on_round = writer, progress
+    return strategy, writer, progress
+
+
+def _finish(config: dict[str, Any], writer: RunWriter, progress: _Progress, echo: bool) -> dict[str, Any]:
+    progress.close()
+    if not writer.rows:
+        raise RuntimeError(f"the run completed no round; see the log above (outputs in {writer.out_dir})")
+    summary = writer.write_summary(config, {"title": describe(config)})
+    if echo:
+        print(format_summary(summary, writer), flush=True)
+    return summary
+
+
+def run_with_transport(config: dict[str, Any], transport: Transport) -> dict[str, Any]:
+    """Run the strategy over an existing transport (the ServerApp of ``flwr run``); return the summary."""
+    strategy, writer, progress = _build(config)
+    strategy.start(transport)
+    return _finish(config, writer, progress, echo=True)
+
+
+def run_sl(config: dict[str, Any], *, echo: bool = False) -> dict[str, Any]:
+    """Run split learning as ``config`` says (engine ``flower`` or ``inprocess``); return ``summary.json``'s content.
+
+    With ``echo``, print the results table and the paths written.
+    """
+    strategy, writer, progress = _build(config)
+    if config["engine"] == "inprocess":
+        strategy.start(InProcessTransport(int(config["clients"])))
+    else:
+        from simulations.client_app import make_client_app
+        from simulations.engine import run_flower_simulation
+        from simulations.server_app import make_server_app
+
+        flower = config["flower"]
+        run_flower_simulation(
+            make_server_app(strategy),
+            make_client_app(),
+            int(config["clients"]),
+            num_cpus=flower["num_cpus"],
+            num_gpus=flower["num_gpus"],
+        )
+    return _finish(config, writer, progress, echo)
+
+
+def format_summary(summary: dict[str, Any], writer: RunWriter) -> str:
+    """The short results table printed at the end of a run, with the paths written."""
+    rows = writer.rows
+    lines = ["", "round  train_loss  test_acc  test_acc_dense  uplink_MB  downlink_MB  dropped"]
+    shown = rows if len(rows) <= 8 else [*rows[:3], None, *rows[-4:]]
+    for r in shown:
+        if r is None:
+            lines.append("  ...")
+            continue
+        lines.append(
+            f"{r['round']:>5}  {r['train_loss']:>10.4f}  {r['test_accuracy']:>8.4f}  {r['test_accuracy_dense']:>14.4f}"
+            f"  {r['cum_uplink_bytes'] / 1e6:>9.3f}  {r['cum_downlink_bytes'] / 1e6:>11.3f}  {r['dropped']:>7}"
+        )
+    lines += [
+        f"final test accuracy {summary['final_test_accuracy']:.4f} (dense {summary['final_test_accuracy_dense']:.4f}), "
+        f"best {summary['best_test_accuracy']:.4f}; wall {summary['wall_s']:.1f} s",
+        f"wrote {writer.metrics_path}",
+        f"      {writer.summary_path}",
+        f"      {writer.plot_path}",
+    ]
+    return "\n".join(lines)
+
+
+def main(config: dict[str, Any]) -> int:
+    """Run and print the results table (the CLI's ``sl`` command)."""
+    run_sl(config, echo=True)
+    return 0

@@ -1,0 +1,327 @@
+"""The split-learning server strategy: owns the server half, its optimizer and the round loop.
+
+It talks to clients only through a :class:`~fl_split.sl.transport.Transport`, so the same loop
+runs over Flower messages (:mod:`strategies.flower_transport`, in a ServerApp) and in process
+(:class:`~fl_split.sl.transport.InProcessTransport`). The step maths lives in
+:mod:`fl_split.sl.server` and :mod:`fl_split.sl.client`.
+
+Modes differ only in which server half a client's batches train and how halves are merged:
+
+``sequential``
+    One client at a time, in sampled order; the client half (and its SGD momentum) is handed on
+    through the server; one shared server half. Vanilla split learning.
+``splitfed1``
+    Sampled clients in parallel, each training its own copy of the server half; both halves are
+    FedAvg'd (weighted by samples) at the end of the round.
+``splitfed2``
+    Sampled clients in parallel, one shared server half stepped in arrival order; client halves
+    FedAvg'd at the end of the round.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from fl_split.codecs import Codec, CodecError, codec_from_spec
+from fl_split.config import config_digest
+from fl_split.data import dataset_info
+from fl_split.metrics import RunWriter
+from fl_split.sl.client import BEGIN, STEP
+from fl_split.sl.config import MASK
+from fl_split.sl.server import evaluate, fedavg_into, server_step
+from fl_split.sl.setup import build_halves, check_model_fits_data, load_split
+from fl_split.sl.transport import Reply, Transport
+from fl_split.sl.wire import ACTIVATIONS, GRADIENTS, LABELS, MOMENTUM, WEIGHTS, decode_tensors, encode_tensors
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Session:
+    """One client's part in the current round."""
+
+    node: int
+    server: nn.Module
+    optimizer: torch.optim.Optimizer
+    weights: list[torch.Tensor] | None = None
+    momentum: list[bytes] = field(default_factory=list)
+    samples: int = 0
+    failed: bool = False
+
+
+@dataclass
+class _RoundCounters:
+    bytes: dict[str, int] = field(default_factory=dict)
+    loss_sum: float = 0.0
+    samples: int = 0
+    steps: int = 0
+    dropped: int = 0
+    failed_clients: int = 0
+
+    def add(self, direction: str, nbytes: dict[str, int]) -> None:
+        for cat, n in nbytes.items():
+            key = f"{direction}_{cat}_bytes"
+            self.bytes[key] = self.bytes.get(key, 0) + n
+
+    def total(self, direction: str) -> int:
+        return sum(n for k, n in self.bytes.items() if k.startswith(direction + "_"))
+
+
+class SplitLearningStrategy:
+    """Split-learning orchestration over any transport (see the module docstring for the modes).
+
+    Parameters
+    ----------
+    config:
+        A resolved split-learning config (:func:`fl_split.sl.config.load_sl_config`).
+    writer:
+        Where per-round metrics go (``None``: keep them in :attr:`rows` only).
+    on_round:
+        Called with each round's metrics row (progress display).
+    keep_history:
+        Keep a copy of the global client half after every round in :attr:`client_history`
+        (tests compare engines with it).
+    """
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        writer: RunWriter | None = None,
+        on_round: Callable[[dict[str, Any]], None] | None = None,
+        keep_history: bool = False,
+    ) -> None:
+        self.config = config
+        self.writer = writer
+        self.on_round = on_round
+        self.keep_history = keep_history
+        self.sample_shape = check_model_fits_data(config)
+        self.num_classes = dataset_info(str(config["dataset"])).num_classes
+        self.client_half, self.server_half = build_halves(config, seed=int(config["seed"]))
+        self.uplink: Codec = codec_from_spec(str(config["uplink"]))
+        self.downlink: Codec | None = None if config["downlink"] == MASK else codec_from_spec(str(config["downlink"]))
+        self.server_optimizer = self._optimizer(self.server_half)
+        self.client_momentum: list[bytes] = []  # handed on in sequential mode
+        self._server_momentum: dict[int, list[torch.Tensor | None]] = {}  # splitfed1: per client copy
+        self.x_test, self.y_test = load_split(config, "test")
+        self.rng = random.Random(int(config["seed"]))
+        self.rows: list[dict[str, Any]] = []
+        self.client_history: list[list[torch.Tensor]] = []
+        self._config_json = config_digest(config)
+
+    # ------------------------------------------------------------------ helpers
+    def _optimizer(self, module: nn.Module) -> torch.optim.Optimizer:
+        opt = self.config["optimizer"]
+        return torch.optim.SGD(
+            module.parameters(), lr=opt["lr"], momentum=opt["momentum"], weight_decay=opt["weight_decay"]
+        )
+
+    def sample(self, nodes: list[int]) -> list[int]:
+        """The clients of one round: ``max(1, round(fraction · n))`` drawn without replacement."""
+        nodes = sorted(nodes)
+        k = max(1, round(float(self.config["fraction"]) * len(nodes)))
+        return sorted(self.rng.sample(nodes, k)) if k < len(nodes) else nodes
+
+    def _sessions(self, nodes: list[int]) -> list[_Session]:
+        if self.config["mode"] != "splitfed1":
+            return [_Session(n, self.server_half, self.server_optimizer) for n in nodes]
+        out = []
+        for n in nodes:
+            copy_ = copy.deepcopy(self.server_half)
+            opt = self._optimizer(copy_)
+            for p, buf in zip(copy_.parameters(), self._server_momentum.get(n, []), strict=False):
+                if buf is not None:
+                    opt.state[p]["momentum_buffer"] = buf.clone()
+            out.append(_Session(n, copy_, opt))
+        return out
+
+    # ------------------------------------------------------------------ the loop
+    def start(self, transport: Transport) -> list[dict[str, Any]]:
+        """Run every round over ``transport``; return the per-round metrics rows."""
+        t0 = time.perf_counter()
+        cum_up = cum_down = 0
+        nodes = transport.node_ids()
+        if not nodes:
+            raise RuntimeError("no clients are connected: nothing to train")
+        if len(nodes) != int(self.config["clients"]):
+            log.warning(
+                "%d nodes are connected but the config says clients=%d: training on the %d nodes",
+                len(nodes),
+                self.config["clients"],
+                len(nodes),
+            )
+        for rnd in range(1, int(self.config["rounds"]) + 1):
+            counters = _RoundCounters()
+            sampled = self.sample(nodes)
+            waves = [[n] for n in sampled] if self.config["mode"] == "sequential" else [sampled]
+            finished: list[_Session] = []
+            for wave in waves:
+                finished += self._run_wave(transport, wave, rnd, counters)
+            self._merge(finished)
+            acc = evaluate(
+                self.client_half, self.server_half, self.x_test, self.y_test, self._eval_batch(), self.uplink
+            )
+            acc_dense = evaluate(self.client_half, self.server_half, self.x_test, self.y_test, self._eval_batch())
+            up, down = counters.total("uplink"), counters.total("downlink")
+            cum_up, cum_down = cum_up + up, cum_down + down
+            row = {
+                "round": rnd,
+                "train_loss": counters.loss_sum / counters.samples if counters.samples else float("nan"),
+                "test_accuracy": acc,
+                "test_accuracy_dense": acc_dense,
+                "uplink_bytes": up,
+                "downlink_bytes": down,
+                "cum_uplink_bytes": cum_up,
+                "cum_downlink_bytes": cum_down,
+                "steps": counters.steps,
+                "samples": counters.samples,
+                "dropped": counters.dropped,
+                "wall_s": round(time.perf_counter() - t0, 3),
+                "clients": len(sampled),
+                "failed_clients": counters.failed_clients,
+                **dict(sorted(counters.bytes.items())),
+            }
+            self.rows.append(row)
+            if self.keep_history:
+                self.client_history.append([t.detach().clone() for t in self.client_half.state_dict().values()])
+            if self.writer is not None:
+                self.writer.write_round(row)
+            if self.on_round is not None:
+                self.on_round(row)
+        return self.rows
+
+    def _eval_batch(self) -> int:
+        return int(self.config["eval_batch_size"]) or int(self.config["batch_size"])
+
+    def _begin_fields(self, rnd: int) -> dict[str, Any]:
+        fields: dict[str, Any] = {
+            "config": self._config_json,
+            "round": rnd,
+            WEIGHTS: encode_tensors(list(self.client_half.state_dict().values())),
+        }
+        if self.config["mode"] == "sequential" and self.client_momentum:
+            fields[MOMENTUM] = self.client_momentum
+        return fields
+
+    def _run_wave(self, transport: Transport, nodes: list[int], rnd: int, counters: _RoundCounters) -> list[_Session]:
+        """Run one round for ``nodes`` in parallel until each is done or failed."""
+        sessions = {s.node: s for s in self._sessions(nodes)}
+        begin = self._begin_fields(rnd)
+        for node in nodes:
+            counters.add("downlink", transport.send(node, BEGIN, begin, rnd))
+        active = set(nodes)
+        while active:
+            try:
+                replies = transport.receive()
+            except TimeoutError as exc:
+                log.error(
+                    "round %d: no reply from clients %s (%s); they are dropped from this round",
+                    rnd,
+                    sorted(active),
+                    exc,
+                )
+                for node in active:
+                    sessions[node].failed = True
+                counters.failed_clients += len(active)
+                break
+            for reply in replies:
+                if reply.node_id not in active:
+                    log.warning("round %d: ignoring a late reply from client %d", rnd, reply.node_id)
+                    continue
+                counters.add("uplink", reply.nbytes)
+                if self._handle_reply(transport, sessions[reply.node_id], reply, rnd, counters):
+                    active.discard(reply.node_id)
+        return [s for s in sessions.values() if not s.failed]
+
+    def _handle_reply(
+        self, transport: Transport, session: _Session, reply: Reply, rnd: int, counters: _RoundCounters
+    ) -> bool:
+        """Process one reply; return True when the client is finished (done or failed) for this round."""
+        fields = reply.fields
+        if reply.error is not None or fields is None:
+            log.error("round %d: client %d failed: %s; it leaves this round", rnd, session.node, reply.error)
+            session.failed = True
+            counters.failed_clients += 1
+            counters.dropped += 1
+            return True
+        try:
+            if fields.get("done"):
+                like = list(self.client_half.state_dict().values())
+                weights = decode_tensors(list(fields[WEIGHTS]), like, f"client {session.node} weights")
+                if any(w is None for w in weights):
+                    raise CodecError("a client-half tensor is missing")
+                session.weights = [w for w in weights if w is not None]
+                session.momentum = list(fields.get(MOMENTUM, []))
+                session.samples = int(fields["samples"])
+                return True
+            acts, labels = list(fields[ACTIVATIONS]), list(fields[LABELS])
+            if len(acts) != len(labels) or not acts:
+                raise CodecError(f"{len(acts)} activation payloads with {len(labels)} label payloads")
+        except (CodecError, KeyError, TypeError, ValueError) as exc:
+            log.error("round %d: client %d sent a malformed reply (%s); it leaves this round", rnd, session.node, exc)
+            session.failed = True
+            counters.failed_clients += 1
+            counters.dropped += 1
+            return True
+        grads = [self._step(session, a, y, rnd, counters) for a, y in zip(acts, labels, strict=True)]
+        counters.add("downlink", transport.send(session.node, STEP, {GRADIENTS: grads}, rnd))
+        return False
+
+    def _step(self, session: _Session, act: bytes, labels: bytes, rnd: int, counters: _RoundCounters) -> bytes:
+        """One server step; ``b""`` (the client skips the batch) when the payload does not decode."""
+        try:
+            out = server_step(
+                session.server,
+                session.optimizer,
+                act,
+                labels,
+                uplink=self.uplink,
+                downlink=self.downlink,
+                num_classes=self.num_classes,
+                sample_shape=self.sample_shape,
+                max_batch=int(self.config["batch_size"]),
+            )
+        except CodecError as exc:
+            log.error("round %d: dropped a step of client %d: %s", rnd, session.node, exc)
+            counters.dropped += 1
+            return b""
+        counters.loss_sum += out.loss * out.samples
+        counters.samples += out.samples
+        counters.steps += 1
+        return out.grad_payload
+
+    def _merge(self, finished: list[_Session]) -> None:
+        """Hand on (sequential) or FedAvg (splitfed) the halves the clients returned."""
+        done = [s for s in finished if s.weights is not None and s.samples > 0]
+        if not done:
+            log.warning("no client finished its round: the halves stay as they were")
+            return
+        mode = self.config["mode"]
+        if mode == "sequential":
+            last = done[-1]
+            fedavg_into(self.client_half, [last.weights or []], [1.0])
+            self.client_momentum = last.momentum
+            return
+        weights = [float(s.samples) for s in done]
+        fedavg_into(self.client_half, [s.weights or [] for s in done], weights)
+        if mode == "splitfed1":
+            fedavg_into(self.server_half, [list(s.server.state_dict().values()) for s in done], weights)
+            for s in finished:
+                self._server_momentum[s.node] = [
+                    s.optimizer.state.get(p, {}).get("momentum_buffer") for p in s.server.parameters()
+                ]
+
+
+def describe(config: dict[str, Any]) -> str:
+    """One line naming the run (for logs and plot titles)."""
+    keys = ("mode", "dataset", "clients", "uplink", "downlink", "cut", "batches_per_message")
+    return json.dumps({k: config[k] for k in keys})

@@ -1,0 +1,150 @@
+"""Split-learning configs: codec specs, --set overrides, errors that list choices, the Flower run config."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from fl_split.cli import main
+from fl_split.codecs import codec_from_spec, parse_codec_spec
+from fl_split.config import ConfigError, from_run_config, to_run_config
+from fl_split.sl.config import SL_SCHEMA, load_sl_config, validate_sl
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_codec_spec_parses_types_and_builds_the_codec() -> None:
+    assert parse_codec_spec("ms:keep=0.01,bits=2") == ("ms", {"keep": 0.01, "bits": 2})
+    assert parse_codec_spec("ms: keep=0.5 , signed=true") == ("ms", {"keep": 0.5, "signed": True})
+    assert parse_codec_spec("none") == ("none", {})
+    codec = codec_from_spec("topk:keep=0.04125")
+    assert codec.name == "topk" and codec.config()["keep"] == 0.04125
+
+
+@pytest.mark.parametrize(
+    ("spec", "needle"),
+    [
+        ("msx", "registered codecs: bf16, bird"),
+        ("ms:kep=0.1", "its parameters: keep, bits, signed"),
+        ("ms:keep", "expected key=value"),
+        ("ms:keep=0.1,keep=0.2", "sets 'keep' twice"),
+        ("ms:keep=2", "must be in (0, 1)"),
+        ("", "codecs: bf16"),
+    ],
+)
+def test_bad_codec_specs_say_what_is_valid(spec: str, needle: str) -> None:
+    with pytest.raises(ValueError) as err:
+        codec_from_spec(spec)
+    assert needle in str(err.value)
+
+
+def test_defaults_overrides_and_dotted_keys() -> None:
+    cfg = load_sl_config("sl", ["optimizer.lr=0.1", "rounds=3", "uplink=topk:keep=0.05", "cut=3"])
+    assert cfg["optimizer"]["lr"] == 0.1 and cfg["rounds"] == 3 and cfg["cut"] == 3
+    assert cfg["uplink"] == "topk:keep=0.05"
+    assert cfg["clients"] == 10 and cfg["mode"] == "splitfed2" and cfg["engine"] == "flower"
+    assert load_sl_config("sl", ["fraction=1"])["fraction"] == 1.0  # int accepted where float is
+
+
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        ("nosuch=1", "valid keys: batch_size, batches_per_message"),
+        ("optimizer.nosuch=1", "unknown config key 'optimizer.nosuch'"),
+        ("mode=vanilla", "one of sequential, splitfed1, splitfed2"),
+        ("engine=ray", "one of flower, inprocess"),
+        ("dataset=svhn", "one of digits, mnist1d, cifar10"),
+        ("model=vit", "one of auto, digits_cnn"),
+        ("partition=zipf", "one of iid, dirichlet, shard"),
+        ("rounds=0", "must be >= 1"),
+        ("rounds=two", "must be int"),
+        ("fraction=1.5", "must be in (0, 1]"),
+        ("cut=middle", "named cuts: shallow, medium, deep"),
+        ("uplink=ms:bits=9", "bits"),
+        ("downlink=masked", "unknown codec 'masked'"),
+        ("rounds", "--set expects key=value"),
+        ("dataset=cifar10", "set data_dir"),
+        ("downlink=mask", "keeps every position"),  # with uplink none below
+    ],
+)
+def test_bad_keys_and_values_list_the_choices(override: str, needle: str) -> None:
+    extra = ["uplink=none"] if override == "downlink=mask" else []
+    with pytest.raises(ConfigError) as err:
+        load_sl_config("sl", [*extra, override])
+    assert needle in str(err.value)
+
+
+def test_flower_run_config_in_pyproject_matches_conf_sl_yaml() -> None:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    declared = pyproject["tool"]["flwr"]["app"]["config"]
+    flat = {}
+    for key, value in declared.items():  # TOML dotted keys are nested tables
+        if isinstance(value, dict):
+            flat.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            flat[key] = value
+    from_pyproject = from_run_config(SL_SCHEMA, flat, validate=validate_sl)
+    from_yaml = load_sl_config("sl")
+    from_yaml["progress"] = from_pyproject["progress"]  # flwr run has no terminal for a bar
+    assert from_pyproject == from_yaml
+    assert set(flat) == set(to_run_config(from_yaml)), "every config key is a run-config key"
+    assert flat["out-dir"] == "runs/sl" and flat["rounds"] == 10
+
+
+def test_run_config_round_trip_and_unknown_run_config_key() -> None:
+    cfg = load_sl_config("sl", ["data_dir=/data"])
+    assert from_run_config(SL_SCHEMA, to_run_config(cfg)) == cfg
+    with pytest.raises(ConfigError, match="valid keys: batch-size"):
+        from_run_config(SL_SCHEMA, {"num-server-rounds": 3})
+
+
+def test_cli_sl_inprocess_writes_outputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    code = main(
+        [
+            "sl",
+            "--set",
+            "engine=inprocess",
+            "rounds=1",
+            "clients=2",
+            "progress=false",
+            "max_steps_per_round=3",
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "final test accuracy" in text and str(out / "metrics.jsonl") in text
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 1 and rows[0]["steps"] == 6
+    assert json.loads((out / "summary.json").read_text())["config"]["clients"] == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--set", "clients=0"], "'clients'"),
+        (["--config", "nosuch"], "no config named 'nosuch'"),
+        (["--set", "model=vgg19", "engine=inprocess"], "does not accept 'digits' inputs"),
+        (["--set", "cut=9", "engine=inprocess"], "integer in 1..6"),
+        (["--set", "dataset=mnist", "data_dir=/nonexistent", "engine=inprocess"], "obtain it on a machine"),
+    ],
+)
+def test_cli_errors_before_training(
+    args: list[str], needle: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["sl", *args, "--out", str(tmp_path / "x")])
+    assert exc.value.code == 2
+    assert needle in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()  # nothing started, nothing written
+
+
+def test_cli_list_keys(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["sl", "--list-keys"]) == 0
+    text = capsys.readouterr().out
+    assert "optimizer.lr" in text and "one of: sequential, splitfed1, splitfed2" in text

@@ -1,0 +1,192 @@
+"""Split learning on the in-process engine: exactness, modes, k batches per message, downlinks, faults."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+from sl_helpers import centralized, max_diff, small_config
+
+from fl_split.codecs import CodecError, create_codec
+from fl_split.metrics import ROUND_KEYS, read_metrics
+from fl_split.sl.client import STEP, ClientState, client_handle
+from fl_split.sl.transport import InProcessTransport, Reply
+from fl_split.sl.wire import decode_labels, encode_labels, field_nbytes
+from simulations.sl import run_sl
+from strategies.split_learning import SplitLearningStrategy, _RoundCounters
+
+
+def _run(config: dict, transport: InProcessTransport | None = None) -> SplitLearningStrategy:
+    strategy = SplitLearningStrategy(config, keep_history=True)
+    strategy.start(transport or InProcessTransport(int(config["clients"])))
+    return strategy
+
+
+@pytest.mark.parametrize("batch_size", [64, 100])  # 100: the last batch of the epoch is partial (1437 = 14·100 + 37)
+def test_sequential_codec_none_equals_centralized_training(batch_size: int) -> None:
+    cfg = small_config(uplink="none", mode="sequential", batch_size=batch_size, rounds=2, max_steps_per_round=9)
+    strategy = _run(cfg)
+    ref_client, ref_server = centralized(cfg, steps_per_round=9, rounds=2)
+    assert strategy.rows[-1]["steps"] == 9
+    assert max_diff(strategy.client_half, ref_client) < 1e-5
+    assert max_diff(strategy.server_half, ref_server) < 1e-5
+    # and training really moved both halves
+    assert max_diff(strategy.client_half, centralized(cfg, 0, 0)[0]) > 1e-3
+
+
+def test_whole_epoch_exactness_with_partial_last_batch() -> None:
+    cfg = small_config(uplink="none", mode="splitfed2", batch_size=100, rounds=1)
+    strategy = _run(cfg)
+    ref_client, ref_server = centralized(cfg, steps_per_round=15, rounds=1)
+    assert strategy.rows[0]["steps"] == 15 and strategy.rows[0]["samples"] == 1437
+    assert max_diff(strategy.client_half, ref_client) < 1e-5
+    assert max_diff(strategy.server_half, ref_server) < 1e-5
+
+
+@pytest.mark.parametrize("mode", ["sequential", "splitfed1", "splitfed2"])
+def test_every_mode_learns_with_ms(mode: str, tmp_path: Path) -> None:
+    cfg = small_config(mode=mode, clients=4, rounds=2, out_dir=str(tmp_path))
+    summary = run_sl(cfg)
+    rows = read_metrics(tmp_path / "metrics.jsonl")
+    assert [r["round"] for r in rows] == [1, 2]
+    assert all(k in rows[0] for k in ROUND_KEYS)
+    assert rows[-1]["samples"] == 1437 and rows[-1]["dropped"] == 0
+    assert summary["final_test_accuracy"] > 0.8, summary
+    assert rows[-1]["cum_uplink_bytes"] == rows[0]["uplink_bytes"] + rows[1]["uplink_bytes"]
+    assert (tmp_path / "accuracy_vs_mb.png").stat().st_size > 1000
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert saved["config"]["mode"] == mode and saved["versions"]["flwr"] == "1.42.0"
+
+
+def test_uplink_bytes_are_the_payloads_put_in_messages() -> None:
+    cfg = small_config(rounds=1, max_steps_per_round=3)
+    strategy = _run(cfg)
+    row = strategy.rows[0]
+    # recompute the three activation payloads the client sent: MS at keep 0.01, 2 bits, batch 32 × 64×16×16
+    ms = create_codec("ms", keep=0.01, bits=2)
+    x = torch.relu(torch.randn(32, 64, 16, 16))
+    assert row["uplink_activation_bytes"] == 3 * len(ms.encode(x))
+    assert row["uplink_label_bytes"] == 3 * len(encode_labels(torch.zeros(32, dtype=torch.long), 10))
+    none_grad = len(create_codec("none").encode(x))
+    assert row["downlink_gradient_bytes"] == 3 * none_grad
+    assert row["uplink_bytes"] == row["uplink_activation_bytes"] + row["uplink_label_bytes"] + row["uplink_model_bytes"]
+    assert row["downlink_bytes"] == row["downlink_gradient_bytes"] + row["downlink_model_bytes"]
+
+
+def test_batches_per_message_cuts_messages_and_k1_matches_exact() -> None:
+    cfg1 = small_config(uplink="none", batch_size=64, rounds=1, max_steps_per_round=8)
+    cfg4 = small_config(uplink="none", batch_size=64, rounds=1, max_steps_per_round=8, batches_per_message=4)
+    sent: dict[int, int] = {}
+    for k, cfg in ((1, cfg1), (4, cfg4)):
+        transport = InProcessTransport(1)
+        calls = []
+        original = transport.send
+
+        def counting_send(node: int, kind: str, fields: dict, rnd: int, _orig=original, _calls=calls) -> dict:
+            _calls.append(kind)
+            return _orig(node, kind, fields, rnd)
+
+        transport.send = counting_send  # type: ignore[method-assign]
+        strategy = _run(cfg, transport)
+        sent[k] = len(calls)
+        assert strategy.rows[0]["steps"] == 8
+    assert sent == {1: 9, 4: 3}  # begin + one message per k batches (the last one returns the weights)
+    ref_client, _ = centralized(cfg1, 8, 1)
+    exact = _run(cfg1)
+    stale = _run(cfg4)
+    assert max_diff(exact.client_half, ref_client) < 1e-5
+    assert max_diff(stale.client_half, ref_client) > 1e-4  # k = 4: activations up to 3 client steps stale
+
+
+def test_mask_downlink_sends_gradient_only_at_kept_positions() -> None:
+    dense = _run(small_config(rounds=1, max_steps_per_round=4, uplink="topk:keep=0.05"))
+    mask = _run(small_config(rounds=1, max_steps_per_round=4, uplink="topk:keep=0.05", downlink="mask"))
+    d, m = dense.rows[0], mask.rows[0]
+    assert d["uplink_activation_bytes"] == m["uplink_activation_bytes"]
+    # 5 % of the 32·64·16·16 float32 gradient values, plus a none-codec header per batch
+    k = int(0.05 * 32 * 64 * 16 * 16)
+    assert m["downlink_gradient_bytes"] == 4 * len(create_codec("none").encode(torch.zeros(k)))
+    assert m["downlink_gradient_bytes"] < d["downlink_gradient_bytes"] / 15
+    learned = _run(small_config(rounds=2, uplink="topk:keep=0.05", downlink="mask"))
+    assert learned.rows[-1]["test_accuracy"] > 0.8
+
+
+def test_mask_downlink_equals_dense_gradient_masked() -> None:
+    """One step by hand: the mask downlink's gradient is the dense gradient zeroed off the support."""
+    cfg = small_config(rounds=1, max_steps_per_round=1, uplink="ms:keep=0.01,bits=2", downlink="mask")
+    strategy = SplitLearningStrategy(cfg)
+    transport = InProcessTransport(1)
+    begin = strategy._begin_fields(1)
+    transport.send(0, "sl_begin", begin, 1)
+    (reply,) = transport.receive()
+    assert reply.fields is not None
+    act = reply.fields["acts"][0]
+    ms = create_codec("ms")
+    support = ms.support(act)
+    assert int(support.sum()) == int(0.01 * support.numel())
+    step = strategy._step(strategy._sessions([0])[0], act, reply.fields["labels"][0], 1, _counters())
+    values = create_codec("none").decode(step)
+    assert values.numel() == int(support.sum())
+
+
+def _counters() -> _RoundCounters:
+    return _RoundCounters()
+
+
+def test_labels_wire_round_trip_and_errors() -> None:
+    y = torch.tensor([0, 9, 3, 3])
+    p = encode_labels(y, 10)
+    assert len(p) == 8 + 4 and torch.equal(decode_labels(p, 10, 4), y)
+    assert len(encode_labels(torch.tensor([999]), 1000)) == 8 + 2
+    with pytest.raises(CodecError, match="outside"):
+        decode_labels(p, 5)
+    with pytest.raises(CodecError, match="holds"):
+        decode_labels(p[:-1], 10)
+    with pytest.raises(CodecError, match="batch of 3"):
+        decode_labels(p, 10, 3)
+    assert field_nbytes({"acts": [b"ab", b"c"], "labels": [p], "done": False}) == {"activation": 3, "label": 12}
+
+
+class _FaultyTransport(InProcessTransport):
+    """Corrupts client 1's second step reply and makes client 2 raise on its third message."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__(n)
+        self.seen: dict[int, int] = {}
+
+    def send(self, node_id: int, kind: str, fields: dict, round_: int) -> dict[str, int]:
+        self.seen[node_id] = self.seen.get(node_id, 0) + 1
+        if node_id == 2 and self.seen[node_id] == 3:
+            self._replies.append(Reply(node_id, None, "RuntimeError: injected"))
+            return field_nbytes(fields)
+        nbytes = super().send(node_id, kind, fields, round_)
+        if node_id == 1 and self.seen[node_id] == 2:
+            reply = self._replies[-1]
+            assert reply.fields is not None
+            reply.fields["acts"][0] = reply.fields["acts"][0][:40]
+        return nbytes
+
+
+def test_bad_payload_is_dropped_and_failing_client_does_not_stop_the_run(caplog: pytest.LogCaptureFixture) -> None:
+    cfg = small_config(clients=3, rounds=2, mode="splitfed2")
+    with caplog.at_level(logging.ERROR):
+        strategy = _run(cfg, _FaultyTransport(3))
+    r1, r2 = strategy.rows
+    assert r1["dropped"] == 2  # client 1's corrupted step + client 2's failure
+    assert r1["failed_clients"] == 1
+    assert r2["dropped"] == 0 and r2["failed_clients"] == 0
+    assert "dropped a step of client 1" in caplog.text and "client 2 failed" in caplog.text
+    # 15 batches per client: client 0 all; client 1 all but the dropped one; client 2's server side
+    # stepped the two batches it sent before raising on its third message
+    assert r1["steps"] == 15 + (15 - 1) + 2
+    assert r2["test_accuracy"] > 0.8
+
+
+def test_client_step_before_begin_is_a_clear_error() -> None:
+    with pytest.raises(RuntimeError, match="sl_step before sl_begin"):
+        client_handle(STEP, {"grads": []}, None, 0, 1)
+    with pytest.raises(ValueError, match="unknown split-learning message"):
+        client_handle("sl_nope", {}, ClientState(config="{}"), 0, 1)
