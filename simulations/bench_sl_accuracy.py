@@ -7,6 +7,7 @@ Flower, so the same accuracy and bytes); accuracies and byte totals are read fro
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import tempfile
@@ -24,40 +25,41 @@ DEFAULT_CONFIG = CONF_DIR / "bench_sl_accuracy.yaml"
 
 
 def run(bench: dict[str, Any], out_dir: Path, groups: list[str] | None = None) -> list[dict[str, Any]]:
-    """Run every (group, mode, codec) cell; return one result row each."""
+    """Run every (group, mode, codec[, varied value]) cell; return one result row each."""
     rows = []
     for group, spec in bench["groups"].items():
         if groups and group not in groups:
             continue
-        for mode in spec["modes"]:
-            for label, codec in bench["codecs"].items():
-                values = {**bench["base"], **spec.get("set", {}), "mode": mode, "uplink": codec}
-                values["out_dir"] = str(out_dir / f"{group}-{mode}-{label}")
-                config = load_sl_config("sl", values=values)
-                t0 = time.perf_counter()
-                summary = run_sl(config)
-                metrics = [json.loads(line) for line in Path(summary["files"]["metrics"]).read_text().splitlines()]
-                last = metrics[-1]
-                rows.append(
-                    {
-                        "group": group,
-                        "mode": mode,
-                        "codec": codec,
-                        "final_test_accuracy": summary["final_test_accuracy"],
-                        "final_test_accuracy_dense": summary["final_test_accuracy_dense"],
-                        "best_test_accuracy": summary["best_test_accuracy"],
-                        "cum_uplink_activation_mb": sum(r.get("uplink_activation_bytes", 0) for r in metrics) / 1e6,
-                        "cum_uplink_mb": last["cum_uplink_bytes"] / 1e6,
-                        "cum_downlink_mb": last["cum_downlink_bytes"] / 1e6,
-                        "bits_per_element": 8
-                        * sum(r.get("uplink_activation_bytes", 0) for r in metrics)
-                        / _elements(metrics, config),
-                        "rounds": len(metrics),
-                        "wall_s": round(time.perf_counter() - t0, 1),
-                    }
-                )
-                print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+        codecs = {k: v for k, v in bench["codecs"].items() if k in spec.get("codecs", bench["codecs"])}
+        vary_key, vary_values = next(iter(spec.get("vary", {"": [None]}).items()))
+        for mode, (label, codec), value in itertools.product(spec["modes"], codecs.items(), vary_values):
+            values = {**bench["base"], **spec.get("set", {}), "mode": mode, "uplink": codec}
+            if vary_key:
+                values[vary_key] = value
+            values["out_dir"] = str(out_dir / f"{group}-{mode}-{label}-{value}")
+            row = {"group": group, "mode": mode, "codec": codec, **({vary_key: value} if vary_key else {})}
+            rows.append({**row, **run_cell(load_sl_config("sl", values=values))})
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     return rows
+
+
+def run_cell(config: dict[str, Any]) -> dict[str, Any]:
+    """One run; its accuracies and measured byte totals."""
+    t0 = time.perf_counter()
+    summary = run_sl(config)
+    metrics = [json.loads(line) for line in Path(summary["files"]["metrics"]).read_text().splitlines()]
+    activation_bytes = sum(r.get("uplink_activation_bytes", 0) for r in metrics)
+    return {
+        "final_test_accuracy": summary["final_test_accuracy"],
+        "final_test_accuracy_dense": summary["final_test_accuracy_dense"],
+        "best_test_accuracy": summary["best_test_accuracy"],
+        "cum_uplink_activation_mb": activation_bytes / 1e6,
+        "cum_uplink_mb": metrics[-1]["cum_uplink_bytes"] / 1e6,
+        "cum_downlink_mb": metrics[-1]["cum_downlink_bytes"] / 1e6,
+        "bits_per_element": 8 * activation_bytes / _elements(metrics, config),
+        "rounds": len(metrics),
+        "wall_s": round(time.perf_counter() - t0, 1),
+    }
 
 
 def _elements(metrics: list[dict[str, Any]], config: dict[str, Any]) -> int:
@@ -78,8 +80,9 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     )
     lines = [head, "|" + "---|" * 9]
     for r in rows:
+        vary = "".join(f" {k}={r[k]}" for k in r if k == "batches_per_message")
         lines.append(
-            f"| {r['group']} | {r['mode']} | `{r['codec']}` | {r['final_test_accuracy']:.4f} | "
+            f"| {r['group']}{vary} | {r['mode']} | `{r['codec']}` | {r['final_test_accuracy']:.4f} | "
             f"{r['final_test_accuracy_dense']:.4f} | {r['bits_per_element']:.3f} | "
             f"{r['cum_uplink_activation_mb']:.2f} | "
             f"{r['cum_uplink_mb']:.2f} | {r['cum_downlink_mb']:.1f} |"

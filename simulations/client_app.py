@@ -6,7 +6,7 @@ Thin glue: the node's whole state lives in ``context.state`` (one ConfigRecord),
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
@@ -20,11 +20,24 @@ def handle(kind: str, msg: Message, context: Context) -> Message:
     """Run one split-learning message against this node's persisted state; reply with the fields."""
     stored = from_record(context.state)
     state = ClientState.from_fields(stored) if stored else None
-    pid = int(context.node_config.get("partition-id", 0))
-    num = int(context.node_config.get("num-partitions", 1))
+    pid, num = node_partition(context.node_config)
     state, reply = client_handle(kind, from_record(msg.content), state, pid, num)
     context.state[RECORD] = to_record(state.to_fields())[RECORD]
     return Message(content=to_record(reply), reply_to=msg)
+
+
+def node_partition(node_config: Mapping[str, object]) -> tuple[int, int]:
+    """``(partition-id, num-partitions)`` from a node config; ``ValueError`` saying how to set them."""
+    try:
+        pid, num = int(str(node_config["partition-id"])), int(str(node_config["num-partitions"]))
+    except (KeyError, ValueError):
+        raise ValueError(
+            f"this node's config {dict(node_config)} lacks integer 'partition-id' and 'num-partitions': "
+            'start the SuperNode with --node-config "partition-id=0 num-partitions=2" (simulation sets them)'
+        ) from None
+    if not 0 <= pid < num:
+        raise ValueError(f"partition-id {pid} is outside [0, num-partitions={num})")
+    return pid, num
 
 
 def make_client_app(mods: Sequence[Mod] = ()) -> ClientApp:

@@ -64,11 +64,12 @@ class FlowerTransport:
             replies = []
             for msg in self.grid.pull_messages(list(self._pending)):
                 node = self._pending.pop(msg.metadata.reply_to_message_id, msg.metadata.src_node_id)
+                rnd = int(msg.metadata.group_id) if msg.metadata.group_id.isdigit() else 0
                 if msg.has_error():
-                    replies.append(Reply(node, None, f"{msg.error.code}: {msg.error.reason}"))
+                    replies.append(Reply(node, None, f"{msg.error.code}: {msg.error.reason}", round=rnd))
                     continue
                 fields = from_record(msg.content)
-                replies.append(Reply(node, fields, None, field_nbytes(fields)))
+                replies.append(Reply(node, fields, None, field_nbytes(fields), rnd))
             if replies:
                 return replies
             if time.monotonic() > deadline:

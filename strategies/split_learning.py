@@ -234,8 +234,10 @@ class SplitLearningStrategy:
                 counters.failed_clients += len(active)
                 break
             for reply in replies:
-                if reply.node_id not in active:
-                    log.warning("round %d: ignoring a late reply from client %d", rnd, reply.node_id)
+                if reply.node_id not in active or reply.round != rnd:
+                    log.warning(
+                        "round %d: ignoring a late reply from client %d (round %d)", rnd, reply.node_id, reply.round
+                    )
                     continue
                 counters.add("uplink", reply.nbytes)
                 if self._handle_reply(transport, sessions[reply.node_id], reply, rnd, counters):

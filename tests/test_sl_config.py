@@ -148,3 +148,13 @@ def test_cli_list_keys(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["sl", "--list-keys"]) == 0
     text = capsys.readouterr().out
     assert "optimizer.lr" in text and "one of: sequential, splitfed1, splitfed2" in text
+
+
+def test_client_app_without_partition_id_says_how_to_start_the_supernode() -> None:
+    from simulations.client_app import node_partition
+
+    assert node_partition({"partition-id": 3, "num-partitions": 10}) == (3, 10)
+    with pytest.raises(ValueError, match='--node-config "partition-id=0 num-partitions=2"'):
+        node_partition({})
+    with pytest.raises(ValueError, match="outside"):
+        node_partition({"partition-id": 2, "num-partitions": 2})

@@ -160,7 +160,7 @@ class _FaultyTransport(InProcessTransport):
     def send(self, node_id: int, kind: str, fields: dict, round_: int) -> dict[str, int]:
         self.seen[node_id] = self.seen.get(node_id, 0) + 1
         if node_id == 2 and self.seen[node_id] == 3:
-            self._replies.append(Reply(node_id, None, "RuntimeError: injected"))
+            self._replies.append(Reply(node_id, None, "RuntimeError: injected", round=round_))
             return field_nbytes(fields)
         nbytes = super().send(node_id, kind, fields, round_)
         if node_id == 1 and self.seen[node_id] == 2:
@@ -190,3 +190,43 @@ def test_client_step_before_begin_is_a_clear_error() -> None:
         client_handle(STEP, {"grads": []}, None, 0, 1)
     with pytest.raises(ValueError, match="unknown split-learning message"):
         client_handle("sl_nope", {}, ClientState(config="{}"), 0, 1)
+
+
+class _LateReplyTransport(InProcessTransport):
+    """Delivers a stale copy of client 0's first reply (round 1) again in round 2."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__(n)
+        self.first: Reply | None = None
+
+    def receive(self) -> list[Reply]:
+        replies = super().receive()
+        if self.first is None:
+            self.first = replies[0]
+        elif replies[0].round == 2:
+            replies.insert(0, self.first)
+        return replies
+
+
+def test_a_late_reply_from_an_earlier_round_is_ignored(caplog: pytest.LogCaptureFixture) -> None:
+    cfg = small_config(clients=1, rounds=2, max_steps_per_round=2)
+    with caplog.at_level(logging.WARNING):
+        strategy = _run(cfg, _LateReplyTransport(1))
+    assert [r["steps"] for r in strategy.rows] == [2, 2]
+    assert "ignoring a late reply from client 0 (round 1)" in caplog.text
+
+
+@pytest.mark.slow
+def test_default_config_reaches_095_in_process(tmp_path: Path) -> None:
+    """The README's first command (conf/sl.yaml) on the in-process engine: same steps, final accuracy >= 0.95."""
+    from fl_split.sl.config import load_sl_config
+
+    cfg = load_sl_config("sl", ["engine=inprocess", "progress=false", f"out_dir={tmp_path}"])
+    assert (cfg["clients"], cfg["uplink"], cfg["cut"], cfg["dataset"]) == (
+        10,
+        "ms:keep=0.01,bits=2",
+        "shallow",
+        "digits",
+    )
+    summary = run_sl(cfg)
+    assert summary["final_test_accuracy"] >= 0.95, summary

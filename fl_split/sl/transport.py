@@ -23,12 +23,16 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Reply:
-    """A client's answer: its fields, or the error it raised; ``nbytes`` is measured uplink bytes per category."""
+    """A client's answer: its fields, or the error it raised; ``nbytes`` is measured uplink bytes per category.
+
+    ``round`` is the round of the message it answers (a late reply from an earlier round is ignored).
+    """
 
     node_id: int
     fields: dict[str, Any] | None
     error: str | None = None
     nbytes: dict[str, int] = field(default_factory=dict)
+    round: int = 0
 
 
 class Transport(Protocol):
@@ -69,10 +73,10 @@ class InProcessTransport:
             state, reply = client_handle(kind, fields, self.states[node_id], node_id, self.num_clients)
         except Exception as exc:  # a failing client must not stop the run
             log.error("client %d raised on %s: %s\n%s", node_id, kind, exc, traceback.format_exc())
-            self._replies.append(Reply(node_id, None, f"{type(exc).__name__}: {exc}"))
+            self._replies.append(Reply(node_id, None, f"{type(exc).__name__}: {exc}", round=round_))
             return sent
         self.states[node_id] = state
-        self._replies.append(Reply(node_id, reply, None, field_nbytes(reply)))
+        self._replies.append(Reply(node_id, reply, None, field_nbytes(reply), round_))
         return sent
 
     def receive(self) -> list[Reply]:
