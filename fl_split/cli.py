@@ -44,11 +44,16 @@ def _sl(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     overrides = list(args.set or [])
     if args.out:
         overrides.append(f"out_dir={args.out}")
+    from strategies.split_learning import TrainingFailed
+
     try:
         config = load_sl_config(args.config or "sl", overrides)
         from simulations import sl
 
         return sl.main(config)
+    except TrainingFailed as err:
+        print(f"fl-split sl: error: {err}", file=sys.stderr)
+        return 1
     except (ConfigError, FileNotFoundError) as err:
         parser.error(str(err))
     except ValueError as err:  # model/data mismatches found at start-up, before training

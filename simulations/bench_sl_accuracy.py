@@ -20,6 +20,7 @@ import yaml
 from fl_split.config import CONF_DIR
 from fl_split.sl.config import load_sl_config
 from simulations.sl import run_sl
+from strategies.split_learning import TrainingFailed
 
 DEFAULT_CONFIG = CONF_DIR / "bench_sl_accuracy.yaml"
 
@@ -46,10 +47,14 @@ def run(bench: dict[str, Any], out_dir: Path, groups: list[str] | None = None) -
 def run_cell(config: dict[str, Any]) -> dict[str, Any]:
     """One run; its accuracies and measured byte totals."""
     t0 = time.perf_counter()
-    summary = run_sl(config)
+    try:
+        summary = run_sl(config)
+    except TrainingFailed as exc:  # report the cell, go on with the others
+        return {"status": "failed", "error": str(exc), "wall_s": round(time.perf_counter() - t0, 1)}
     metrics = [json.loads(line) for line in Path(summary["files"]["metrics"]).read_text().splitlines()]
     activation_bytes = sum(r.get("uplink_activation_bytes", 0) for r in metrics)
     return {
+        "status": "completed",
         "final_test_accuracy": summary["final_test_accuracy"],
         "final_test_accuracy_dense": summary["final_test_accuracy_dense"],
         "best_test_accuracy": summary["best_test_accuracy"],
@@ -80,6 +85,9 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     )
     lines = [head, "|" + "---|" * 9]
     for r in rows:
+        if r["status"] != "completed":
+            lines.append(f"| {r['group']} | {r['mode']} | `{r['codec']}` | failed: {r['error'][:80]} |")
+            continue
         vary = "".join(f" {k}={r[k]}" for k in r if k == "batches_per_message")
         lines.append(
             f"| {r['group']}{vary} | {r['mode']} | `{r['codec']}` | {r['final_test_accuracy']:.4f} | "

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from fl_split.metrics import RunWriter
 from fl_split.sl.transport import InProcessTransport, Transport
-from strategies.split_learning import SplitLearningStrategy, describe
+from strategies.split_learning import SplitLearningStrategy, TrainingFailed, describe
 
 log = logging.getLogger(__name__)
 
@@ -49,29 +50,52 @@ def _build(config: dict[str, Any]) -> tuple[SplitLearningStrategy, RunWriter, _P
     return strategy, writer, progress
 
 
-def _finish(config: dict[str, Any], writer: RunWriter, progress: _Progress, echo: bool) -> dict[str, Any]:
+def _finish(
+    config: dict[str, Any], writer: RunWriter, progress: _Progress, echo: bool, error: BaseException | None = None
+) -> dict[str, Any]:
+    """Close the bar and write ``summary.json`` (also after a failure: ``status`` says what happened)."""
     progress.close()
+    status = {"status": "completed" if error is None else "failed", "error": None if error is None else str(error)}
+    summary = writer.write_summary(config, {"title": describe(config), **status})
+    if error is not None:
+        raise error
     if not writer.rows:
-        raise RuntimeError(f"the run completed no round; see the log above (outputs in {writer.out_dir})")
-    summary = writer.write_summary(config, {"title": describe(config)})
+        raise TrainingFailed(f"the run completed no round; see the log above (outputs in {writer.out_dir})")
     if echo:
         print(format_summary(summary, writer), flush=True)
     return summary
 
 
+def _run(config: dict[str, Any], start: Callable[[SplitLearningStrategy], object], echo: bool) -> dict[str, Any]:
+    strategy, writer, progress = _build(config)
+    try:
+        start(strategy)
+    except TrainingFailed as exc:
+        return _finish(config, writer, progress, echo, exc)
+    return _finish(config, writer, progress, echo)
+
+
 def run_with_transport(config: dict[str, Any], transport: Transport) -> dict[str, Any]:
     """Run the strategy over an existing transport (the ServerApp of ``flwr run``); return the summary."""
-    strategy, writer, progress = _build(config)
-    strategy.start(transport)
-    return _finish(config, writer, progress, echo=True)
+    return _run(config, lambda strategy: strategy.start(transport), echo=True)
 
 
 def run_sl(config: dict[str, Any], *, echo: bool = False) -> dict[str, Any]:
     """Run split learning as ``config`` says (engine ``flower`` or ``inprocess``); return ``summary.json``'s content.
 
     With ``echo``, print the results table and the paths written.
+
+    Raises
+    ------
+    TrainingFailed
+        If training diverged or every client of a round failed (``summary.json`` is still written,
+        with ``status: failed`` and the error).
     """
-    strategy, writer, progress = _build(config)
+    return _run(config, lambda strategy: _start(strategy, config), echo)
+
+
+def _start(strategy: SplitLearningStrategy, config: dict[str, Any]) -> None:
+    """Run the strategy on the configured engine."""
     if config["engine"] == "inprocess":
         strategy.start(InProcessTransport(int(config["clients"])))
     else:
@@ -87,7 +111,6 @@ def run_sl(config: dict[str, Any], *, echo: bool = False) -> dict[str, Any]:
             num_cpus=flower["num_cpus"],
             num_gpus=flower["num_gpus"],
         )
-    return _finish(config, writer, progress, echo)
 
 
 def format_summary(summary: dict[str, Any], writer: RunWriter) -> str:

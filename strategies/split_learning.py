@@ -46,6 +46,10 @@ from fl_split.sl.wire import ACTIVATIONS, GRADIENTS, LABELS, MOMENTUM, WEIGHTS, 
 log = logging.getLogger(__name__)
 
 
+class TrainingFailed(RuntimeError):
+    """The run cannot go on: the weights went non-finite, or every client of a round failed."""
+
+
 @dataclass
 class _Session:
     """One client's part in the current round."""
@@ -67,6 +71,7 @@ class _RoundCounters:
     steps: int = 0
     dropped: int = 0
     failed_clients: int = 0
+    errors: list[str] = field(default_factory=list)
 
     def add(self, direction: str, nbytes: dict[str, int]) -> None:
         for cat, n in nbytes.items():
@@ -166,7 +171,13 @@ class SplitLearningStrategy:
             finished: list[_Session] = []
             for wave in waves:
                 finished += self._run_wave(transport, wave, rnd, counters)
+            if not any(s.weights is not None for s in finished):
+                raise TrainingFailed(
+                    f"round {rnd}: no client finished ({counters.failed_clients} failed); first error: "
+                    f"{counters.errors[0] if counters.errors else 'none reported'}"
+                )
             self._merge(finished)
+            self._check_finite(rnd, counters)
             acc = evaluate(
                 self.client_half, self.server_half, self.x_test, self.y_test, self._eval_batch(), self.uplink
             )
@@ -198,6 +209,16 @@ class SplitLearningStrategy:
             if self.on_round is not None:
                 self.on_round(row)
         return self.rows
+
+    def _check_finite(self, rnd: int, counters: _RoundCounters) -> None:
+        """Stop with a clear message once training has diverged (NaN/Inf weights)."""
+        for name, half in (("client", self.client_half), ("server", self.server_half)):
+            if not all(bool(torch.isfinite(t).all()) for t in half.state_dict().values()):
+                loss = counters.loss_sum / counters.samples if counters.samples else float("nan")
+                raise TrainingFailed(
+                    f"training diverged in round {rnd}: the {name} half holds non-finite weights (train loss "
+                    f"{loss:.4g}); lower optimizer.lr (now {self.config['optimizer']['lr']}) or use a gentler codec"
+                )
 
     def _eval_batch(self) -> int:
         return int(self.config["eval_batch_size"]) or int(self.config["batch_size"])
@@ -251,6 +272,7 @@ class SplitLearningStrategy:
         fields = reply.fields
         if reply.error is not None or fields is None:
             log.error("round %d: client %d failed: %s; it leaves this round", rnd, session.node, reply.error)
+            counters.errors.append(f"client {session.node}: {reply.error}")
             session.failed = True
             counters.failed_clients += 1
             counters.dropped += 1
@@ -270,6 +292,7 @@ class SplitLearningStrategy:
                 raise CodecError(f"{len(acts)} activation payloads with {len(labels)} label payloads")
         except (CodecError, KeyError, TypeError, ValueError) as exc:
             log.error("round %d: client %d sent a malformed reply (%s); it leaves this round", rnd, session.node, exc)
+            counters.errors.append(f"client {session.node}: malformed reply: {exc}")
             session.failed = True
             counters.failed_clients += 1
             counters.dropped += 1
@@ -305,7 +328,7 @@ class SplitLearningStrategy:
         """Hand on (sequential) or FedAvg (splitfed) the halves the clients returned."""
         done = [s for s in finished if s.weights is not None and s.samples > 0]
         if not done:
-            log.warning("no client finished its round: the halves stay as they were")
+            log.warning("no client trained a sample this round: the halves stay as they were")
             return
         mode = self.config["mode"]
         if mode == "sequential":

@@ -48,7 +48,7 @@ def test_whole_epoch_exactness_with_partial_last_batch() -> None:
 
 @pytest.mark.parametrize("mode", ["sequential", "splitfed1", "splitfed2"])
 def test_every_mode_learns_with_ms(mode: str, tmp_path: Path) -> None:
-    cfg = small_config(mode=mode, clients=4, rounds=2, out_dir=str(tmp_path))
+    cfg = small_config(mode=mode, clients=4, rounds=2, out_dir=str(tmp_path), optimizer={"lr": 0.05})
     summary = run_sl(cfg)
     rows = read_metrics(tmp_path / "metrics.jsonl")
     assert [r["round"] for r in rows] == [1, 2]
@@ -230,3 +230,39 @@ def test_default_config_reaches_095_in_process(tmp_path: Path) -> None:
     )
     summary = run_sl(cfg)
     assert summary["final_test_accuracy"] >= 0.95, summary
+
+
+def test_divergence_stops_the_run_with_a_summary(tmp_path: Path) -> None:
+    from strategies.split_learning import TrainingFailed
+
+    cfg = small_config(rounds=3, max_steps_per_round=5, uplink="none", out_dir=str(tmp_path), optimizer={"lr": 1000.0})
+    with pytest.raises(TrainingFailed, match="round 1: no client finished"):
+        run_sl(cfg)  # the client's activations blow past the codec's input bound
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "failed" and "exceeds the supported" in summary["error"]
+
+
+def test_non_finite_weights_after_a_round_say_to_lower_the_lr() -> None:
+    from strategies.split_learning import TrainingFailed
+
+    strategy = SplitLearningStrategy(small_config())
+    with torch.no_grad():
+        next(strategy.server_half.parameters())[0] = float("nan")
+    with pytest.raises(
+        TrainingFailed, match=r"diverged in round 4: the server half .* lower optimizer.lr \(now 0.02\)"
+    ):
+        strategy._check_finite(4, _RoundCounters())
+
+
+def test_a_round_where_every_client_fails_stops_the_run() -> None:
+    from strategies.split_learning import TrainingFailed
+
+    class _AllFail(InProcessTransport):
+        def send(self, node_id: int, kind: str, fields: dict, round_: int) -> dict[str, int]:
+            self._replies.append(Reply(node_id, None, "RuntimeError: disk full", round=round_))
+            return {}
+
+    with pytest.raises(
+        TrainingFailed, match=r"no client finished \(2 failed\); first error: client 0: RuntimeError: disk"
+    ):
+        _run(small_config(clients=2), _AllFail(2))

@@ -84,7 +84,7 @@ SL_SCHEMA: Schema = {
     "uplink": Field("ms:keep=0.01,bits=2", (str,), "codec spec for the activations", check=_codec_spec_check),
     "downlink": Field("none", (str,), "codec spec for the activation gradient, or 'mask'", check=_downlink_check),
     "optimizer": {
-        "lr": Field(0.05, (float,), "SGD learning rate (both halves)", check=_positive),
+        "lr": Field(0.02, (float,), "SGD learning rate (both halves)", check=_positive),
         "momentum": Field(0.9, (float,), "SGD momentum", check=_non_negative),
         "weight_decay": Field(5e-4, (float,), "SGD weight decay", check=_non_negative),
     },
