@@ -158,3 +158,12 @@ def test_client_app_without_partition_id_says_how_to_start_the_supernode() -> No
         node_partition({})
     with pytest.raises(ValueError, match="outside"):
         node_partition({"partition-id": 2, "num-partitions": 2})
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "conf" / "sl").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_sl_config_resolves(path: Path) -> None:
+    from fl_split.config import build_config
+
+    values = {"data_dir": "/data"} if "cifar" in path.stem else {}
+    cfg = build_config(SL_SCHEMA, file=path, values=values, validate=validate_sl)
+    assert cfg == load_sl_config(path.stem, values=values)  # found by name under conf/sl/
