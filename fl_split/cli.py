@@ -61,6 +61,17 @@ def _sl(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 2  # pragma: no cover - parser.error exits
 
 
+def _log_to_stderr(names: tuple[str, ...]) -> None:
+    """Show our warnings and errors on stderr (flwr and Ray keep their own handlers)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    for name in names:
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.INFO)
+        if not logger.handlers:
+            logger.addHandler(handler)
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="NAME|PATH", help="a config in conf/ by name, or a YAML file")
     p.add_argument(
@@ -86,9 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "codecs":
         return _codecs(args)
     if args.command == "sl":
-        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-        for handler in logging.getLogger().handlers:  # flwr logs DEBUG records that would propagate here
-            handler.setLevel(logging.WARNING)
+        _log_to_stderr(("fl_split", "strategies", "simulations"))
         return _sl(args, p_sl)
     if args.what == "sl-accuracy":
         from simulations import bench_sl_accuracy

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -26,22 +27,43 @@ DEFAULT_CONFIG = CONF_DIR / "bench_sl_accuracy.yaml"
 
 
 def run(bench: dict[str, Any], out_dir: Path, groups: list[str] | None = None) -> list[dict[str, Any]]:
-    """Run every (group, mode, codec[, varied value]) cell; return one result row each."""
+    """Run every (group, mode, codec[, varied value]) cell over the group's seeds; one row per cell."""
     rows = []
     for group, spec in bench["groups"].items():
         if groups and group not in groups:
             continue
         codecs = {k: v for k, v in bench["codecs"].items() if k in spec.get("codecs", bench["codecs"])}
         vary_key, vary_values = next(iter(spec.get("vary", {"": [None]}).items()))
+        seeds = spec.get("seeds", [bench["base"].get("seed", 0)])
         for mode, (label, codec), value in itertools.product(spec["modes"], codecs.items(), vary_values):
             values = {**bench["base"], **spec.get("set", {}), "mode": mode, "uplink": codec}
             if vary_key:
                 values[vary_key] = value
-            values["out_dir"] = str(out_dir / f"{group}-{mode}-{label}-{value}")
+            cells = []
+            for seed in seeds:
+                values.update(seed=seed, out_dir=str(out_dir / f"{group}-{mode}-{label}-{value}-{seed}"))
+                cells.append(run_cell(load_sl_config("sl", values=values)))
             row = {"group": group, "mode": mode, "codec": codec, **({vary_key: value} if vary_key else {})}
-            rows.append({**row, **run_cell(load_sl_config("sl", values=values))})
+            rows.append({**row, **aggregate(cells, seeds)})
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     return rows
+
+
+def aggregate(cells: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
+    """One row from a cell's runs over several seeds: mean and std of the accuracies, the rest of seed 0's run."""
+    done = [c for c in cells if c["status"] == "completed"]
+    if len(done) < len(cells):
+        failed = next(c for c in cells if c["status"] != "completed")
+        return {**failed, "seeds": seeds}
+    out = dict(done[0])
+    for key in ("final_test_accuracy", "final_test_accuracy_dense", "best_test_accuracy"):
+        values = [c[key] for c in done]
+        out[key] = statistics.fmean(values)
+        out[f"{key}_std"] = statistics.pstdev(values) if len(values) > 1 else 0.0
+        out[f"{key}_per_seed"] = values
+    out["seeds"] = seeds
+    out["wall_s"] = round(sum(c["wall_s"] for c in done), 1)
+    return out
 
 
 def run_cell(config: dict[str, Any]) -> dict[str, Any]:
@@ -80,7 +102,7 @@ def _elements(metrics: list[dict[str, Any]], config: dict[str, Any]) -> int:
 def markdown(rows: list[dict[str, Any]]) -> str:
     """The rows as a Markdown table."""
     head = (
-        "| data | mode | uplink codec | final acc | final acc (dense eval) | bits/elem "
+        "| data | mode | uplink codec | final acc (mean ± std over seeds) | final acc (dense eval) | bits/elem "
         "| uplink act. MB | uplink MB | downlink MB |"
     )
     lines = [head, "|" + "---|" * 9]
@@ -89,8 +111,9 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             lines.append(f"| {r['group']} | {r['mode']} | `{r['codec']}` | failed: {r['error'][:80]} |")
             continue
         vary = "".join(f" {k}={r[k]}" for k in r if k == "batches_per_message")
+        std = f" ± {r['final_test_accuracy_std']:.4f}" if len(r["seeds"]) > 1 else ""
         lines.append(
-            f"| {r['group']}{vary} | {r['mode']} | `{r['codec']}` | {r['final_test_accuracy']:.4f} | "
+            f"| {r['group']}{vary} | {r['mode']} | `{r['codec']}` | {r['final_test_accuracy']:.4f}{std} | "
             f"{r['final_test_accuracy_dense']:.4f} | {r['bits_per_element']:.3f} | "
             f"{r['cum_uplink_activation_mb']:.2f} | "
             f"{r['cum_uplink_mb']:.2f} | {r['cum_downlink_mb']:.1f} |"

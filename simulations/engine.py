@@ -31,11 +31,21 @@ def run_flower_simulation(
         "client_resources": {"num_cpus": num_cpus, "num_gpus": num_gpus},
         "init_args": {"num_cpus": os.cpu_count() or 1, "include_dashboard": False, "logging_level": logging.ERROR},
     }
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        run_simulation(
-            server_app=server_app,
-            client_app=client_app,
-            num_supernodes=num_clients,
-            backend_config=backend_config,  # type: ignore[arg-type]
-        )
+    flwr_logger = logging.getLogger("flwr")
+    flwr_logger.addFilter(_hide_run_simulation_deprecation)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            run_simulation(
+                server_app=server_app,
+                client_app=client_app,
+                num_supernodes=num_clients,
+                backend_config=backend_config,  # type: ignore[arg-type]
+            )
+    finally:
+        flwr_logger.removeFilter(_hide_run_simulation_deprecation)
+
+
+def _hide_run_simulation_deprecation(record: logging.LogRecord) -> bool:
+    """Drop flwr's "run_simulation is deprecated" banner: this module is the one place that calls it."""
+    return "`run_simulation` function is deprecated" not in record.getMessage()

@@ -21,6 +21,11 @@ def test_tiny_grid_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "acc.json"
     assert main(["--config", str(conf), "--out", str(out)]) == 0
     rows = json.loads(out.read_text())["rows"]
+    seeded = rows.pop()
+    assert seeded["seeds"] == [0, 1] and len(seeded["final_test_accuracy_per_seed"]) == 2
+    a, b = seeded["final_test_accuracy_per_seed"]
+    assert abs(seeded["final_test_accuracy"] - (a + b) / 2) < 1e-12
+    assert abs(seeded["final_test_accuracy_std"] - abs(a - b) / 2) < 1e-12
     assert [(r["codec"], r["batches_per_message"]) for r in rows] == [
         ("none", 1),
         ("none", 2),
