@@ -14,7 +14,8 @@ def test_tiny_grid_end_to_end(tmp_path: Path) -> None:
     bench = yaml.safe_load(DEFAULT_CONFIG.read_text())
     bench["base"].update({"clients": 2, "rounds": 1, "max_steps_per_round": 2})
     bench["groups"] = {
-        "tiny": {"modes": ["splitfed2"], "codecs": ["none", "ms"], "vary": {"batches_per_message": [1, 2]}}
+        "tiny": {"modes": ["splitfed2"], "codecs": ["none", "ms"], "vary": {"batches_per_message": [1, 2]}},
+        "seeds": {"modes": ["splitfed2"], "codecs": ["ms"], "seeds": [0, 1]},
     }
     conf = tmp_path / "bench.yaml"
     conf.write_text(yaml.safe_dump(bench, sort_keys=False))
