@@ -266,3 +266,17 @@ def test_a_round_where_every_client_fails_stops_the_run() -> None:
         TrainingFailed, match=r"no client finished \(2 failed\); first error: client 0: RuntimeError: disk"
     ):
         _run(small_config(clients=2), _AllFail(2))
+
+
+def test_any_codec_on_the_downlink_is_measured() -> None:
+    dense = _run(small_config(max_steps_per_round=3, uplink="none"))
+    half = _run(small_config(max_steps_per_round=3, uplink="none", downlink="fp16"))
+    d, h = dense.rows[0]["downlink_gradient_bytes"], half.rows[0]["downlink_gradient_bytes"]
+    header = len(create_codec("fp16").encode(torch.zeros(32, 64, 16, 16))) - 2 * 32 * 64 * 16 * 16
+    assert h == 3 * (2 * 32 * 64 * 16 * 16 + header) and d > 1.99 * h
+
+
+def test_fraction_samples_clients_per_round() -> None:
+    strategy = _run(small_config(clients=4, fraction=0.5, rounds=3, max_steps_per_round=1))
+    assert [r["clients"] for r in strategy.rows] == [2, 2, 2]
+    assert [r["steps"] for r in strategy.rows] == [2, 2, 2]
