@@ -35,7 +35,10 @@ class _Progress:
 
     def __call__(self, row: dict[str, Any]) -> None:
         mb = (row["cum_uplink_bytes"] + row["cum_downlink_bytes"]) / 1e6
-        self.bar.set_postfix(acc=f"{row['test_accuracy']:.4f}", loss=f"{row['train_loss']:.3f}", MB=f"{mb:.1f}")
+        loss = row["train_loss"]
+        self.bar.set_postfix(
+            acc=f"{row['test_accuracy']:.4f}", loss="-" if loss is None else f"{loss:.3f}", MB=f"{mb:.1f}"
+        )
         self.bar.update(1)
 
     def close(self) -> None:
@@ -123,7 +126,8 @@ def format_summary(summary: dict[str, Any], writer: RunWriter) -> str:
             lines.append("  ...")
             continue
         lines.append(
-            f"{r['round']:>5}  {r['train_loss']:>10.4f}  {r['test_accuracy']:>8.4f}  {r['test_accuracy_dense']:>14.4f}"
+            f"{r['round']:>5}  {_num(r['train_loss'], 10)}  {r['test_accuracy']:>8.4f}"
+            f"  {r['test_accuracy_dense']:>14.4f}"
             f"  {r['cum_uplink_bytes'] / 1e6:>9.3f}  {r['cum_downlink_bytes'] / 1e6:>11.3f}  {r['dropped']:>7}"
         )
     lines += [
@@ -134,6 +138,10 @@ def format_summary(summary: dict[str, Any], writer: RunWriter) -> str:
         f"      {writer.plot_path}",
     ]
     return "\n".join(lines)
+
+
+def _num(value: float | None, width: int) -> str:
+    return f"{value:>{width}.4f}" if value is not None else f"{'-':>{width}}"
 
 
 def main(config: dict[str, Any]) -> int:

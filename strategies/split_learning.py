@@ -186,7 +186,7 @@ class SplitLearningStrategy:
             cum_up, cum_down = cum_up + up, cum_down + down
             row = {
                 "round": rnd,
-                "train_loss": counters.loss_sum / counters.samples if counters.samples else float("nan"),
+                "train_loss": counters.loss_sum / counters.samples if counters.samples else None,
                 "test_accuracy": acc,
                 "test_accuracy_dense": acc_dense,
                 "uplink_bytes": up,
