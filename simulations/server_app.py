@@ -24,8 +24,7 @@ def make_server_app(strategy: SplitLearningStrategy, done: Callable[[], None] | 
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        flower = strategy.config["flower"]
-        strategy.start(FlowerTransport(grid, poll_ms=flower["poll_ms"], timeout_s=flower["timeout_s"]))
+        strategy.start(FlowerTransport.from_config(grid, strategy.config))
         if done is not None:
             done()
 
@@ -41,5 +40,4 @@ def main(grid: Grid, context: Context) -> None:
     from simulations.sl import run_with_transport
 
     config = from_run_config(SL_SCHEMA, context.run_config, validate=validate_sl)
-    flower = config["flower"]
-    run_with_transport(config, FlowerTransport(grid, poll_ms=flower["poll_ms"], timeout_s=flower["timeout_s"]))
+    run_with_transport(config, FlowerTransport.from_config(grid, config))

@@ -36,6 +36,11 @@ class FlowerTransport:
         self.timeout_s = timeout_s
         self._pending: dict[str, int] = {}  # message id -> destination node
 
+    @classmethod
+    def from_config(cls, grid: Grid, config: dict[str, Any]) -> FlowerTransport:
+        """The transport a split-learning config's ``flower.poll_ms`` / ``flower.timeout_s`` ask for."""
+        return cls(grid, poll_ms=config["flower"]["poll_ms"], timeout_s=config["flower"]["timeout_s"])
+
     def node_ids(self) -> list[int]:
         """The connected SuperNodes (virtual nodes in simulation), waiting up to ``timeout_s`` for one."""
         deadline = time.monotonic() + self.timeout_s

@@ -39,7 +39,14 @@ from fl_split.metrics import RunWriter
 from fl_split.sl.client import BEGIN, STEP
 from fl_split.sl.config import MASK
 from fl_split.sl.server import evaluate, fedavg_into, server_step
-from fl_split.sl.setup import build_halves, check_model_fits_data, load_split
+from fl_split.sl.setup import (
+    build_halves,
+    check_model_fits_data,
+    load_split,
+    make_sgd,
+    momentum_buffers,
+    set_momentum,
+)
 from fl_split.sl.transport import Reply, Transport
 from fl_split.sl.wire import ACTIVATIONS, GRADIENTS, LABELS, MOMENTUM, WEIGHTS, decode_tensors, encode_tensors
 
@@ -114,7 +121,7 @@ class SplitLearningStrategy:
         self.client_half, self.server_half = build_halves(config, seed=int(config["seed"]))
         self.uplink: Codec = codec_from_spec(str(config["uplink"]))
         self.downlink: Codec | None = None if config["downlink"] == MASK else codec_from_spec(str(config["downlink"]))
-        self.server_optimizer = self._optimizer(self.server_half)
+        self.server_optimizer = make_sgd(self.server_half.parameters(), config)
         self.client_momentum: list[bytes] = []  # handed on in sequential mode
         self._server_momentum: dict[int, list[torch.Tensor | None]] = {}  # splitfed1: per client copy
         self.x_test, self.y_test = load_split(config, "test")
@@ -124,12 +131,6 @@ class SplitLearningStrategy:
         self._config_json = config_digest(config)
 
     # ------------------------------------------------------------------ helpers
-    def _optimizer(self, module: nn.Module) -> torch.optim.Optimizer:
-        opt = self.config["optimizer"]
-        return torch.optim.SGD(
-            module.parameters(), lr=opt["lr"], momentum=opt["momentum"], weight_decay=opt["weight_decay"]
-        )
-
     def sample(self, nodes: list[int]) -> list[int]:
         """The clients of one round: ``max(1, round(fraction · n))`` drawn without replacement."""
         nodes = sorted(nodes)
@@ -142,10 +143,8 @@ class SplitLearningStrategy:
         out = []
         for n in nodes:
             copy_ = copy.deepcopy(self.server_half)
-            opt = self._optimizer(copy_)
-            for p, buf in zip(copy_.parameters(), self._server_momentum.get(n, []), strict=False):
-                if buf is not None:
-                    opt.state[p]["momentum_buffer"] = buf.clone()
+            opt = make_sgd(copy_.parameters(), self.config)
+            set_momentum(opt, copy_.parameters(), self._server_momentum.get(n, []))
             out.append(_Session(n, copy_, opt))
         return out
 
@@ -341,9 +340,7 @@ class SplitLearningStrategy:
         if mode == "splitfed1":
             fedavg_into(self.server_half, [list(s.server.state_dict().values()) for s in done], weights)
             for s in finished:
-                self._server_momentum[s.node] = [
-                    s.optimizer.state.get(p, {}).get("momentum_buffer") for p in s.server.parameters()
-                ]
+                self._server_momentum[s.node] = momentum_buffers(s.optimizer, s.server.parameters())
 
 
 def describe(config: dict[str, Any]) -> str:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import nn
 
 from fl_split.sl.config import load_sl_config
-from fl_split.sl.setup import batch_indices, batches_per_epoch, build_halves, client_data
+from fl_split.sl.setup import batch_indices, batches_per_epoch, build_halves, client_data, make_sgd
 
 
 def small_config(**values: Any) -> dict[str, Any]:
@@ -26,8 +25,7 @@ def centralized(config: dict[str, Any], steps_per_round: int, rounds: int) -> tu
     """
     client, server = build_halves(config, seed=int(config["seed"]))
     model = nn.Sequential(*client, *server)
-    opt = config["optimizer"]
-    sgd = torch.optim.SGD(model.parameters(), lr=opt["lr"], momentum=opt["momentum"], weight_decay=opt["weight_decay"])
+    sgd = make_sgd(model.parameters(), config)
     x, y = client_data(config, 0, 1)
     nb = batches_per_epoch(len(y), int(config["batch_size"]))
     epoch = pos = 0

@@ -115,21 +115,27 @@ def test_mask_downlink_sends_gradient_only_at_kept_positions() -> None:
 
 
 def test_mask_downlink_equals_dense_gradient_masked() -> None:
-    """One step by hand: the mask downlink's gradient is the dense gradient zeroed off the support."""
-    cfg = small_config(rounds=1, max_steps_per_round=1, uplink="ms:keep=0.01,bits=2", downlink="mask")
-    strategy = SplitLearningStrategy(cfg)
-    transport = InProcessTransport(1)
-    begin = strategy._begin_fields(1)
-    transport.send(0, "sl_begin", begin, 1)
-    (reply,) = transport.receive()
-    assert reply.fields is not None
-    act = reply.fields["acts"][0]
-    ms = create_codec("ms")
-    support = ms.support(act)
+    """One step by hand: the mask payload decodes to the dense gradient zeroed off the uplink's support."""
+    from fl_split.sl.wire import decode_masked
+
+    grads = {}
+    for downlink in ("none", "mask"):
+        cfg = small_config(rounds=1, max_steps_per_round=1, uplink="ms:keep=0.01,bits=2", downlink=downlink)
+        strategy = SplitLearningStrategy(cfg)
+        transport = InProcessTransport(1)
+        transport.send(0, "sl_begin", strategy._begin_fields(1), 1)
+        (reply,) = transport.receive()
+        assert reply.fields is not None
+        act, labels = reply.fields["acts"][0], reply.fields["labels"][0]
+        grads[downlink] = strategy._step(strategy._sessions([0])[0], act, labels, 1, _counters())
+    support = create_codec("ms").support(act)
     assert int(support.sum()) == int(0.01 * support.numel())
-    step = strategy._step(strategy._sessions([0])[0], act, reply.fields["labels"][0], 1, _counters())
-    values = create_codec("none").decode(step)
-    assert values.numel() == int(support.sum())
+    dense = create_codec("none").decode(grads["none"])
+    masked = decode_masked(grads["mask"], support)
+    assert torch.equal(masked, torch.where(support, dense, torch.zeros(())))
+    assert len(grads["mask"]) < len(grads["none"]) / 90
+    with pytest.raises(CodecError, match="kept positions"):
+        decode_masked(grads["mask"], torch.ones_like(support))
 
 
 def _counters() -> _RoundCounters:

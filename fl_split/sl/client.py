@@ -22,23 +22,31 @@ from typing import Any
 
 import torch
 
-from fl_split.codecs import Codec, CodecError, codec_from_spec, create_codec
+from fl_split.codecs import Codec, CodecError, codec_from_spec
 from fl_split.data import dataset_info
 from fl_split.sl.config import MASK
-from fl_split.sl.setup import batch_indices, batches_per_epoch, cached_client_half, client_data
+from fl_split.sl.setup import (
+    batch_indices,
+    batches_per_epoch,
+    cached_client_half,
+    client_data,
+    make_sgd,
+    momentum_buffers,
+    set_momentum,
+)
 from fl_split.sl.wire import (
     ACTIVATIONS,
     GRADIENTS,
     LABELS,
     MOMENTUM,
     WEIGHTS,
+    decode_masked,
     decode_tensors,
     encode_labels,
     encode_tensors,
 )
 
 BEGIN, STEP = "sl_begin", "sl_step"
-_NONE = create_codec("none")
 
 
 @dataclass
@@ -80,10 +88,7 @@ class _Runtime:
         self.half.train()
         self.params = list(self.half.parameters())
         self.tensors = list(self.half.state_dict(keep_vars=True).values())
-        opt = self.config["optimizer"]
-        self.optimizer = torch.optim.SGD(
-            self.params, lr=opt["lr"], momentum=opt["momentum"], weight_decay=opt["weight_decay"]
-        )
+        self.optimizer = make_sgd(self.params, self.config)
         self.x, self.y = client_data(self.config, partition_id, num_partitions)
         self.uplink: Codec = codec_from_spec(self.config["uplink"])
         down = self.config["downlink"]
@@ -100,17 +105,14 @@ class _Runtime:
                     raise CodecError("client-half weights: every tensor must be sent")
                 dst.copy_(src)
         if momentum:
-            bufs = decode_tensors(momentum, self.params, "client-half momentum")
-            for p, buf in zip(self.params, bufs, strict=True):
-                if buf is not None:
-                    self.optimizer.state[p]["momentum_buffer"] = buf.clone()
+            set_momentum(self.optimizer, self.params, decode_tensors(momentum, self.params, "client-half momentum"))
 
     def save(self) -> None:
         self.state.weights = encode_tensors(self.tensors)
         self.state.momentum = self.momentum()
 
     def momentum(self) -> list[bytes]:
-        return encode_tensors([self.optimizer.state.get(p, {}).get("momentum_buffer") for p in self.params])
+        return encode_tensors(momentum_buffers(self.optimizer, self.params))
 
     # ------------------------------------------------------------- batches
     def batch(self, epoch: int, index: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -167,12 +169,7 @@ class _Runtime:
         if self.downlink is not None:
             grad = self.downlink.decode(payload, max_numel=out.numel())
         else:  # mask: the values at the uplink's kept positions, in row-major order
-            support = self.uplink.support(self.state.pending_uplink[j])
-            values = _NONE.decode(payload, max_numel=out.numel())
-            if values.ndim != 1 or values.numel() != int(support.sum()):
-                raise CodecError(f"mask gradient holds {values.numel()} values for {int(support.sum())} kept positions")
-            grad = torch.zeros(support.shape)
-            grad[support] = values
+            grad = decode_masked(payload, self.uplink.support(self.state.pending_uplink[j]))
         if tuple(grad.shape) != tuple(out.shape):
             raise CodecError(f"gradient of shape {tuple(grad.shape)} for activations of shape {tuple(out.shape)}")
         return grad.to(out.dtype)

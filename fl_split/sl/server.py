@@ -9,10 +9,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fl_split.codecs import Codec, CodecError, create_codec
-from fl_split.sl.wire import decode_labels
-
-_NONE = create_codec("none")
+from fl_split.codecs import Codec, CodecError
+from fl_split.sl.wire import decode_labels, encode_masked
 
 
 @dataclass(frozen=True)
@@ -76,7 +74,7 @@ def server_step(
     grad = a.grad
     assert grad is not None
     if downlink is None:
-        grad_payload = _NONE.encode(grad[uplink.support(act_payload)])
+        grad_payload = encode_masked(grad, uplink.support(act_payload))
     else:
         grad_payload = downlink.encode(grad)
     return ServerStep(grad_payload, float(loss.detach()), int(a.shape[0]))

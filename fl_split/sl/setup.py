@@ -6,7 +6,7 @@ batch order without sending any of it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from typing import Any
 
@@ -55,6 +55,26 @@ def cached_client_half(config: Mapping[str, Any]) -> nn.Sequential:
     if half is None:
         half = _HALF_CACHE.setdefault(key, build_halves(config, seed=0)[0])
     return half
+
+
+def make_sgd(params: Iterable[nn.Parameter], config: Mapping[str, Any]) -> torch.optim.SGD:
+    """SGD with the config's ``optimizer`` settings (both halves, and the centralized reference)."""
+    opt = config["optimizer"]
+    return torch.optim.SGD(params, lr=opt["lr"], momentum=opt["momentum"], weight_decay=opt["weight_decay"])
+
+
+def momentum_buffers(optimizer: torch.optim.Optimizer, params: Iterable[nn.Parameter]) -> list[torch.Tensor | None]:
+    """SGD's momentum buffer per parameter (``None`` before the first step)."""
+    return [optimizer.state.get(p, {}).get("momentum_buffer") for p in params]
+
+
+def set_momentum(
+    optimizer: torch.optim.Optimizer, params: Iterable[nn.Parameter], buffers: Iterable[torch.Tensor | None]
+) -> None:
+    """Load momentum buffers (copies) into ``optimizer`` for ``params``; ``None`` entries are skipped."""
+    for p, buf in zip(params, buffers, strict=False):
+        if buf is not None:
+            optimizer.state[p]["momentum_buffer"] = buf.detach().clone()
 
 
 def check_model_fits_data(config: Mapping[str, Any]) -> tuple[int, ...]:

@@ -22,7 +22,8 @@ CATEGORY = {ACTIVATIONS: "activation", LABELS: "label", GRADIENTS: "gradient", W
 _LABEL_MAGIC = b"FLL"
 _LABEL_HEADER = struct.Struct("<3sBI")  # magic, bytes per label (1, 2 or 4), count
 _WIDTH_DTYPE = {1: torch.uint8, 2: torch.int16, 4: torch.int32}
-_NONE = create_codec("none")
+#: The ``none`` codec: float32 payloads for weights, momenta and mask gradients.
+NONE_CODEC = create_codec("none")
 
 Fields = Mapping[str, object]
 
@@ -55,7 +56,7 @@ def decode_labels(payload: bytes, num_classes: int, count: int | None = None) ->
 
 def encode_tensors(tensors: Sequence[torch.Tensor | None]) -> list[bytes]:
     """One ``none``-codec payload per tensor (``b""`` for ``None``: e.g. a momentum buffer not created yet)."""
-    return [b"" if t is None else _NONE.encode(t.detach().to(torch.float32)) for t in tensors]
+    return [b"" if t is None else NONE_CODEC.encode(t.detach().to(torch.float32)) for t in tensors]
 
 
 def decode_tensors(payloads: Sequence[bytes], like: Sequence[torch.Tensor], what: str) -> list[torch.Tensor | None]:
@@ -67,10 +68,26 @@ def decode_tensors(payloads: Sequence[bytes], like: Sequence[torch.Tensor], what
         if not payload:
             out.append(None)
             continue
-        t = _NONE.decode(payload, max_numel=max(ref.numel(), 1))
+        t = NONE_CODEC.decode(payload, max_numel=max(ref.numel(), 1))
         if tuple(t.shape) != tuple(ref.shape):
             raise CodecError(f"{what}: tensor {i} has shape {tuple(t.shape)}, the module expects {tuple(ref.shape)}")
         out.append(t.to(device=ref.device, dtype=ref.dtype))
+    return out
+
+
+def encode_masked(values: torch.Tensor, support: torch.Tensor) -> bytes:
+    """The ``mask`` downlink: ``values`` only where ``support`` is True, row-major, no indices."""
+    return NONE_CODEC.encode(values[support].to(torch.float32))
+
+
+def decode_masked(payload: bytes, support: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`encode_masked`: zeros off ``support``; ``CodecError`` on a count mismatch."""
+    count = int(support.sum())
+    values = NONE_CODEC.decode(payload, max_numel=max(count, 1))
+    if values.ndim != 1 or values.numel() != count:
+        raise CodecError(f"mask gradient holds {values.numel()} values for {count} kept positions")
+    out = torch.zeros(support.shape)
+    out[support] = values
     return out
 
 
