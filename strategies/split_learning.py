@@ -79,6 +79,13 @@ class _RoundCounters:
     dropped: int = 0
     failed_clients: int = 0
     errors: list[str] = field(default_factory=list)
+    messages: int = 0
+    #: seconds: server_compute, server_codec, client (handler wall, summed over clients),
+    #: client_codec, transport (inside send/receive: waiting on Flower, or the in-process client)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def add_time(self, key: str, seconds: float) -> None:
+        self.seconds[key] = self.seconds.get(key, 0.0) + seconds
 
     def add(self, direction: str, nbytes: dict[str, int]) -> None:
         for cat, n in nbytes.items():
@@ -168,8 +175,10 @@ class SplitLearningStrategy:
             sampled = self.sample(nodes)
             waves = [[n] for n in sampled] if self.config["mode"] == "sequential" else [sampled]
             finished: list[_Session] = []
+            t_train = time.perf_counter()
             for wave in waves:
                 finished += self._run_wave(transport, wave, rnd, counters)
+            train_s = time.perf_counter() - t_train
             if not any(s.weights is not None for s in finished):
                 raise TrainingFailed(
                     f"round {rnd}: no client finished ({counters.failed_clients} failed); first error: "
@@ -198,6 +207,9 @@ class SplitLearningStrategy:
                 "wall_s": round(time.perf_counter() - t0, 3),
                 "clients": len(sampled),
                 "failed_clients": counters.failed_clients,
+                "train_s": round(train_s, 4),
+                "messages": counters.messages,
+                **{f"{k}_s": round(v, 4) for k, v in sorted(counters.seconds.items())},
                 **dict(sorted(counters.bytes.items())),
             }
             self.rows.append(row)
@@ -237,9 +249,10 @@ class SplitLearningStrategy:
         sessions = {s.node: s for s in self._sessions(nodes)}
         begin = self._begin_fields(rnd)
         for node in nodes:
-            counters.add("downlink", transport.send(node, BEGIN, begin, rnd))
+            self._send(transport, node, BEGIN, begin, rnd, counters)
         active = set(nodes)
         while active:
+            t0 = time.perf_counter()
             try:
                 replies = transport.receive()
             except TimeoutError as exc:
@@ -253,6 +266,7 @@ class SplitLearningStrategy:
                     sessions[node].failed = True
                 counters.failed_clients += len(active)
                 break
+            counters.add_time("transport", time.perf_counter() - t0)
             for reply in replies:
                 if reply.node_id not in active or reply.round != rnd:
                     log.warning(
@@ -269,6 +283,9 @@ class SplitLearningStrategy:
     ) -> bool:
         """Process one reply; return True when the client is finished (done or failed) for this round."""
         fields = reply.fields
+        if fields is not None:
+            counters.add_time("client", float(fields.get("t_client", 0.0)))
+            counters.add_time("client_codec", float(fields.get("t_codec", 0.0)))
         if reply.error is not None or fields is None:
             log.error("round %d: client %d failed: %s; it leaves this round", rnd, session.node, reply.error)
             counters.errors.append(f"client {session.node}: {reply.error}")
@@ -297,11 +314,20 @@ class SplitLearningStrategy:
             counters.dropped += 1
             return True
         grads = [self._step(session, a, y, rnd, counters) for a, y in zip(acts, labels, strict=True)]
-        counters.add("downlink", transport.send(session.node, STEP, {GRADIENTS: grads}, rnd))
+        self._send(transport, session.node, STEP, {GRADIENTS: grads}, rnd, counters)
         return False
+
+    def _send(
+        self, transport: Transport, node: int, kind: str, fields: dict[str, Any], rnd: int, counters: _RoundCounters
+    ) -> None:
+        t0 = time.perf_counter()
+        counters.add("downlink", transport.send(node, kind, fields, rnd))
+        counters.add_time("transport", time.perf_counter() - t0)
+        counters.messages += 1
 
     def _step(self, session: _Session, act: bytes, labels: bytes, rnd: int, counters: _RoundCounters) -> bytes:
         """One server step; ``b""`` (the client skips the batch) when the payload does not decode."""
+        t0 = time.perf_counter()
         try:
             out = server_step(
                 session.server,
@@ -318,6 +344,13 @@ class SplitLearningStrategy:
             log.error("round %d: dropped a step of client %d: %s", rnd, session.node, exc)
             counters.dropped += 1
             return b""
+        except ValueError as exc:  # NonFiniteLoss, or a gradient a codec refuses (NaN, |g| > 2**64)
+            raise TrainingFailed(
+                f"training diverged in round {rnd} on a batch of client {session.node}: {exc}; lower optimizer.lr "
+                f"(now {self.config['optimizer']['lr']}) or use a gentler codec"
+            ) from exc
+        counters.add_time("server_codec", out.codec_s)
+        counters.add_time("server_compute", time.perf_counter() - t0 - out.codec_s)
         counters.loss_sum += out.loss * out.samples
         counters.samples += out.samples
         counters.steps += 1

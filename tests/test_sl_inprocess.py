@@ -286,3 +286,51 @@ def test_fraction_samples_clients_per_round() -> None:
     strategy = _run(small_config(clients=4, fraction=0.5, rounds=3, max_steps_per_round=1))
     assert [r["clients"] for r in strategy.rows] == [2, 2, 2]
     assert [r["steps"] for r in strategy.rows] == [2, 2, 2]
+
+
+def test_a_non_finite_server_loss_stops_the_run_with_advice() -> None:
+    from fl_split.sl.server import NonFiniteLoss, server_step
+    from strategies.split_learning import TrainingFailed
+
+    strategy = SplitLearningStrategy(small_config(uplink="none"))
+    with torch.no_grad():
+        next(strategy.server_half.parameters()).fill_(float("inf"))  # as if it had diverged
+    act = create_codec("none").encode(torch.ones(2, 64, 16, 16))
+    labels = encode_labels(torch.tensor([1, 2]), 10)
+    kwargs = {"uplink": strategy.uplink, "downlink": strategy.downlink, "num_classes": 10}
+    with pytest.raises(NonFiniteLoss, match="loss is"):
+        server_step(
+            strategy.server_half,
+            strategy.server_optimizer,
+            act,
+            labels,
+            **kwargs,
+            sample_shape=(64, 16, 16),
+            max_batch=32,
+        )
+    session = strategy._sessions([0])[0]
+    with pytest.raises(TrainingFailed, match=r"diverged in round 3 on a batch of client 0: .*lower optimizer.lr"):
+        strategy._step(session, act, labels, 3, _counters())
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_batchnorm_model_trains_and_k1_equals_centralized(k: int) -> None:
+    """ResNet18 (BatchNorm in the client half): the recomputed forward must not update BN statistics twice."""
+    cfg = small_config(
+        dataset="synthetic_cifar10",
+        model="resnet18",
+        uplink="none",
+        mode="sequential",
+        batch_size=8,
+        rounds=1,
+        max_steps_per_round=3,
+        batches_per_message=k,
+    )
+    strategy = _run(cfg)
+    ref_client, ref_server = centralized(cfg, steps_per_round=3, rounds=1)
+    assert strategy.rows[0]["steps"] == 3
+    tracked = [t for n, t in strategy.client_half.state_dict().items() if n.endswith("num_batches_tracked")]
+    assert [int(t) for t in tracked] == [3]  # three batches, counted once each
+    if k == 1:
+        assert max_diff(strategy.client_half, ref_client) < 1e-5  # weights and BN running statistics
+        assert max_diff(strategy.server_half, ref_server) < 1e-5

@@ -17,6 +17,7 @@ Protocol (one round trip per step, ``k = batches_per_message``)::
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,6 +95,7 @@ class _Runtime:
         down = self.config["downlink"]
         self.downlink: Codec | None = None if down == MASK else codec_from_spec(down)
         self.num_classes = dataset_info(str(self.config["dataset"])).num_classes
+        self.codec_s = 0.0  # seconds spent in codecs during this message
 
     # ------------------------------------------------------------- weights and momentum
     def load(self, weights: list[bytes], momentum: list[bytes]) -> None:
@@ -129,7 +131,9 @@ class _Runtime:
             x, y = self.batch(st.epoch, st.pos)
             with torch.no_grad():
                 out = self.half(x)
+            t0 = time.perf_counter()
             payload = self.uplink.encode(out)
+            self.codec_s += time.perf_counter() - t0
             acts.append(payload)
             labels.append(encode_labels(y, self.num_classes))
             st.pending += [st.epoch, st.pos]
@@ -154,18 +158,25 @@ class _Runtime:
             x, _ = self.batch(epoch, index)
             buffers = [b.detach().clone() for b in self.half.buffers()]
             out = self.half(x)  # recompute: same weights as the send for k = 1 (exact SL)
-            with torch.no_grad():  # the send's forward already updated BN statistics: undo this one
-                for b, saved in zip(self.half.buffers(), buffers, strict=True):
-                    b.copy_(saved)
             grad = self.decode_gradient(g, out, j)
             self.optimizer.zero_grad(set_to_none=True)
             out.backward(grad)  # straight-through: decode∘encode treated as the identity
+            with torch.no_grad():  # the send's forward already updated BN statistics: undo this one
+                for b, saved in zip(self.half.buffers(), buffers, strict=True):  # (after backward: BN saves them)
+                    b.copy_(saved)
             self.optimizer.step()
             st.steps += 1
             st.samples += x.shape[0]
         st.pending, st.pending_uplink = [], []
 
     def decode_gradient(self, payload: bytes, out: torch.Tensor, j: int) -> torch.Tensor:
+        t0 = time.perf_counter()
+        try:
+            return self._decode_gradient(payload, out, j)
+        finally:
+            self.codec_s += time.perf_counter() - t0
+
+    def _decode_gradient(self, payload: bytes, out: torch.Tensor, j: int) -> torch.Tensor:
         if self.downlink is not None:
             grad = self.downlink.decode(payload, max_numel=out.numel())
         else:  # mask: the values at the uplink's kept positions, in row-major order
@@ -191,6 +202,16 @@ def client_handle(
     partition_id, num_partitions:
         This node's data partition (Flower's ``partition-id`` / ``num-partitions`` node config).
     """
+    t0 = time.perf_counter()
+    state, rt, reply = _handle(kind, fields, state, partition_id, num_partitions)
+    reply["t_client"] = time.perf_counter() - t0  # seconds in this handler, for the time breakdown
+    reply["t_codec"] = rt.codec_s
+    return state, reply
+
+
+def _handle(
+    kind: str, fields: dict[str, Any], state: ClientState | None, partition_id: int, num_partitions: int
+) -> tuple[ClientState, _Runtime, dict[str, Any]]:
     if kind == BEGIN:
         state = state or ClientState()
         state.config = str(fields["config"])
@@ -204,7 +225,7 @@ def client_handle(
         state.pending, state.pending_uplink = [], []
         reply = rt.send_next()
         rt.save()
-        return state, reply
+        return state, rt, reply
     if kind == STEP:
         if state is None or not state.config:
             raise RuntimeError("sl_step before sl_begin: this node holds no split-learning state")
@@ -213,7 +234,7 @@ def client_handle(
         rt.apply(list(fields[GRADIENTS]))
         reply = rt.send_next() if state.left > 0 else rt_done(rt, rt.config["mode"] == "sequential")
         rt.save()
-        return state, reply
+        return state, rt, reply
     raise ValueError(f"unknown split-learning message {kind!r}; expected {BEGIN!r} or {STEP!r}")
 
 

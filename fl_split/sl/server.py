@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -13,6 +14,10 @@ from fl_split.codecs import Codec, CodecError
 from fl_split.sl.wire import decode_labels, encode_masked
 
 
+class NonFiniteLoss(ValueError):
+    """The server half's loss is NaN or Inf: training has diverged (no step was taken)."""
+
+
 @dataclass(frozen=True)
 class ServerStep:
     """Outcome of one server step: the gradient payload for the client, the loss, the batch size."""
@@ -20,6 +25,7 @@ class ServerStep:
     grad_payload: bytes
     loss: float
     samples: int
+    codec_s: float = 0.0  #: seconds in decode + encode (the rest of the step is compute)
 
 
 def server_step(
@@ -55,11 +61,15 @@ def server_step(
     ------
     CodecError
         If either payload is malformed or does not fit the model: the caller drops the step.
+    NonFiniteLoss
+        If the loss is NaN/Inf (training diverged); nothing was stepped.
     """
     per_sample = 1
     for d in sample_shape:
         per_sample *= d
+    t0 = time.perf_counter()
     a = uplink.decode(act_payload, max_numel=max_batch * per_sample)
+    codec_s = time.perf_counter() - t0
     if a.ndim != len(sample_shape) + 1 or tuple(a.shape[1:]) != tuple(sample_shape) or a.shape[0] < 1:
         raise CodecError(
             f"activations of shape {tuple(a.shape)}; the server half expects [N, {', '.join(map(str, sample_shape))}]"
@@ -68,16 +78,20 @@ def server_step(
     a.requires_grad_(True)
     half.train()
     loss = F.cross_entropy(half(a), y)
+    if not bool(torch.isfinite(loss)):
+        raise NonFiniteLoss(f"the server half's loss is {float(loss)} on a batch of {a.shape[0]}")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
     grad = a.grad
     assert grad is not None
+    t0 = time.perf_counter()
     if downlink is None:
         grad_payload = encode_masked(grad, uplink.support(act_payload))
     else:
         grad_payload = downlink.encode(grad)
-    return ServerStep(grad_payload, float(loss.detach()), int(a.shape[0]))
+    codec_s += time.perf_counter() - t0
+    return ServerStep(grad_payload, float(loss.detach()), int(a.shape[0]), codec_s)
 
 
 @torch.no_grad()
