@@ -3,7 +3,7 @@
     fl-split <command> [--config NAME|PATH] [--set key=value ...] [--out DIR]
 
 Commands: ``sl`` (split learning), ``codecs`` (list codecs), ``bench codecs`` (codec benchmark),
-``bench sl-accuracy`` (split-learning accuracy at equal measured budgets).
+``bench sl`` (split-learning throughput), ``bench sl-accuracy`` (accuracy at equal measured budgets).
 Configs live in ``conf/``; ``--set`` takes dotted keys (``--set optimizer.lr=0.1``); an unknown
 key or a bad value is an error that lists the valid keys or choices.
 """
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_common(p_sl)
     p_sl.add_argument("--list-keys", action="store_true", help="list every config key with its default and exit")
     p_bench = sub.add_parser("bench", help="benchmarks")
-    p_bench.add_argument("what", choices=["codecs", "sl-accuracy"], help="what to benchmark")
+    p_bench.add_argument("what", choices=["codecs", "sl", "sl-accuracy"], help="what to benchmark")
     args, rest = parser.parse_known_args(argv)
     if args.command in ("codecs", "sl") and rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
@@ -99,6 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "sl":
         _log_to_stderr(("fl_split", "strategies", "simulations"))
         return _sl(args, p_sl)
+    if args.what == "sl":
+        from simulations import bench_sl
+
+        return bench_sl.main(rest)
     if args.what == "sl-accuracy":
         from simulations import bench_sl_accuracy
 

@@ -2,21 +2,91 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import metadata
 
 from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
 
+log = logging.getLogger(__name__)
+
+#: Flower's simulation engine hands each virtual node at most one message per poll and then waits
+#: this long (``f_stop.wait(0.1)`` in ``flwr/server/superlink/fleet/vce/vce_api.py``).
+STOCK_ENGINE_WAIT_MS = 100.0
+#: The flwr versions whose engine loop :func:`engine_wait` was checked against.
+PATCHABLE_FLWR = ("1.42.0",)
+
+
+@contextmanager
+def engine_wait(wait_ms: float) -> Iterator[bool]:
+    """Shorten the simulation engine's per-poll wait to ``wait_ms`` while the block runs.
+
+    The one place fl-split changes Flower's behaviour. It replaces
+    ``vce_api.add_messages_to_queue`` (the thread that moves each node's next message from the
+    link state to the Ray actors' queue, then sleeps 0.1 s) with the same loop and a shorter
+    sleep, only for flwr versions in :data:`PATCHABLE_FLWR` whose loop still reads
+    ``f_stop.wait(0.1)``; otherwise it logs why and leaves Flower alone. ``wait_ms`` equal to
+    :data:`STOCK_ENGINE_WAIT_MS` is the switch that turns it off. It acts in this process only:
+    ``fl-split sl``, not ``flwr run`` (whose engine runs in the SuperLink's process).
+
+    Yields
+    ------
+    patched:
+        Whether the engine runs with the shorter wait.
+    """
+    if wait_ms == STOCK_ENGINE_WAIT_MS:
+        yield False
+        return
+    from flwr.server.superlink.fleet.vce import vce_api
+
+    version = metadata.version("flwr")
+    original = vce_api.add_messages_to_queue
+    if version not in PATCHABLE_FLWR or "f_stop.wait(0.1)" not in inspect.getsource(original):
+        log.warning(
+            "flower.engine_wait_ms=%s asks to patch Flower's engine, which is checked only for flwr %s (found %s): "
+            "running with Flower's own %s ms wait",
+            wait_ms,
+            ", ".join(PATCHABLE_FLWR),
+            version,
+            STOCK_ENGINE_WAIT_MS,
+        )
+        yield False
+        return
+    wait_s = wait_ms / 1000.0
+
+    def add_messages_to_queue(state, queue, nodes_mapping, f_stop):  # type: ignore[no-untyped-def]
+        while not f_stop.is_set():
+            for node_id in nodes_mapping:
+                for msg in state.get_message_ins(node_id=node_id, limit=1):
+                    queue.put(msg)
+            f_stop.wait(wait_s)
+
+    vce_api.add_messages_to_queue = add_messages_to_queue
+    try:
+        yield True
+    finally:
+        vce_api.add_messages_to_queue = original
+
 
 def run_flower_simulation(
-    server_app: ServerApp, client_app: ClientApp, num_clients: int, *, num_cpus: float = 1.0, num_gpus: float = 0.0
+    server_app: ServerApp,
+    client_app: ClientApp,
+    num_clients: int,
+    *,
+    num_cpus: float = 1.0,
+    num_gpus: float = 0.0,
+    engine_wait_ms: float = STOCK_ENGINE_WAIT_MS,
 ) -> None:
     """Run ``server_app`` against ``num_clients`` virtual SuperNodes on Ray, in this process.
 
     Each virtual node gets ``partition-id`` / ``num-partitions`` in its node config. Ray runs
-    ``floor(cpus / num_cpus)`` actors, each handling one message at a time.
+    ``floor(cpus / num_cpus)`` actors, each handling one message at a time. ``engine_wait_ms``
+    below Flower's 100 ms shortens the engine's poll (see :func:`engine_wait`).
 
     Raises
     ------
@@ -34,7 +104,7 @@ def run_flower_simulation(
     flwr_logger = logging.getLogger("flwr")
     flwr_logger.addFilter(_hide_run_simulation_deprecation)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), engine_wait(engine_wait_ms):
             warnings.simplefilter("ignore", DeprecationWarning)
             run_simulation(
                 server_app=server_app,

@@ -113,6 +113,7 @@ def _start(strategy: SplitLearningStrategy, config: dict[str, Any]) -> None:
             int(config["clients"]),
             num_cpus=flower["num_cpus"],
             num_gpus=flower["num_gpus"],
+            engine_wait_ms=flower["engine_wait_ms"],
         )
 
 

@@ -174,8 +174,24 @@ def test_label_histogram(labels: torch.Tensor) -> None:
 # --------------------------------------------------------------------------- registry
 
 
+def test_synthetic_cifar10_is_seeded_cifar_shaped_noise() -> None:
+    x, y = load_dataset("synthetic_cifar10", "train", seed=3)
+    xt, _ = load_dataset("synthetic_cifar10", "test", seed=3)
+    assert x.shape == (5000, 3, 32, 32) and xt.shape == (1000, 3, 32, 32) and y.dtype == torch.int64
+    assert abs(float(x.mean())) < 0.01 and abs(float(x.std()) - 1) < 0.01 and set(y.tolist()) == set(range(10))
+    assert not torch.equal(x[:1000], xt) and not torch.equal(x, load_dataset("synthetic_cifar10", "train", seed=4)[0])
+
+
 def test_list_datasets_and_info() -> None:
-    assert list_datasets() == ["digits", "mnist1d", "cifar10", "cifar100", "mnist", "fashion_mnist"]
+    assert list_datasets() == [
+        "digits",
+        "mnist1d",
+        "cifar10",
+        "cifar100",
+        "mnist",
+        "fashion_mnist",
+        "synthetic_cifar10",
+    ]
     assert dataset_info("digits") == DatasetInfo("digits", 10, (1, 16, 16))
     assert dataset_info("mnist1d") == DatasetInfo("mnist1d", 10, (1, 40))
     assert dataset_info("cifar10").input_shape == (3, 32, 32)

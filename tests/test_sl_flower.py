@@ -37,7 +37,8 @@ def _one_intra_op_thread() -> Iterator[None]:
 
 def _flower(config: dict[str, Any], mods: tuple = ()) -> SplitLearningStrategy:
     strategy = SplitLearningStrategy(config, keep_history=True)
-    run_flower_simulation(make_server_app(strategy), make_client_app(mods), int(config["clients"]))
+    wait = config["flower"]["engine_wait_ms"]
+    run_flower_simulation(make_server_app(strategy), make_client_app(mods), int(config["clients"]), engine_wait_ms=wait)
     return strategy
 
 
@@ -62,7 +63,10 @@ def test_flower_sequential_equals_inprocess_and_centralized_round_by_round() -> 
 
 
 def test_flower_run_survives_a_bad_payload_and_a_raising_client(caplog: pytest.LogCaptureFixture) -> None:
-    cfg = small_config(engine="flower", clients=3, mode="splitfed2", rounds=2, max_steps_per_round=4)
+    """Also runs the engine with the shortened wait (``flower.engine_wait_ms``), through the real runtime."""
+    cfg = small_config(
+        engine="flower", clients=3, mode="splitfed2", rounds=2, max_steps_per_round=4, flower={"engine_wait_ms": 2.0}
+    )
     with caplog.at_level(logging.ERROR):
         strategy = _flower(cfg, mods=(CorruptUplink(partition_id=1, nth=2), RaiseOnStep(partition_id=2, nth=2)))
     r1, r2 = strategy.rows

@@ -48,6 +48,7 @@ _INFOS: dict[str, DatasetInfo] = {
         DatasetInfo("cifar100", 100, (3, 32, 32)),
         DatasetInfo("mnist", 10, (1, 28, 28)),
         DatasetInfo("fashion_mnist", 10, (1, 28, 28)),
+        DatasetInfo("synthetic_cifar10", 10, (3, 32, 32)),
     )
 }
 
@@ -122,6 +123,9 @@ def load_dataset(
       training split's scalar mean/std); ``seed`` selects its stratified train/test split.
     * ``mnist1d``: :func:`~fl_split.data.mnist1d.load_mnist1d_tensors` with its own generation
       seed (42); ``seed`` is ignored.
+    * ``synthetic_cifar10``: CIFAR-shaped standard-normal noise with random labels (5000 train,
+      1000 test), generated from ``seed``: for throughput benchmarks, which do not depend on the
+      pixels. Nothing can be learned from it.
     * ``cifar10``, ``cifar100``, ``mnist``, ``fashion_mnist``: read from ``data_dir`` by
       :func:`~fl_split.data.torchvision_folder.load_torchvision_dataset` (never downloaded); pixels
       are scaled to [0, 1] and then standardised per channel with the usual fixed training-set
@@ -171,7 +175,7 @@ def load_dataset(
         key_seed = 0
     else:
         key_dir = None
-        key_seed = seed if canonical == "digits" else 0
+        key_seed = seed if canonical in ("digits", "synthetic_cifar10") else 0
     return _load_cached(canonical, split, key_dir, key_seed)
 
 
@@ -181,6 +185,10 @@ def _load_cached(name: str, split: str, data_dir: str | None, seed: int) -> tupl
         return load_digits_tensors(split, seed=seed)
     if name == "mnist1d":
         return load_mnist1d_tensors(split)
+    if name == "synthetic_cifar10":
+        g = torch.Generator().manual_seed(seed * 2 + (split == "test"))
+        n = 5000 if split == "train" else 1000
+        return torch.randn((n, *_INFOS[name].input_shape), generator=g), torch.randint(0, 10, (n,), generator=g)
     assert data_dir is not None
     return _load_torchvision_tensors(name, split, data_dir)
 

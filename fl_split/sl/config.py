@@ -96,6 +96,13 @@ SL_SCHEMA: Schema = {
         "num_gpus": Field(0.0, (float,), "Ray GPU fraction per virtual client", check=_non_negative),
         "poll_ms": Field(1.0, (float,), "ServerApp wait between pulls for replies, milliseconds", check=_positive),
         "timeout_s": Field(600.0, (float,), "give up on a client reply after this many seconds", check=_positive),
+        "engine_wait_ms": Field(
+            100.0,
+            (float,),
+            "simulation engine's wait between polls of the nodes' inboxes, ms (100: Flower's own; less patches "
+            "flwr 1.42.0's engine for `fl-split sl`, see simulations/engine.py)",
+            check=_positive,
+        ),
     },
 }
 
