@@ -2,7 +2,7 @@
 
 For each model, clients × batches_per_message, it runs one round of split learning with a fixed
 number of steps per client and reports samples/s, ms per step, messages/s, peak RSS of the process
-tree (Ray actors included) and where the time went, all measured in the same run:
+tree (Ray actors included, sampled every 0.25 s) and where the time went, all measured in the same run:
 
 ``server_compute_s`` / ``server_codec_s``
     the server's steps (forward, backward, optimizer) / its decode + gradient encode;
@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,30 @@ def tree_rss_mb(pid: int | None = None) -> float:
     return total_kb / 1024
 
 
+class PeakRss:
+    """Samples :func:`tree_rss_mb` every ``interval_s`` in a thread while the block runs; ``peak_mb`` is the max."""
+
+    def __init__(self, interval_s: float = 0.25) -> None:
+        self.interval_s, self.peak_mb = interval_s, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while True:
+            self.peak_mb = max(self.peak_mb, tree_rss_mb())
+            if self._stop.wait(self.interval_s):
+                return
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_mb = max(self.peak_mb, tree_rss_mb())
+
+
 class FirstNodes:
     """A transport limited to its first ``n`` nodes (cells with fewer clients share one simulation)."""
 
@@ -110,7 +135,8 @@ def cell_config(model: str, clients: int, k: int, steps: int, engine: str, wait_
 def measure(config: dict[str, Any], transport: Transport, engine: str) -> dict[str, Any]:
     """Run one cell's round; its throughput and time breakdown."""
     strategy = SplitLearningStrategy(config)
-    strategy.start(transport)
+    with PeakRss() as rss:
+        strategy.start(transport)
     row = strategy.rows[0]
     train_s = row["train_s"]
     transport_s = row.get("transport_s", 0.0)
@@ -135,7 +161,7 @@ def measure(config: dict[str, Any], transport: Transport, engine: str) -> dict[s
         "client_codec_s": row.get("client_codec_s", 0.0),
         # in process the client runs inside send(): the server never waits
         "wait_s": round(transport_s - client_s if engine == "inprocess" else transport_s, 4),
-        "peak_rss_mb": round(tree_rss_mb(), 1),
+        "peak_rss_mb": round(rss.peak_mb, 1),  # process tree (Ray actors included), sampled every 0.25 s
     }
 
 
