@@ -48,7 +48,7 @@ from fl_split.sl.setup import (
     set_momentum,
 )
 from fl_split.sl.transport import Reply, Transport
-from fl_split.sl.wire import ACTIVATIONS, GRADIENTS, LABELS, MOMENTUM, WEIGHTS, decode_tensors, encode_tensors
+from fl_split.sl.wire import ACTIVATIONS, GRADIENTS, LABELS, MOMENTUM, WEIGHTS, decode_weights, encode_tensors
 
 log = logging.getLogger(__name__)
 
@@ -264,7 +264,7 @@ class SplitLearningStrategy:
                 )
                 for node in active:
                     sessions[node].failed = True
-                counters.failed_clients += len(active)
+                    counters.failed_clients += 1
                 break
             counters.add_time("transport", time.perf_counter() - t0)
             for reply in replies:
@@ -287,19 +287,11 @@ class SplitLearningStrategy:
             counters.add_time("client", float(fields.get("t_client", 0.0)))
             counters.add_time("client_codec", float(fields.get("t_codec", 0.0)))
         if reply.error is not None or fields is None:
-            log.error("round %d: client %d failed: %s; it leaves this round", rnd, session.node, reply.error)
-            counters.errors.append(f"client {session.node}: {reply.error}")
-            session.failed = True
-            counters.failed_clients += 1
-            counters.dropped += 1
-            return True
+            return self._leave(session, counters, rnd, f"failed: {reply.error}", str(reply.error))
         try:
             if fields.get("done"):
                 like = list(self.client_half.state_dict().values())
-                weights = decode_tensors(list(fields[WEIGHTS]), like, f"client {session.node} weights")
-                if any(w is None for w in weights):
-                    raise CodecError("a client-half tensor is missing")
-                session.weights = [w for w in weights if w is not None]
+                session.weights = decode_weights(list(fields[WEIGHTS]), like, f"client {session.node} weights")
                 session.momentum = list(fields.get(MOMENTUM, []))
                 session.samples = int(fields["samples"])
                 return True
@@ -307,15 +299,20 @@ class SplitLearningStrategy:
             if len(acts) != len(labels) or not acts:
                 raise CodecError(f"{len(acts)} activation payloads with {len(labels)} label payloads")
         except (CodecError, KeyError, TypeError, ValueError) as exc:
-            log.error("round %d: client %d sent a malformed reply (%s); it leaves this round", rnd, session.node, exc)
-            counters.errors.append(f"client {session.node}: malformed reply: {exc}")
-            session.failed = True
-            counters.failed_clients += 1
-            counters.dropped += 1
-            return True
+            return self._leave(session, counters, rnd, f"sent a malformed reply ({exc})", f"malformed reply: {exc}")
         grads = [self._step(session, a, y, rnd, counters) for a, y in zip(acts, labels, strict=True)]
         self._send(transport, session.node, STEP, {GRADIENTS: grads}, rnd, counters)
         return False
+
+    @staticmethod
+    def _leave(session: _Session, counters: _RoundCounters, rnd: int, why: str, error: str) -> bool:
+        """A client leaves the round (its half is not merged); its lost step counts as dropped."""
+        log.error("round %d: client %d %s; it leaves this round", rnd, session.node, why)
+        counters.errors.append(f"client {session.node}: {error}")
+        session.failed = True
+        counters.failed_clients += 1
+        counters.dropped += 1
+        return True
 
     def _send(
         self, transport: Transport, node: int, kind: str, fields: dict[str, Any], rnd: int, counters: _RoundCounters

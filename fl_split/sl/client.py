@@ -43,6 +43,7 @@ from fl_split.sl.wire import (
     WEIGHTS,
     decode_masked,
     decode_tensors,
+    decode_weights,
     encode_labels,
     encode_tensors,
 )
@@ -99,22 +100,17 @@ class _Runtime:
 
     # ------------------------------------------------------------- weights and momentum
     def load(self, weights: list[bytes], momentum: list[bytes]) -> None:
+        decoded = decode_weights(weights, self.tensors, "client-half weights")
         with torch.no_grad():
-            for dst, src in zip(
-                self.tensors, decode_tensors(weights, self.tensors, "client-half weights"), strict=True
-            ):
-                if src is None:
-                    raise CodecError("client-half weights: every tensor must be sent")
+            for dst, src in zip(self.tensors, decoded, strict=True):
                 dst.copy_(src)
         if momentum:
-            set_momentum(self.optimizer, self.params, decode_tensors(momentum, self.params, "client-half momentum"))
+            bufs = decode_tensors(momentum, self.params, "client-half momentum", allow_missing=True)
+            set_momentum(self.optimizer, self.params, bufs)
 
     def save(self) -> None:
         self.state.weights = encode_tensors(self.tensors)
-        self.state.momentum = self.momentum()
-
-    def momentum(self) -> list[bytes]:
-        return encode_tensors(momentum_buffers(self.optimizer, self.params))
+        self.state.momentum = encode_tensors(momentum_buffers(self.optimizer, self.params))
 
     # ------------------------------------------------------------- batches
     def batch(self, epoch: int, index: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -232,22 +228,21 @@ def _handle(
         rt = _Runtime(state, partition_id, num_partitions)
         rt.load(state.weights, state.momentum)
         rt.apply(list(fields[GRADIENTS]))
-        reply = rt.send_next() if state.left > 0 else rt_done(rt, rt.config["mode"] == "sequential")
-        rt.save()
-        return state, rt, reply
+        step_reply = rt.send_next() if state.left > 0 else None
+        rt.save()  # after send_next: its forward updates BatchNorm statistics
+        return state, rt, step_reply or done_reply(state, rt.config["mode"] == "sequential")
     raise ValueError(f"unknown split-learning message {kind!r}; expected {BEGIN!r} or {STEP!r}")
 
 
-def rt_done(rt: _Runtime, with_momentum: bool) -> dict[str, Any]:
-    """The round's last reply: weights (and momentum when the half is handed on), counts."""
-    st = rt.state
+def done_reply(state: ClientState, with_momentum: bool) -> dict[str, Any]:
+    """The round's last reply: the weights (and momentum, when the half is handed on) just saved, counts."""
     reply: dict[str, Any] = {
         "done": True,
-        WEIGHTS: encode_tensors(rt.tensors),
-        "samples": st.samples,
-        "steps": st.steps,
-        "skipped": st.skipped,
+        WEIGHTS: state.weights,
+        "samples": state.samples,
+        "steps": state.steps,
+        "skipped": state.skipped,
     }
     if with_momentum:
-        reply[MOMENTUM] = rt.momentum()
+        reply[MOMENTUM] = state.momentum
     return reply

@@ -28,10 +28,7 @@ def _model_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:
     from fl_split.data import dataset_info
 
     info = dataset_info(str(config["dataset"]))
-    kwargs: dict[str, Any] = {"num_classes": info.num_classes}
-    if model_name(config) not in ("digits_cnn", "mnist1d_cnn"):
-        kwargs["in_channels"] = info.input_shape[0]
-    return kwargs
+    return {"num_classes": info.num_classes, "in_channels": info.input_shape[0]}
 
 
 def build_halves(config: Mapping[str, Any], seed: int | None = None) -> tuple[nn.Sequential, nn.Sequential]:

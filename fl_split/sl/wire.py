@@ -59,13 +59,21 @@ def encode_tensors(tensors: Sequence[torch.Tensor | None]) -> list[bytes]:
     return [b"" if t is None else NONE_CODEC.encode(t.detach().to(torch.float32)) for t in tensors]
 
 
-def decode_tensors(payloads: Sequence[bytes], like: Sequence[torch.Tensor], what: str) -> list[torch.Tensor | None]:
-    """Decode :func:`encode_tensors` output, checking count and shapes against ``like``; ``None`` for ``b""``."""
+def decode_tensors(
+    payloads: Sequence[bytes], like: Sequence[torch.Tensor], what: str, *, allow_missing: bool = False
+) -> list[torch.Tensor | None]:
+    """Decode :func:`encode_tensors` output, checking count and shapes against ``like``.
+
+    ``b""`` decodes to ``None`` when ``allow_missing`` (momentum not created yet); otherwise it is a
+    ``CodecError`` (weights must all be sent).
+    """
     if len(payloads) != len(like):
         raise CodecError(f"{what}: got {len(payloads)} tensors, the module has {len(like)}")
     out: list[torch.Tensor | None] = []
     for i, (payload, ref) in enumerate(zip(payloads, like, strict=True)):
         if not payload:
+            if not allow_missing:
+                raise CodecError(f"{what}: tensor {i} is missing; every tensor must be sent")
             out.append(None)
             continue
         t = NONE_CODEC.decode(payload, max_numel=max(ref.numel(), 1))
@@ -89,6 +97,11 @@ def decode_masked(payload: bytes, support: torch.Tensor) -> torch.Tensor:
     out = torch.zeros(support.shape)
     out[support] = values
     return out
+
+
+def decode_weights(payloads: Sequence[bytes], like: Sequence[torch.Tensor], what: str) -> list[torch.Tensor]:
+    """:func:`decode_tensors` for tensors that must all be present (a module's weights)."""
+    return [t for t in decode_tensors(payloads, like, what) if t is not None]  # missing ones raised
 
 
 def field_nbytes(fields: Fields) -> dict[str, int]:
