@@ -15,7 +15,12 @@ Modes differ only in which server half a client's batches train and how halves a
     FedAvg'd (weighted by samples) at the end of the round.
 ``splitfed2``
     Sampled clients in parallel, one shared server half stepped in arrival order; client halves
-    FedAvg'd at the end of the round.
+    FedAvg'd at the end of the round. With ``server_batching``, the batches that arrive in one
+    receive are stepped together: one forward/backward over their concatenation
+    (:func:`~fl_split.sl.server.server_step_batched`).
+
+The server half lives on ``server_device`` (``cpu``, ``cuda``, ``cuda:N``): payloads are decoded
+there and gradients encoded from there; the global client half stays on the CPU.
 """
 
 from __future__ import annotations
@@ -33,12 +38,12 @@ import torch
 from torch import nn
 
 from fl_split.codecs import Codec, CodecError, codec_from_spec
-from fl_split.config import config_digest
+from fl_split.config import ConfigError, config_digest
 from fl_split.data import dataset_info
 from fl_split.metrics import RunWriter
 from fl_split.sl.client import BEGIN, STEP
 from fl_split.sl.config import MASK
-from fl_split.sl.server import evaluate, fedavg_into, server_step
+from fl_split.sl.server import ServerStep, StepInput, evaluate, fedavg_into, server_step_batched
 from fl_split.sl.setup import (
     build_halves,
     check_model_fits_data,
@@ -76,6 +81,7 @@ class _RoundCounters:
     loss_sum: float = 0.0
     samples: int = 0
     steps: int = 0
+    server_steps: int = 0
     dropped: int = 0
     failed_clients: int = 0
     errors: list[str] = field(default_factory=list)
@@ -125,7 +131,9 @@ class SplitLearningStrategy:
         self.keep_history = keep_history
         self.sample_shape = check_model_fits_data(config)
         self.num_classes = dataset_info(str(config["dataset"])).num_classes
-        self.client_half, self.server_half = build_halves(config, seed=int(config["seed"]))
+        self.device = server_device(str(config["server_device"]))
+        self.client_half, server_half = build_halves(config, seed=int(config["seed"]))
+        self.server_half = server_half.to(self.device)
         self.uplink: Codec = codec_from_spec(str(config["uplink"]))
         self.downlink: Codec | None = None if config["downlink"] == MASK else codec_from_spec(str(config["downlink"]))
         self.server_optimizer = make_sgd(self.server_half.parameters(), config)
@@ -202,6 +210,7 @@ class SplitLearningStrategy:
                 "cum_uplink_bytes": cum_up,
                 "cum_downlink_bytes": cum_down,
                 "steps": counters.steps,
+                "server_steps": counters.server_steps,
                 "samples": counters.samples,
                 "dropped": counters.dropped,
                 "wall_s": round(time.perf_counter() - t0, 3),
@@ -267,6 +276,7 @@ class SplitLearningStrategy:
                     counters.failed_clients += 1
                 break
             counters.add_time("transport", time.perf_counter() - t0)
+            arrived: list[tuple[_Session, list[bytes], list[bytes]]] = []
             for reply in replies:
                 if reply.node_id not in active or reply.round != rnd:
                     log.warning(
@@ -274,14 +284,37 @@ class SplitLearningStrategy:
                     )
                     continue
                 counters.add("uplink", reply.nbytes)
-                if self._handle_reply(transport, sessions[reply.node_id], reply, rnd, counters):
+                session = sessions[reply.node_id]
+                batches = self._handle_reply(session, reply, rnd, counters)
+                if batches is None:
                     active.discard(reply.node_id)
+                elif self.config["server_batching"]:
+                    arrived.append((session, *batches))
+                else:  # step and answer this client before the next one's batches
+                    grads = [self._step([(session, a, y)], rnd, counters)[0] for a, y in zip(*batches, strict=True)]
+                    self._send(transport, session.node, STEP, {GRADIENTS: grads}, rnd, counters)
+            if arrived:
+                for (session, _, _), grads in zip(arrived, self._step_together(arrived, rnd, counters), strict=True):
+                    self._send(transport, session.node, STEP, {GRADIENTS: grads}, rnd, counters)
         return [s for s in sessions.values() if not s.failed]
 
+    def _step_together(
+        self, arrived: list[tuple[_Session, list[bytes], list[bytes]]], rnd: int, counters: _RoundCounters
+    ) -> list[list[bytes]]:
+        """Server batching: the j-th batches of all arrived clients make one server step, j = 1, 2, ..."""
+        grads: list[list[bytes]] = [[] for _ in arrived]
+        for j in range(max(len(acts) for _, acts, _ in arrived)):
+            members = [i for i, (_, acts, _) in enumerate(arrived) if j < len(acts)]
+            batch = [(arrived[i][0], arrived[i][1][j], arrived[i][2][j]) for i in members]
+            for i, payload in zip(members, self._step(batch, rnd, counters), strict=True):
+                grads[i].append(payload)
+        return grads
+
     def _handle_reply(
-        self, transport: Transport, session: _Session, reply: Reply, rnd: int, counters: _RoundCounters
-    ) -> bool:
-        """Process one reply; return True when the client is finished (done or failed) for this round."""
+        self, session: _Session, reply: Reply, rnd: int, counters: _RoundCounters
+    ) -> tuple[list[bytes], list[bytes]] | None:
+        """Read one reply: its (activation, label) payloads to step, or ``None`` when the client is
+        finished (done or failed) for this round."""
         fields = reply.fields
         if fields is not None:
             counters.add_time("client", float(fields.get("t_client", 0.0)))
@@ -294,25 +327,22 @@ class SplitLearningStrategy:
                 session.weights = decode_weights(list(fields[WEIGHTS]), like, f"client {session.node} weights")
                 session.momentum = list(fields.get(MOMENTUM, []))
                 session.samples = int(fields["samples"])
-                return True
+                return None
             acts, labels = list(fields[ACTIVATIONS]), list(fields[LABELS])
             if len(acts) != len(labels) or not acts:
                 raise CodecError(f"{len(acts)} activation payloads with {len(labels)} label payloads")
         except (CodecError, KeyError, TypeError, ValueError) as exc:
             return self._leave(session, counters, rnd, f"sent a malformed reply ({exc})", f"malformed reply: {exc}")
-        grads = [self._step(session, a, y, rnd, counters) for a, y in zip(acts, labels, strict=True)]
-        self._send(transport, session.node, STEP, {GRADIENTS: grads}, rnd, counters)
-        return False
+        return acts, labels
 
     @staticmethod
-    def _leave(session: _Session, counters: _RoundCounters, rnd: int, why: str, error: str) -> bool:
+    def _leave(session: _Session, counters: _RoundCounters, rnd: int, why: str, error: str) -> None:
         """A client leaves the round (its half is not merged); its lost step counts as dropped."""
         log.error("round %d: client %d %s; it leaves this round", rnd, session.node, why)
         counters.errors.append(f"client {session.node}: {error}")
         session.failed = True
         counters.failed_clients += 1
         counters.dropped += 1
-        return True
 
     def _send(
         self, transport: Transport, node: int, kind: str, fields: dict[str, Any], rnd: int, counters: _RoundCounters
@@ -322,36 +352,52 @@ class SplitLearningStrategy:
         counters.add_time("transport", time.perf_counter() - t0)
         counters.messages += 1
 
-    def _step(self, session: _Session, act: bytes, labels: bytes, rnd: int, counters: _RoundCounters) -> bytes:
-        """One server step; ``b""`` (the client skips the batch) when the payload does not decode."""
-        t0 = time.perf_counter()
-        try:
-            out = server_step(
-                session.server,
-                session.optimizer,
+    def _step(self, batch: list[tuple[_Session, bytes, bytes]], rnd: int, counters: _RoundCounters) -> list[bytes]:
+        """One server step over ``(session, activations, labels)`` batches sharing a server half.
+
+        Returns the gradient payload per batch: ``b""`` (the client skips the batch) for one whose
+        payload does not decode.
+        """
+        session = batch[0][0]
+        inputs = [
+            StepInput(
                 act,
                 labels,
-                uplink=self.uplink,
-                downlink=self.downlink,
-                num_classes=self.num_classes,
-                sample_shape=self.sample_shape,
-                max_batch=int(self.config["batch_size"]),
+                self.uplink,
+                self.downlink,
+                self.num_classes,
+                self.sample_shape,
+                int(self.config["batch_size"]),
             )
-        except CodecError as exc:
-            log.error("round %d: dropped a step of client %d: %s", rnd, session.node, exc)
-            counters.dropped += 1
-            return b""
+            for _, act, labels in batch
+        ]
+        t0 = time.perf_counter()
+        try:
+            results = server_step_batched(session.server, session.optimizer, inputs, self.device)
         except ValueError as exc:  # NonFiniteLoss, or a gradient a codec refuses (NaN, |g| > 2**64)
+            clients = ", ".join(str(s.node) for s, _, _ in batch)
             raise TrainingFailed(
-                f"training diverged in round {rnd} on a batch of client {session.node}: {exc}; lower optimizer.lr "
+                f"training diverged in round {rnd} on a batch of client {clients}: {exc}; lower optimizer.lr "
                 f"(now {self.config['optimizer']['lr']}) or use a gentler codec"
             ) from exc
-        counters.add_time("server_codec", out.codec_s)
-        counters.add_time("server_compute", time.perf_counter() - t0 - out.codec_s)
-        counters.loss_sum += out.loss * out.samples
-        counters.samples += out.samples
-        counters.steps += 1
-        return out.grad_payload
+        elapsed = time.perf_counter() - t0
+        payloads = []
+        for (sess, _, _), out in zip(batch, results, strict=True):
+            if not isinstance(out, ServerStep):
+                log.error("round %d: dropped a step of client %d: %s", rnd, sess.node, out)
+                counters.dropped += 1
+                payloads.append(b"")
+                continue
+            counters.add_time("server_codec", out.codec_s)
+            elapsed -= out.codec_s
+            counters.loss_sum += out.loss * out.samples
+            counters.samples += out.samples
+            counters.steps += 1
+            payloads.append(out.grad_payload)
+        if len(payloads) > payloads.count(b""):
+            counters.server_steps += 1
+        counters.add_time("server_compute", elapsed)
+        return payloads
 
     def _merge(self, finished: list[_Session]) -> None:
         """Hand on (sequential) or FedAvg (splitfed) the halves the clients returned."""
@@ -371,6 +417,22 @@ class SplitLearningStrategy:
             fedavg_into(self.server_half, [list(s.server.state_dict().values()) for s in done], weights)
             for s in finished:
                 self._server_momentum[s.node] = momentum_buffers(s.optimizer, s.server.parameters())
+
+
+def server_device(name: str) -> torch.device:
+    """The server half's device; ``ConfigError`` when this machine does not have it."""
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"server_device={name!r}, but torch.cuda.is_available() is False on this machine; "
+                "use server_device=cpu (or run the server on a machine with a CUDA GPU)"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"server_device={name!r}, but this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
+    return device
 
 
 def describe(config: dict[str, Any]) -> str:

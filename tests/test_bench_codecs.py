@@ -22,6 +22,12 @@ def test_bench_runs_small_and_reports_measured_sizes(capsys: pytest.CaptureFixtu
     assert result["codecs"]["none"]["bytes"] == 24 + 4 * numel
     assert result["ms_exact"]["same_kept_multiset"] and result["ms_exact"]["all_above_kth_exact"]
     assert set(result["bitpack"]) == {str(w) for w in range(1, 9)}
+    per_call = result["per_call"]
+    assert per_call["shape"] == [16, 64, 16, 16]  # the first 32 maps of a 16-map tensor: all of it
+    assert set(per_call["codecs"]) == {"ms", "topk", "none"}
+    assert per_call["codecs"]["ms"]["encode_ms"] > 0 and per_call["clone_ms"] > 0
+    target = result["ms_target"]
+    assert target["target"] == 0.25 and target["met"] == (target["encode_decode_over_topk"] <= 0.25)
     for key in ("encode_decode_over_topk", "encode_decode_over_clone", "encode_gbps"):
         assert ms[key] > 0
 
@@ -44,3 +50,10 @@ def test_unknown_codec_on_the_command_line_exits_with_a_message(capsys: pytest.C
         bench_codecs.main(["--codecs", "nosuch"])
     assert exc.value.code == 2
     assert "unknown codec" in capsys.readouterr().err
+
+
+def test_threads_must_be_positive(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        bench_codecs.main(["--threads", "0"])
+    assert exc.value.code == 2
+    assert "--threads must be at least 1" in capsys.readouterr().err

@@ -63,9 +63,16 @@ def test_flower_sequential_equals_inprocess_and_centralized_round_by_round() -> 
 
 
 def test_flower_run_survives_a_bad_payload_and_a_raising_client(caplog: pytest.LogCaptureFixture) -> None:
-    """Also runs the engine with the shortened wait (``flower.engine_wait_ms``), through the real runtime."""
+    """Also runs, through the real runtime, the engine with the shortened wait (``flower.engine_wait_ms``)
+    and server batching: a batch that does not decode drops out of its group, the others are stepped."""
     cfg = small_config(
-        engine="flower", clients=3, mode="splitfed2", rounds=2, max_steps_per_round=4, flower={"engine_wait_ms": 2.0}
+        engine="flower",
+        clients=3,
+        mode="splitfed2",
+        rounds=2,
+        max_steps_per_round=4,
+        server_batching=True,
+        flower={"engine_wait_ms": 2.0},
     )
     with caplog.at_level(logging.ERROR):
         strategy = _flower(cfg, mods=(CorruptUplink(partition_id=1, nth=2), RaiseOnStep(partition_id=2, nth=2)))
@@ -74,4 +81,6 @@ def test_flower_run_survives_a_bad_payload_and_a_raising_client(caplog: pytest.L
     # partition 0: 4 steps; partition 1: 4 sent, 1 dropped; partition 2: 2 batches stepped before it raised
     assert r1["steps"] == 4 + 3 + 2
     assert r2["dropped"] == 0 and r2["failed_clients"] == 0 and r2["steps"] == 12
+    # replies that arrive in one pull share a server step: never more server steps than batches
+    assert 4 <= r2["server_steps"] <= 12 and r1["server_steps"] <= r1["steps"]
     assert "dropped a step" in caplog.text and "injected fault in partition 2" in caplog.text

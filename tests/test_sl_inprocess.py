@@ -48,7 +48,10 @@ def test_whole_epoch_exactness_with_partial_last_batch() -> None:
 
 @pytest.mark.parametrize("mode", ["sequential", "splitfed1", "splitfed2"])
 def test_every_mode_learns_with_ms(mode: str, tmp_path: Path) -> None:
-    cfg = small_config(mode=mode, clients=4, rounds=2, out_dir=str(tmp_path), optimizer={"lr": 0.05})
+    # sequential hands one client half through 4 clients: at lr 0.05 its 2-round accuracy swung 0.78-0.91
+    # over seeds (and with which of a few tied values MS keeps); at 0.02 it measured 0.84-0.96
+    lr = 0.02 if mode == "sequential" else 0.05
+    cfg = small_config(mode=mode, clients=4, rounds=2, out_dir=str(tmp_path), optimizer={"lr": lr})
     summary = run_sl(cfg)
     rows = read_metrics(tmp_path / "metrics.jsonl")
     assert [r["round"] for r in rows] == [1, 2]
@@ -127,7 +130,7 @@ def test_mask_downlink_equals_dense_gradient_masked() -> None:
         (reply,) = transport.receive()
         assert reply.fields is not None
         act, labels = reply.fields["acts"][0], reply.fields["labels"][0]
-        grads[downlink] = strategy._step(strategy._sessions([0])[0], act, labels, 1, _counters())
+        (grads[downlink],) = strategy._step([(strategy._sessions([0])[0], act, labels)], 1, _counters())
     support = create_codec("ms").support(act)
     assert int(support.sum()) == int(0.01 * support.numel())
     dense = create_codec("none").decode(grads["none"])
@@ -310,7 +313,7 @@ def test_a_non_finite_server_loss_stops_the_run_with_advice() -> None:
         )
     session = strategy._sessions([0])[0]
     with pytest.raises(TrainingFailed, match=r"diverged in round 3 on a batch of client 0: .*lower optimizer.lr"):
-        strategy._step(session, act, labels, 3, _counters())
+        strategy._step([(session, act, labels)], 3, _counters())
 
 
 @pytest.mark.parametrize("k", [1, 2])

@@ -122,6 +122,21 @@ def _pack_spill(planes: torch.Tensor, width: int, out: torch.Tensor) -> None:
             out[i] |= t
 
 
+def float_to_codes(y: torch.Tensor, top: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Convert integral float values in ``[0, top]`` (``top <= 255``) to uint8 codes.
+
+    Goes through int8 when ``top <= 127`` (the bytes are the same): torch's float-to-int8
+    conversion is vectorised on CPU, float-to-uint8 measured ~6x slower.
+    """
+    if out is None:
+        out = torch.empty(y.shape, dtype=torch.uint8, device=y.device)
+    if top <= 127:
+        out.view(torch.int8).copy_(y)
+    else:
+        out.copy_(y.to(torch.int32))
+    return out
+
+
 def unpack_bits(packed: torch.Tensor, width: int, n: int) -> torch.Tensor:
     """Inverse of :func:`pack_bits`: return ``n`` uint8 codes from a packed uint8 tensor.
 

@@ -23,9 +23,9 @@ import math
 import torch
 
 from fl_split.codecs.base import Chunk, Codec, InputStats, is_int, is_number, require
-from fl_split.codecs.bitpack import pack_bits, packed_nbytes, unpack_bits
+from fl_split.codecs.bitpack import float_to_codes, pack_bits, packed_nbytes, unpack_bits
 from fl_split.codecs.registry import register_codec
-from fl_split.codecs.selection import select_topk
+from fl_split.codecs.selection import flatnonzero, select_topk
 from fl_split.codecs.wire import Header, PayloadReader
 
 
@@ -98,18 +98,15 @@ class MaskSparsificationCodec(Codec):
                 "non-negative maps such as post-ReLU activations: create it with signed=True"
             )
         mag = flat.abs() if self.signed else flat
-        idx, t_tensor = select_topk(mag, k)
-        idx = torch.sort(idx).values
-        t = float(t_tensor.item())
+        top = select_topk(mag, k)  # ascending positions
+        idx, t = top.indices, float(top.kth.item())
         sentinel = (1 << self.bits) - 1
         if t > 0.0:
-            scaled = mag * (sentinel / t)
-            scaled.round_().clamp_(0, sentinel - 1)
-            codes = scaled.to(torch.uint8)
+            codes = _quantize(mag, sentinel / t, sentinel - 1)
         else:  # Top_min = 0: every non-kept element is 0
             codes = torch.zeros(d, dtype=torch.uint8, device=flat.device)
         codes[idx] = sentinel
-        chunks: list[Chunk] = [mag[idx], pack_bits(codes, self.bits)]
+        chunks: list[Chunk] = [top.values, pack_bits(codes, self.bits)]
         if self.signed:
             chunks.append(pack_bits((flat < 0).to(torch.uint8), 1))
         return (k, self.bits, int(self.signed)), chunks
@@ -127,23 +124,68 @@ class MaskSparsificationCodec(Codec):
         codes = unpack_bits(packed, bits, d)
         if not bool(torch.isfinite(values).all()) or bool((values < 0).any()):
             raise reader.error("kept values must be finite and non-negative magnitudes")
-        is_kept = codes == (1 << bits) - 1
-        n_kept = int(torch.count_nonzero(is_kept).item())  # (bool .sum() is ~100x slower on CPU)
-        if n_kept != k:
-            raise reader.error(f"mask marks {n_kept} kept positions but the payload carries {k} values")
-        return values, codes, is_kept
+        kept = sentinel_positions(codes, bits)
+        if kept.numel() != k:
+            raise reader.error(f"mask marks {kept.numel()} kept positions but the payload carries {k} values")
+        return values, codes, kept
 
     def _decode(self, reader: PayloadReader, header: Header, device: torch.device) -> torch.Tensor:
-        values, codes, is_kept = self._read_codes(reader, header, device)
+        values, codes, kept = self._read_codes(reader, header, device)
         _, bits, flags = header.params
         d = header.numel
         t = float(values.min().item())
         out = codes.float().mul_(t / ((1 << bits) - 1))  # (uint8 * float promotion is ~100x slower on CPU)
-        out.masked_scatter_(is_kept, values)
+        out[kept] = values  # kept is ascending: the values' row-major order
         if flags & 1:
             signs = unpack_bits(reader.take_tensor(packed_nbytes(d, 1), torch.uint8, "sign bits", device), 1, d)
             out = torch.where(signs.bool(), -out, out)
         return out
 
     def _support(self, reader: PayloadReader, header: Header, device: torch.device) -> torch.Tensor:
-        return self._read_codes(reader, header, device)[2]
+        mask = torch.zeros(header.numel, dtype=torch.bool, device=device)
+        mask[self._read_codes(reader, header, device)[2]] = True
+        return mask
+
+
+#: Elements quantized per block in :func:`_quantize`: 1 MiB of float32 stays in cache between the
+#: four passes (multiply, clamp, round, narrow), which measured ~1.5x faster than whole-tensor passes.
+_QUANT_BLOCK = 1 << 18
+
+
+def _quantize(mag: torch.Tensor, scale: float, top: int) -> torch.Tensor:
+    """``clamp(round(mag * scale), 0, top)`` as uint8 (round half to even, in float32).
+
+    ``round(clamp(y, 0, top)) == clamp(round(y), 0, top)`` for an integer ``top``, so clamping
+    first is the same code.
+    """
+    codes = torch.empty(mag.numel(), dtype=torch.uint8, device=mag.device)
+    block = mag.numel() if mag.is_cuda else _QUANT_BLOCK  # one kernel per pass on a GPU
+    for start in range(0, mag.numel(), block):
+        y = mag[start : start + block] * scale
+        float_to_codes(y.clamp_(0, top).round_(), top, out=codes[start : start + block])
+    return codes
+
+
+def sentinel_positions(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """Ascending positions of the codes equal to ``2**bits - 1`` (all ``bits`` low bits set).
+
+    Works on the codes as int64 words: a code is the sentinel exactly when bits ``0 .. bits-1``
+    of its byte are all 1, which is bit 0 of ``w & (w >> 1) & ... & (w >> (bits - 1))`` for the
+    byte's word ``w`` (shifts below 8 never carry one byte's bits into another byte's bit 0).
+    Codes never exceed the sentinel, as :func:`unpack_bits` yields ``bits``-wide values.
+    """
+    n = codes.numel()
+    whole = n - n % 8
+    if whole == 0 or codes.storage_offset() % 8:
+        return torch.nonzero(codes == (1 << bits) - 1).squeeze(1)
+    words = codes[:whole].view(torch.int64)
+    hit = words >> 1 if bits > 1 else words.clone()
+    if bits > 1:
+        hit &= words
+    for shift in range(2, bits):
+        hit &= words >> shift
+    hit &= 0x0101010101010101
+    pos = flatnonzero(hit.view(torch.uint8))
+    if whole < n:
+        pos = torch.cat([pos, torch.nonzero(codes[whole:] == (1 << bits) - 1).squeeze(1) + whole])
+    return pos

@@ -11,7 +11,7 @@ import math
 import torch
 
 from fl_split.codecs.base import MAX_ABS_INPUT, Chunk, Codec, InputStats, is_int, require, resolve_seed
-from fl_split.codecs.bitpack import pack_bits, packed_nbytes, unpack_bits
+from fl_split.codecs.bitpack import float_to_codes, pack_bits, packed_nbytes, unpack_bits
 from fl_split.codecs.registry import register_codec
 from fl_split.codecs.wire import Header, PayloadReader
 
@@ -70,7 +70,7 @@ class UniformQuantCodec(Codec):
         span = hi - lo
         if span > 0 and math.isfinite(levels / span):
             scaled = (flat - lo).mul_(levels / span)
-            codes = scaled.round_().clamp_(0, levels).to(torch.uint8)
+            codes = float_to_codes(scaled.round_().clamp_(0, levels), levels)
         else:
             codes = torch.zeros(flat.numel(), dtype=torch.uint8, device=flat.device)
         return (self.bits, lo, hi), [pack_bits(codes, self.bits)]
@@ -153,7 +153,7 @@ class QSGDCodec(Codec):
         scale = torch.where(norms > 0, s / norms, torch.zeros_like(norms))  # a zero bucket sends zeros
         u = torch.rand(d, device=flat.device, generator=self._generators(flat.device))
         per_elem = scale.repeat_interleave(size)[:d] if nb > 1 else scale
-        mag = flat.abs().mul_(per_elem).add_(u).floor_().clamp_(0, s).to(torch.uint8)
+        mag = float_to_codes(flat.abs().mul_(per_elem).add_(u).floor_().clamp_(0, s), s)
         codes = mag | torch.bitwise_left_shift((flat < 0).to(torch.uint8), width - 1)
         return (s, 0 if nb == 1 else size), [norms, pack_bits(codes, width)]
 

@@ -16,7 +16,7 @@ import torch
 from fl_split.codecs.base import Chunk, Codec, InputStats, is_number, require, resolve_seed
 from fl_split.codecs.bitpack import pack_bits, packed_nbytes, unpack_bits
 from fl_split.codecs.registry import register_codec
-from fl_split.codecs.selection import select_topk
+from fl_split.codecs.selection import flatnonzero, select_topk
 from fl_split.codecs.wire import Header, PayloadReader
 
 _FLAG_BITMAP = 1
@@ -68,7 +68,7 @@ def decode_positions(reader: PayloadReader, flags: int, d: int, k: int, device: 
         )
     if flags & _FLAG_BITMAP:
         bitmap = reader.take_tensor(packed_nbytes(d, 1), torch.uint8, "position bitmap", device)
-        idx = torch.nonzero(unpack_bits(bitmap, 1, d)).squeeze(1)
+        idx = flatnonzero(unpack_bits(bitmap, 1, d))
         if idx.numel() != k:
             raise reader.error(f"position bitmap has {idx.numel()} bits set, but k={k}")
         return idx
@@ -97,12 +97,13 @@ class _SparseCodec(Codec):
         return sparse_index_bits(numel, k) + 32 * k
 
     def _select(self, flat: torch.Tensor, k: int) -> torch.Tensor:
+        """Ascending positions of the ``k`` elements to send."""
         raise NotImplementedError
 
     def _encode(self, flat: torch.Tensor, stats: InputStats) -> tuple[tuple, list[Chunk]]:
         d = flat.numel()
         k = keep_count(self.keep, d)
-        idx = torch.sort(self._select(flat, k)).values
+        idx = self._select(flat, k)
         flags, positions = encode_positions(idx, d)
         return (k, flags), [positions, flat[idx]]
 
@@ -147,7 +148,7 @@ class TopKCodec(_SparseCodec):
         super().__init__(keep=keep, nonfinite=nonfinite)
 
     def _select(self, flat: torch.Tensor, k: int) -> torch.Tensor:
-        return select_topk(flat.abs(), k)[0]
+        return select_topk(flat.abs(), k).indices
 
 
 @register_codec
@@ -186,19 +187,18 @@ class RandomizedTopKCodec(_SparseCodec):
 
     def _select(self, flat: torch.Tensor, k: int) -> torch.Tensor:
         d = flat.numel()
-        top = select_topk(flat.abs(), k)[0]
+        top_sorted = select_topk(flat.abs(), k).indices  # ascending
         if k == d or self.alpha == 0.0:
-            return top
+            return top_sorted
         n_top, n_rest = self.split_counts(k, d - k)
-        top_sorted = torch.sort(top).values
         # a uniform n_top-subset of the top-k ...
-        pick_top = top_sorted[torch.randperm(k, generator=self._gen)[:n_top].to(top.device)]
+        pick_top = top_sorted[torch.randperm(k, generator=self._gen)[:n_top].to(top_sorted.device)]
         # ... and a uniform n_rest-subset of the others: ranks among the non-top positions, mapped to
         # positions by skipping the top-k (position = rank + #top positions at or before it)
         ranks = random_positions(d - k, n_rest, int(torch.randint(0, 2**62, (1,), generator=self._gen)))
         shifted = top_sorted.cpu() - torch.arange(k)
         pick_rest = ranks + torch.searchsorted(shifted, ranks, right=True)
-        return torch.cat([pick_top, pick_rest.to(top.device)])
+        return torch.sort(torch.cat([pick_top, pick_rest.to(top_sorted.device)])).values
 
     def split_counts(self, k: int, n: int) -> tuple[int, int]:
         """How many of the k draws land in the top-k and how many in the other ``n`` elements.

@@ -45,6 +45,12 @@ def _cut_check(value: str | int) -> str | None:
     return None if value in ("shallow", "medium", "deep") else "named cuts: shallow, medium, deep (or an integer)"
 
 
+def _device_check(value: str) -> str | None:
+    if value == "cpu" or value == "cuda" or (value.startswith("cuda:") and value[5:].isdigit()):
+        return None
+    return "cpu, cuda or cuda:N (the server half's torch device)"
+
+
 def _positive(value: float) -> str | None:
     return None if value > 0 else "must be > 0"
 
@@ -88,6 +94,14 @@ SL_SCHEMA: Schema = {
         "momentum": Field(0.9, (float,), "SGD momentum", check=_non_negative),
         "weight_decay": Field(5e-4, (float,), "SGD weight decay", check=_non_negative),
     },
+    "server_device": Field(
+        "cpu", (str,), "torch device of the server half and its codec work (cpu, cuda, cuda:N)", check=_device_check
+    ),
+    "server_batching": Field(
+        False,
+        (bool,),
+        "splitfed2: one server forward/backward over the batches that arrive together (changes the step order)",
+    ),
     "eval_batch_size": Field(0, (int,), "test batch size (0: batch_size, so the codec sees training-sized batches)"),
     "out_dir": Field("runs/sl", (str,), "where metrics.jsonl, summary.json and the plot go"),
     "progress": Field(True, (bool,), "show a progress bar"),
@@ -113,6 +127,11 @@ def validate_sl(config: dict[str, Any]) -> None:
         raise ConfigError(
             f"dataset {config['dataset']!r} is read from disk: set data_dir to the folder holding it "
             "(e.g. --set data_dir=~/data), or use an offline dataset: digits, mnist1d"
+        )
+    if config["server_batching"] and config["mode"] != "splitfed2":
+        raise ConfigError(
+            f"server_batching runs one server step over batches of several clients on the shared server half: "
+            f"it needs mode=splitfed2 (mode is {config['mode']!r}); or set server_batching=false"
         )
     if config["downlink"] == MASK and config["uplink"].split(":")[0] in ("none", "fp16", "bf16"):
         raise ConfigError(

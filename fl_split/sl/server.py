@@ -28,6 +28,26 @@ class ServerStep:
     codec_s: float = 0.0  #: seconds in decode + encode (the rest of the step is compute)
 
 
+@dataclass(frozen=True)
+class StepInput:
+    """One client batch for the server: its uplink payload and labels, and what a valid batch is.
+
+    ``uplink`` is the configured codec (a payload of any other codec is refused); ``downlink`` the
+    gradient codec, ``None`` for the ``mask`` downlink (float32 values at the uplink's kept
+    positions only, in row-major order, no indices). ``num_classes``, ``sample_shape`` and
+    ``max_batch`` bound what decodes: anything else raises ``CodecError`` before any allocation
+    beyond ``max_batch`` samples.
+    """
+
+    act_payload: bytes
+    label_payload: bytes
+    uplink: Codec
+    downlink: Codec | None
+    num_classes: int
+    sample_shape: tuple[int, ...]
+    max_batch: int
+
+
 def server_step(
     half: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -39,23 +59,18 @@ def server_step(
     num_classes: int,
     sample_shape: tuple[int, ...],
     max_batch: int,
+    device: torch.device | str = "cpu",
 ) -> ServerStep:
     """Decode a client's activations, run the server half, step, and encode the activation gradient.
 
     Parameters
     ----------
     half, optimizer:
-        The server half this client's batches train, and its optimizer.
-    act_payload, label_payload:
-        The client's uplink payload and its labels.
-    uplink:
-        The configured uplink codec: a payload of any other codec is refused.
-    downlink:
-        Codec for the gradient; ``None`` for the ``mask`` downlink (float32 values at the uplink's
-        kept positions only, in row-major order, no indices).
-    num_classes, sample_shape, max_batch:
-        What a valid batch looks like; anything else raises ``CodecError`` before any allocation
-        beyond ``max_batch`` samples.
+        The server half this client's batches train (on ``device``), and its optimizer.
+    act_payload, label_payload, uplink, downlink, num_classes, sample_shape, max_batch:
+        See :class:`StepInput`.
+    device:
+        Where the payload is decoded, the server half runs and the gradient is encoded.
 
     Raises
     ------
@@ -64,20 +79,99 @@ def server_step(
     NonFiniteLoss
         If the loss is NaN/Inf (training diverged); nothing was stepped.
     """
-    per_sample = 1
-    for d in sample_shape:
-        per_sample *= d
+    step = StepInput(act_payload, label_payload, uplink, downlink, num_classes, sample_shape, max_batch)
     t0 = time.perf_counter()
-    a = uplink.decode(act_payload, max_numel=max_batch * per_sample)
-    codec_s = time.perf_counter() - t0
-    if a.ndim != len(sample_shape) + 1 or tuple(a.shape[1:]) != tuple(sample_shape) or a.shape[0] < 1:
+    a, y = decode_step(step, torch.device(device))
+    decode_s = time.perf_counter() - t0
+    (grad,), (loss,) = train_on(half, optimizer, [a], [y])
+    t0 = time.perf_counter()
+    payload = encode_gradient(step, grad)
+    return ServerStep(payload, loss, int(a.shape[0]), decode_s + time.perf_counter() - t0)
+
+
+def server_step_batched(
+    half: nn.Module, optimizer: torch.optim.Optimizer, steps: Sequence[StepInput], device: torch.device | str = "cpu"
+) -> list[ServerStep | CodecError]:
+    """One server forward/backward/step over the concatenation of several clients' batches.
+
+    The loss is the sum of each batch's mean cross-entropy, so every client gets exactly the
+    activation gradient a step of its own batch would have given at these weights, and the server
+    half takes one step with the sum of the per-batch gradients (n sequential steps, to first
+    order). BatchNorm in the server half sees the concatenation's statistics.
+
+    Returns
+    -------
+    list
+        Per input, its :class:`ServerStep`, or the ``CodecError`` that made it drop out (the
+        others are trained without it). ``codec_s`` of each is its own decode and encode time.
+
+    Raises
+    ------
+    NonFiniteLoss
+        If the loss is NaN/Inf; nothing was stepped.
+    """
+    dev = torch.device(device)
+    out: dict[int, ServerStep | CodecError] = {}
+    decoded: list[tuple[int, torch.Tensor, torch.Tensor, float]] = []
+    for i, step in enumerate(steps):
+        t0 = time.perf_counter()
+        try:
+            a, y = decode_step(step, dev)
+        except CodecError as exc:
+            out[i] = exc
+            continue
+        decoded.append((i, a, y, time.perf_counter() - t0))
+    if decoded:
+        grads, losses = train_on(half, optimizer, [d[1] for d in decoded], [d[2] for d in decoded])
+        for (i, a, _, decode_s), grad, loss in zip(decoded, grads, losses, strict=True):
+            t0 = time.perf_counter()
+            payload = encode_gradient(steps[i], grad)
+            out[i] = ServerStep(payload, loss, int(a.shape[0]), decode_s + time.perf_counter() - t0)
+    return [out[i] for i in range(len(steps))]
+
+
+def decode_step(step: StepInput, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode and check one batch: ``(activations, labels)`` on ``device``.
+
+    Raises
+    ------
+    CodecError
+        If a payload is malformed or does not fit the server half.
+    """
+    per_sample = 1
+    for d in step.sample_shape:
+        per_sample *= d
+    a = step.uplink.decode(step.act_payload, device=device, max_numel=step.max_batch * per_sample)
+    if a.ndim != len(step.sample_shape) + 1 or tuple(a.shape[1:]) != tuple(step.sample_shape) or a.shape[0] < 1:
         raise CodecError(
-            f"activations of shape {tuple(a.shape)}; the server half expects [N, {', '.join(map(str, sample_shape))}]"
+            f"activations of shape {tuple(a.shape)}; the server half expects "
+            f"[N, {', '.join(map(str, step.sample_shape))}]"
         )
-    y = decode_labels(label_payload, num_classes, count=a.shape[0])
+    y = decode_labels(step.label_payload, step.num_classes, count=a.shape[0]).to(device)
+    return a, y
+
+
+def train_on(
+    half: nn.Module, optimizer: torch.optim.Optimizer, acts: Sequence[torch.Tensor], labels: Sequence[torch.Tensor]
+) -> tuple[list[torch.Tensor], list[float]]:
+    """One optimizer step on the sum of the batches' mean losses; return each batch's input gradient and loss.
+
+    Raises
+    ------
+    NonFiniteLoss
+        If a loss is NaN/Inf; nothing was stepped.
+    """
+    a = acts[0] if len(acts) == 1 else torch.cat(list(acts))
+    y = labels[0] if len(labels) == 1 else torch.cat(list(labels))
     a.requires_grad_(True)
     half.train()
-    loss = F.cross_entropy(half(a), y)
+    logits = half(a)
+    if len(acts) == 1:
+        per_batch = [F.cross_entropy(logits, y)]
+    else:
+        per_sample = F.cross_entropy(logits, y, reduction="none")
+        per_batch = [chunk.mean() for chunk in per_sample.split([len(t) for t in labels])]
+    loss = per_batch[0] if len(per_batch) == 1 else torch.stack(per_batch).sum()
     if not bool(torch.isfinite(loss)):
         raise NonFiniteLoss(f"the server half's loss is {float(loss)} on a batch of {a.shape[0]}")
     optimizer.zero_grad(set_to_none=True)
@@ -85,13 +179,15 @@ def server_step(
     optimizer.step()
     grad = a.grad
     assert grad is not None
-    t0 = time.perf_counter()
-    if downlink is None:
-        grad_payload = encode_masked(grad, uplink.support(act_payload))
-    else:
-        grad_payload = downlink.encode(grad)
-    codec_s += time.perf_counter() - t0
-    return ServerStep(grad_payload, float(loss.detach()), int(a.shape[0]), codec_s)
+    grads = [grad] if len(acts) == 1 else list(grad.split([len(t) for t in acts]))
+    return grads, [float(v.detach()) for v in per_batch]
+
+
+def encode_gradient(step: StepInput, grad: torch.Tensor) -> bytes:
+    """The downlink payload for ``grad``, the gradient of ``step``'s activations."""
+    if step.downlink is None:
+        return encode_masked(grad, step.uplink.support(step.act_payload, device=grad.device))
+    return step.downlink.encode(grad)
 
 
 @torch.no_grad()
@@ -103,15 +199,20 @@ def evaluate(
     batch_size: int,
     codec: Codec | None = None,
 ) -> float:
-    """Test accuracy of ``server(client(x))``, through ``codec.decode(codec.encode(·))`` when given."""
+    """Test accuracy of ``server(client(x))``, through ``codec.decode(codec.encode(·))`` when given.
+
+    The client half runs where ``x`` is; the activations move to the server half's device.
+    """
     client_half.eval()
     server_half.eval()
+    device = next(server_half.parameters()).device
     correct = 0
     for start in range(0, len(y), batch_size):
         a = client_half(x[start : start + batch_size])
         if codec is not None:
-            a = codec.decode(codec.encode(a))
-        correct += int((server_half(a).argmax(1) == y[start : start + batch_size]).sum())
+            a = codec.decode(codec.encode(a), device=device)
+        logits = server_half(a.to(device))
+        correct += int((logits.argmax(1).cpu() == y[start : start + batch_size]).sum())
     return correct / max(len(y), 1)
 
 
@@ -125,7 +226,7 @@ def fedavg_into(target: nn.Module, states: Sequence[Sequence[torch.Tensor]], wei
         return
     total = float(sum(weights))
     for i, dst in enumerate(target.state_dict(keep_vars=True).values()):
-        acc = torch.zeros(dst.shape, dtype=torch.float64)
+        acc = torch.zeros(dst.shape, dtype=torch.float64, device=dst.device)
         for state, w in zip(states, weights, strict=True):
-            acc += state[i].to(torch.float64) * (w / total)
+            acc += state[i].to(dst.device, torch.float64) * (w / total)
         dst.copy_(acc.round() if not dst.dtype.is_floating_point else acc)
