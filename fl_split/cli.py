@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     p_sl = sub.add_parser("sl", help="split learning over Flower (or in process)")
     _add_common(p_sl)
     p_sl.add_argument("--list-keys", action="store_true", help="list every config key with its default and exit")
-    p_bench = sub.add_parser("bench", help="benchmarks")
+    # no -h of its own: `fl-split bench sl --help` reaches the benchmark's parser
+    p_bench = sub.add_parser("bench", help="benchmarks (`fl-split bench WHAT --help` for options)", add_help=False)
     p_bench.add_argument("what", choices=["codecs", "sl", "sl-accuracy"], help="what to benchmark")
     args, rest = parser.parse_known_args(argv)
     if args.command in ("codecs", "sl") and rest:

@@ -13,6 +13,11 @@ tree (Ray actors included, sampled every 0.25 s) and where the time went, all me
 
 Over Flower, all cells of a model share one simulation (one Ray start-up, excluded by a warm-up
 round): a ServerApp runs each cell's strategy on the first ``clients`` nodes.
+
+``--server-batching both`` runs every cell with and without server batching (``batching_gains``:
+samples/s with over without); ``--server-device cuda`` puts the server half on a GPU.
+``--many N`` adds a multi-round ``splitfed2`` run of the default digits config on N virtual clients
+over stock Flower (``many_clients``: s/round and the process tree's RSS after every round).
 """
 
 from __future__ import annotations
@@ -111,7 +116,16 @@ class FirstNodes:
         return self.inner.receive()
 
 
-def cell_config(model: str, clients: int, k: int, steps: int, engine: str, wait_ms: float) -> dict[str, Any]:
+def cell_config(
+    model: str,
+    clients: int,
+    k: int,
+    steps: int,
+    engine: str,
+    wait_ms: float,
+    batching: bool = False,
+    device: str = "cpu",
+) -> dict[str, Any]:
     """The config of one benchmark cell: one round, ``steps`` batches per client, MS uplink."""
     spec = MODELS[model]
     return load_sl_config(
@@ -128,6 +142,8 @@ def cell_config(model: str, clients: int, k: int, steps: int, engine: str, wait_
             "progress": False,
             "optimizer": {"lr": 0.005},  # throughput does not depend on it; 0.02 diverged with 16 clients
             "flower": {"engine_wait_ms": wait_ms},
+            "server_batching": batching,
+            "server_device": device,
         },
     )
 
@@ -148,7 +164,10 @@ def measure(config: dict[str, Any], transport: Transport, engine: str) -> dict[s
         "clients": row["clients"],
         "batches_per_message": config["batches_per_message"],
         "batch_size": config["batch_size"],
+        "server_batching": config["server_batching"],
+        "server_device": config["server_device"],
         "steps": row["steps"],
+        "server_steps": row["server_steps"],
         "samples": row["samples"],
         "messages": row["messages"],
         "train_s": train_s,
@@ -165,19 +184,35 @@ def measure(config: dict[str, Any], transport: Transport, engine: str) -> dict[s
     }
 
 
-def run_inprocess(model: str, clients: list[int], ks: list[int], steps: int) -> list[dict[str, Any]]:
+def run_inprocess(
+    model: str,
+    clients: list[int],
+    ks: list[int],
+    steps: int,
+    batching: tuple[bool, ...] = (False,),
+    device: str = "cpu",
+) -> list[dict[str, Any]]:
     """All cells of one model on the in-process engine (after a warm-up cell that is not reported)."""
-    measure(cell_config(model, 1, 1, 2, "inprocess", 100.0), InProcessTransport(1), "inprocess")
+    measure(cell_config(model, 1, 1, 2, "inprocess", 100.0, device=device), InProcessTransport(1), "inprocess")
     out = []
     for n in clients:
         for k in ks:
-            config = cell_config(model, n, k, steps, "inprocess", 100.0)
-            out.append(measure(config, InProcessTransport(n), "inprocess"))
-            print(json.dumps(out[-1]), file=sys.stderr, flush=True)
+            for b in batching:
+                config = cell_config(model, n, k, steps, "inprocess", 100.0, b, device)
+                out.append(measure(config, InProcessTransport(n), "inprocess"))
+                print(json.dumps(out[-1]), file=sys.stderr, flush=True)
     return out
 
 
-def run_flower(model: str, clients: list[int], ks: list[int], steps: int, wait_ms: float) -> list[dict[str, Any]]:
+def run_flower(
+    model: str,
+    clients: list[int],
+    ks: list[int],
+    steps: int,
+    wait_ms: float,
+    batching: tuple[bool, ...] = (False,),
+    device: str = "cpu",
+) -> list[dict[str, Any]]:
     """All cells of one model in one Flower simulation of ``max(clients)`` virtual nodes."""
     from flwr.app import Context
     from flwr.serverapp import Grid, ServerApp
@@ -193,24 +228,96 @@ def run_flower(model: str, clients: list[int], ks: list[int], steps: int, wait_m
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         transport = FlowerTransport(grid)
-        warm = cell_config(model, max(clients), 1, 1, "flower", wait_ms)
+        warm = cell_config(model, max(clients), 1, 1, "flower", wait_ms, device=device)
         SplitLearningStrategy(warm).start(transport)  # Ray and the actors start here, not in a cell
         for n in clients:
             for k in ks:
-                config = cell_config(model, n, k, steps, "flower", wait_ms)
-                out.append(measure(config, FirstNodes(transport, n), engine))
-                print(json.dumps(out[-1]), file=sys.stderr, flush=True)
+                for b in batching:
+                    config = cell_config(model, n, k, steps, "flower", wait_ms, b, device)
+                    out.append(measure(config, FirstNodes(transport, n), engine))
+                    print(json.dumps(out[-1]), file=sys.stderr, flush=True)
 
     run_flower_simulation(app, make_client_app(), max(clients), engine_wait_ms=wait_ms)
     return out
 
 
-def ratios(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each Flower cell's samples/s as a fraction of the in-process cell with the same model, clients and k."""
-    base = {(r["model"], r["clients"], r["batches_per_message"]): r for r in runs if r["engine"] == "inprocess"}
+def run_many(clients: int, rounds: int) -> dict[str, Any]:
+    """The default digits run on ``clients`` virtual nodes over stock Flower: s/round and RSS after each round."""
+    from simulations.client_app import make_client_app
+    from simulations.engine import run_flower_simulation
+    from simulations.server_app import make_server_app
+
+    config = load_sl_config("sl", values={"clients": clients, "rounds": rounds, "progress": False})
+    strategy = SplitLearningStrategy(config)
+    per_round: list[dict[str, Any]] = []
+    last = [time.perf_counter()]
+
+    def on_round(row: dict[str, Any]) -> None:
+        now = time.perf_counter()
+        per_round.append(
+            {
+                "round": row["round"],
+                "s": round(now - last[0], 2),
+                "rss_mb": round(tree_rss_mb(), 1),
+                "test_accuracy": row["test_accuracy"],
+            }
+        )
+        last[0] = now
+        print(json.dumps(per_round[-1]), file=sys.stderr, flush=True)
+
+    strategy.on_round = on_round
+    t0 = time.perf_counter()
+    with PeakRss() as rss:
+        run_flower_simulation(make_server_app(strategy), make_client_app(), clients)
+    later = [r["s"] for r in per_round[1:]]
+    return {
+        "clients": clients,
+        "mode": config["mode"],
+        "rounds": rounds,
+        "completed": len(per_round) == rounds,
+        "wall_s": round(time.perf_counter() - t0, 1),
+        "first_round_s": per_round[0]["s"] if per_round else None,  # includes Ray and the actors starting
+        "s_per_round": round(sum(later) / len(later), 2) if later else None,  # rounds 2..
+        "peak_rss_mb": round(rss.peak_mb, 1),
+        "rss_growth_mb_after_round_1": round(per_round[-1]["rss_mb"] - per_round[0]["rss_mb"], 1)
+        if per_round
+        else None,
+        "final_test_accuracy": per_round[-1]["test_accuracy"] if per_round else None,
+        "per_round": per_round,
+    }
+
+
+def _cell(r: dict[str, Any]) -> tuple[Any, ...]:
+    return (r["model"], r["clients"], r["batches_per_message"], r.get("server_batching", False))
+
+
+def batching_gains(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Samples/s with server batching over without, per engine and cell that ran both ways."""
+    off = {(r["engine"], *_cell(r)[:3]): r for r in runs if not r.get("server_batching")}
     out = []
     for r in runs:
-        ref = base.get((r["model"], r["clients"], r["batches_per_message"]))
+        ref = off.get((r["engine"], *_cell(r)[:3]))
+        if r.get("server_batching") and ref is not None:
+            out.append(
+                {
+                    "model": r["model"],
+                    "engine": r["engine"],
+                    "clients": r["clients"],
+                    "batches_per_message": r["batches_per_message"],
+                    "samples_per_s_gain": round(r["samples_per_s"] / ref["samples_per_s"], 3),
+                    "server_compute_s": [ref["server_compute_s"], r["server_compute_s"]],
+                    "server_steps": [ref.get("server_steps"), r.get("server_steps")],
+                }
+            )
+    return out
+
+
+def ratios(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each Flower cell's samples/s as a fraction of the in-process cell with the same model, clients, k, batching."""
+    base = {_cell(r): r for r in runs if r["engine"] == "inprocess"}
+    out = []
+    for r in runs:
+        ref = base.get(_cell(r))
         if r["engine"] != "inprocess" and ref is not None:
             out.append(
                 {
@@ -218,6 +325,7 @@ def ratios(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "engine": r["engine"],
                     "clients": r["clients"],
                     "batches_per_message": r["batches_per_message"],
+                    "server_batching": r.get("server_batching", False),
                     "throughput_vs_inprocess": round(r["samples_per_s"] / ref["samples_per_s"], 3),
                     "ms_per_step": r["ms_per_step"],
                     "inprocess_ms_per_step": ref["ms_per_step"],
@@ -236,10 +344,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--steps", type=int, help="batches per client per cell (default 16, quick 8; resnet18 a quarter)"
     )
+    parser.add_argument("--clients", nargs="*", type=int, help="client counts (default 1 4 16, quick 1 4)")
+    parser.add_argument("--ks", nargs="*", type=int, help="batches_per_message values (default 1 4 8 16, quick 1 8)")
+    parser.add_argument(
+        "--server-batching", choices=("off", "on", "both"), default="off", help="run cells with server batching"
+    )
+    parser.add_argument("--server-device", default="cpu", help="the server half's device (cpu, cuda, cuda:N)")
+    parser.add_argument(
+        "--many", type=int, help="also a multi-round run on this many clients over stock Flower (default 100; quick 0)"
+    )
+    parser.add_argument("--many-rounds", type=int, default=6, help="rounds of the --many run")
     parser.add_argument("--out", help="also write the JSON here")
     args = parser.parse_args(argv)
-    clients = [1, 4] if args.quick else [1, 4, 16]
-    ks = [1, 8] if args.quick else [1, 4, 8, 16]
+    clients = args.clients or ([1, 4] if args.quick else [1, 4, 16])
+    ks = args.ks or ([1, 8] if args.quick else [1, 4, 8, 16])
+    if min(clients + ks) < 1:
+        parser.error("--clients and --ks take values >= 1")
+    batching = {"off": (False,), "on": (True,), "both": (False, True)}[args.server_batching]
+    many = args.many if args.many is not None else (0 if args.quick else 100)
+    from fl_split.config import ConfigError
+    from strategies.split_learning import server_device
+
+    try:
+        server_device(load_sl_config("sl", values={"server_device": args.server_device})["server_device"])
+    except ConfigError as err:
+        parser.error(str(err))
     steps = args.steps or (8 if args.quick else 16)
     t0 = time.perf_counter()
     runs: list[dict[str, Any]] = []
@@ -247,18 +376,22 @@ def main(argv: list[str] | None = None) -> int:
         model_steps = steps if model == "digits_cnn" else max(2, steps // 4)  # ResNet18's server half is ~100x
         for engine in args.engines:
             if engine == "inprocess":
-                runs += run_inprocess(model, clients, ks, model_steps)
+                runs += run_inprocess(model, clients, ks, model_steps, batching, args.server_device)
             else:
                 wait = 100.0 if engine == "flower" else args.wait_ms
-                runs += run_flower(model, clients, ks, model_steps, wait)
-    result = {
+                runs += run_flower(model, clients, ks, model_steps, wait, batching, args.server_device)
+    result: dict[str, Any] = {
         "torch_threads": torch.get_num_threads(),
         "cpus": os.cpu_count(),
         "steps_per_client": steps,
         "wall_s": round(time.perf_counter() - t0, 1),
         "runs": runs,
         "ratios": ratios(runs),
+        "batching_gains": batching_gains(runs),
     }
+    if many:
+        result["many_clients"] = run_many(many, args.many_rounds)
+    result["wall_s"] = round(time.perf_counter() - t0, 1)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 
-from simulations.bench_sl import cell_config, ratios, run_inprocess, tree_rss_mb
+import pytest
+
+from simulations import bench_sl
+from simulations.bench_sl import batching_gains, cell_config, ratios, run_inprocess, run_many, tree_rss_mb
 from simulations.engine import STOCK_ENGINE_WAIT_MS, engine_wait
 
 
@@ -47,3 +50,38 @@ def test_cell_config_is_a_valid_one_round_config() -> None:
         16,
     )
     assert cfg["flower"]["engine_wait_ms"] == 2.0 and cfg["batches_per_message"] == 8
+
+
+def test_server_batching_cells_and_their_gain() -> None:
+    runs = run_inprocess("digits_cnn", [3], [1], steps=2, batching=(False, True))
+    off, on = runs
+    assert (off["server_batching"], on["server_batching"]) == (False, True)
+    assert off["steps"] == on["steps"] == 6
+    # in process all three replies arrive together: one server step per batch position
+    assert off["server_steps"] == 6 and on["server_steps"] == 2
+    (gain,) = batching_gains(runs)
+    assert gain["samples_per_s_gain"] == round(on["samples_per_s"] / off["samples_per_s"], 3)
+    assert gain["server_steps"] == [6, 2]
+    fake = [{**r, "engine": "flower"} for r in runs]
+    assert [x["server_batching"] for x in ratios(runs + fake)] == [False, True]  # each against its own twin
+
+
+def test_many_clients_run_reports_rounds_and_rss() -> None:
+    out = run_many(3, 2)
+    assert out["completed"] and out["rounds"] == 2 and len(out["per_round"]) == 2
+    assert out["s_per_round"] == out["per_round"][1]["s"] and out["peak_rss_mb"] > 100
+    assert out["rss_growth_mb_after_round_1"] == round(out["per_round"][1]["rss_mb"] - out["per_round"][0]["rss_mb"], 1)
+    assert 0 < out["final_test_accuracy"] <= 1
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--clients", "0"], "values >= 1"),
+        (["--server-device", "tpu"], "cpu, cuda or cuda:N"),
+    ],
+)
+def test_bad_arguments_exit_with_a_message(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        bench_sl.main(argv)
+    assert exc.value.code == 2 and message in capsys.readouterr().err

@@ -23,3 +23,11 @@ def test_unknown_subcommand_is_a_usage_error(capsys: pytest.CaptureFixture[str])
         main(["nosuch"])
     assert exc.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("what, option", [("sl", "--server-batching"), ("codecs", "--threads")])
+def test_bench_help_is_the_benchmarks_own(what: str, option: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", what, "--help"])
+    assert exc.value.code == 0
+    assert option in capsys.readouterr().out
