@@ -173,7 +173,7 @@ def train_on(
         per_batch = [chunk.mean() for chunk in per_sample.split([len(t) for t in labels])]
     loss = per_batch[0] if len(per_batch) == 1 else torch.stack(per_batch).sum()
     if not bool(torch.isfinite(loss)):
-        raise NonFiniteLoss(f"the server half's loss is {float(loss)} on a batch of {a.shape[0]}")
+        raise NonFiniteLoss(f"the server half's loss is {float(loss.detach())} on a batch of {a.shape[0]}")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
