@@ -320,7 +320,8 @@ class SplitLearningStrategy:
             counters.add_time("client", float(fields.get("t_client", 0.0)))
             counters.add_time("client_codec", float(fields.get("t_codec", 0.0)))
         if reply.error is not None or fields is None:
-            return self._leave(session, counters, rnd, f"failed: {reply.error}", str(reply.error))
+            self._leave(session, counters, rnd, f"failed: {reply.error}", str(reply.error))
+            return None
         try:
             if fields.get("done"):
                 like = list(self.client_half.state_dict().values())
@@ -332,7 +333,8 @@ class SplitLearningStrategy:
             if len(acts) != len(labels) or not acts:
                 raise CodecError(f"{len(acts)} activation payloads with {len(labels)} label payloads")
         except (CodecError, KeyError, TypeError, ValueError) as exc:
-            return self._leave(session, counters, rnd, f"sent a malformed reply ({exc})", f"malformed reply: {exc}")
+            self._leave(session, counters, rnd, f"sent a malformed reply ({exc})", f"malformed reply: {exc}")
+            return None
         return acts, labels
 
     @staticmethod
@@ -394,7 +396,7 @@ class SplitLearningStrategy:
             counters.samples += out.samples
             counters.steps += 1
             payloads.append(out.grad_payload)
-        if len(payloads) > payloads.count(b""):
+        if any(isinstance(out, ServerStep) for out in results):  # something decoded: the half stepped
             counters.server_steps += 1
         counters.add_time("server_compute", elapsed)
         return payloads

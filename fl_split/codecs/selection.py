@@ -129,8 +129,10 @@ def _among(values: torch.Tensor, k: int, positions: torch.Tensor | None) -> TopK
 def _select_with_zero_threshold(a: torch.Tensor, k: int) -> TopK:
     """Top-k when at most about k elements are positive (sparse, e.g. post-ReLU maps)."""
     pos = flatnonzero(a > 0)
-    if pos.numel() >= k or bool((a < 0).any()):  # enough positives, or generic input
-        return _among(a[pos], k, pos) if pos.numel() >= k else _full(a, k)
+    if pos.numel() >= k:
+        return _among(a[pos], k, pos)
+    if bool((a < 0).any()):  # generic input: the exact full selection
+        return _full(a, k)
     # every positive element is kept, then zeros from the lowest position up
     keep = a > 0
     zeros = flatnonzero(~keep)

@@ -80,13 +80,10 @@ def server_step(
         If the loss is NaN/Inf (training diverged); nothing was stepped.
     """
     step = StepInput(act_payload, label_payload, uplink, downlink, num_classes, sample_shape, max_batch)
-    t0 = time.perf_counter()
-    a, y = decode_step(step, torch.device(device))
-    decode_s = time.perf_counter() - t0
-    (grad,), (loss,) = train_on(half, optimizer, [a], [y])
-    t0 = time.perf_counter()
-    payload = encode_gradient(step, grad)
-    return ServerStep(payload, loss, int(a.shape[0]), decode_s + time.perf_counter() - t0)
+    (out,) = server_step_batched(half, optimizer, [step], device)
+    if isinstance(out, CodecError):
+        raise out
+    return out
 
 
 def server_step_batched(
