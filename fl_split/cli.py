@@ -3,7 +3,9 @@
     fl-split <command> [--config NAME|PATH] [--set key=value ...] [--out DIR]
 
 Commands: ``sl`` (split learning), ``codecs`` (list codecs), ``bench codecs`` (codec benchmark),
-``bench sl`` (split-learning throughput), ``bench sl-accuracy`` (accuracy at equal measured budgets).
+``bench sl`` (split-learning throughput), ``bench sl-accuracy`` (accuracy at equal measured budgets),
+``bench deploy`` (split learning on a local SuperLink + SuperNodes: messages vs stream),
+``certs`` (TLS files for a deployment).
 Configs live in ``conf/``; ``--set`` takes dotted keys (``--set optimizer.lr=0.1``); an unknown
 key or a bad value is an error that lists the valid keys or choices.
 """
@@ -91,8 +93,15 @@ def main(argv: list[str] | None = None) -> int:
     p_sl.add_argument("--list-keys", action="store_true", help="list every config key with its default and exit")
     # no -h of its own: `fl-split bench sl --help` reaches the benchmark's parser
     p_bench = sub.add_parser("bench", help="benchmarks (`fl-split bench WHAT --help` for options)", add_help=False)
-    p_bench.add_argument("what", choices=["codecs", "sl", "sl-accuracy"], help="what to benchmark")
+    p_bench.add_argument("what", choices=["codecs", "sl", "sl-accuracy", "deploy"], help="what to benchmark")
+    sub.add_parser(
+        "certs", help="TLS files for a deployment (`fl-split certs --help`)", add_help=False
+    )  # its own parser reads the rest
     args, rest = parser.parse_known_args(argv)
+    if args.command == "certs":
+        from simulations import certs
+
+        return certs.main(rest)
     if args.command in ("codecs", "sl") and rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "codecs":
@@ -104,6 +113,10 @@ def main(argv: list[str] | None = None) -> int:
         from simulations import bench_sl
 
         return bench_sl.main(rest)
+    if args.what == "deploy":
+        from simulations import bench_deploy
+
+        return bench_deploy.main(rest)
     if args.what == "sl-accuracy":
         from simulations import bench_sl_accuracy
 

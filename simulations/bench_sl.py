@@ -115,6 +115,10 @@ class FirstNodes:
         """Receive through the inner transport."""
         return self.inner.receive()
 
+    def release(self, node_id: int) -> None:
+        """Release through the inner transport."""
+        self.inner.release(node_id)
+
 
 def cell_config(
     model: str,

@@ -82,7 +82,7 @@ def run_config_arg(values: Mapping[str, Any]) -> str:
 
 
 class LocalDeployment:
-    """``flower-superlink --insecure`` and ``num_supernodes`` × ``flower-supernode --insecure`` on free ports.
+    """``flower-superlink`` and ``num_supernodes`` × ``flower-supernode`` on free ports (``--insecure``, or TLS).
 
     Parameters
     ----------
@@ -92,15 +92,24 @@ class LocalDeployment:
         Where logs and the private ``FLWR_HOME`` go.
     start_timeout_s:
         How long each process may take to listen on its port.
+    tls:
+        Run with TLS instead of ``--insecure``: certificates for 127.0.0.1 are made under
+        ``workdir/certs`` (:func:`simulations.certs.make_certs`); the SuperLink serves them, the
+        SuperNodes and ``flwr`` verify with the CA, and :attr:`certs` holds ``(ca, cert, key)`` for
+        the stream transport's ``stream.ssl_*`` keys.
     """
 
-    def __init__(self, num_supernodes: int, workdir: str | Path, start_timeout_s: float = 60.0) -> None:
+    def __init__(
+        self, num_supernodes: int, workdir: str | Path, start_timeout_s: float = 60.0, *, tls: bool = False
+    ) -> None:
         if num_supernodes < 1:
             raise ValueError(f"num_supernodes must be >= 1, got {num_supernodes}")
         self.num_supernodes = num_supernodes
         self.workdir = Path(workdir)
         self.start_timeout_s = start_timeout_s
         self.superlink_port = 0
+        self.tls = tls
+        self.certs: tuple[Path, Path, Path] | None = None
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
         self.flwr_home = self.workdir / "flwr_home"
         self.env = {
@@ -138,11 +147,21 @@ class LocalDeployment:
 
     def _start(self) -> None:
         self.superlink_port = free_port()
+        security = ["--insecure"]
+        node_security = ["--insecure"]
+        connection_security = "insecure = true"
+        if self.tls:
+            from simulations.certs import make_certs
+
+            self.certs = ca, cert, key = make_certs(self.workdir / "certs", ["127.0.0.1", "localhost"])
+            security = ["--ssl-ca-certfile", str(ca), "--ssl-certfile", str(cert), "--ssl-keyfile", str(key)]
+            node_security = ["--root-certificates", str(ca)]
+            connection_security = f'root-certificates = "{ca}"'
         link, log = self._spawn(
             "superlink",
             [
                 _bin("flower-superlink"),
-                "--insecure",
+                *security,
                 "--host",
                 "127.0.0.1",
                 "--port",
@@ -153,7 +172,7 @@ class LocalDeployment:
         _wait_for_port(self.superlink_port, link, "flower-superlink", log, self.start_timeout_s)
         (self.flwr_home / "config.toml").write_text(
             f'[superlink]\ndefault = "{CONNECTION}"\n\n'
-            f'[superlink.{CONNECTION}]\naddress = "127.0.0.1:{self.superlink_port}"\ninsecure = true\n',
+            f'[superlink.{CONNECTION}]\naddress = "127.0.0.1:{self.superlink_port}"\n{connection_security}\n',
             encoding="utf-8",
         )
         n = self.num_supernodes
@@ -163,7 +182,7 @@ class LocalDeployment:
                 f"supernode {i}",
                 [
                     _bin("flower-supernode"),
-                    "--insecure",
+                    *node_security,
                     "--superlink",
                     f"127.0.0.1:{self.superlink_port}",
                     "--port",

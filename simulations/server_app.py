@@ -7,24 +7,43 @@ config holds every key of the split-learning config (``out-dir``, ``rounds``, ``
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fl_split.config import from_run_config
 from fl_split.sl.config import SL_SCHEMA, validate_sl
+from fl_split.sl.transport import Transport
 from strategies.flower_transport import FlowerTransport
 from strategies.split_learning import SplitLearningStrategy
+from strategies.stream_transport import StreamTransport
+
+
+@contextmanager
+def open_transport(grid: Grid, config: dict[str, Any], *, local: bool = False) -> Iterator[Transport]:
+    """The transport ``config["transport"]`` names over ``grid``; a stream server is stopped on exit.
+
+    ``local``: everything runs on this machine (simulation), so an ``auto`` stream host is 127.0.0.1.
+    """
+    flower = FlowerTransport.from_config(grid, config)
+    if config["transport"] == "messages":
+        yield flower
+        return
+    with StreamTransport.from_config(flower, config, local=local) as stream:
+        yield stream
 
 
 def make_server_app(strategy: SplitLearningStrategy, done: Callable[[], None] | None = None) -> ServerApp:
-    """A ServerApp that runs an already-built strategy over the grid Flower gives it."""
+    """A ServerApp (simulation) that runs an already-built strategy over the grid Flower gives it."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        strategy.start(FlowerTransport.from_config(grid, strategy.config))
+        with open_transport(grid, strategy.config, local=True) as transport:
+            strategy.start(transport)
         if done is not None:
             done()
 
@@ -40,4 +59,5 @@ def main(grid: Grid, context: Context) -> None:
     from simulations.sl import run_with_transport
 
     config = from_run_config(SL_SCHEMA, context.run_config, validate=validate_sl)
-    run_with_transport(config, FlowerTransport.from_config(grid, config))
+    with open_transport(grid, config) as transport:
+        run_with_transport(config, transport)

@@ -60,21 +60,34 @@ class FlowerTransport:
             self._pending[mid] = node_id
         return nbytes
 
+    def release(self, node_id: int) -> None:
+        """Nothing to release: a message holds no connection (a late reply is ignored by its round)."""
+
+    @property
+    def pending(self) -> int:
+        """Messages sent and not yet answered."""
+        return len(self._pending)
+
+    def poll(self) -> list[Reply]:
+        """The replies that have arrived (one ``pull_messages``; possibly none)."""
+        replies = []
+        for msg in self.grid.pull_messages(list(self._pending)):
+            node = self._pending.pop(msg.metadata.reply_to_message_id, msg.metadata.src_node_id)
+            rnd = int(msg.metadata.group_id) if msg.metadata.group_id.isdigit() else 0
+            if msg.has_error():
+                replies.append(Reply(node, None, f"{msg.error.code}: {msg.error.reason}", round=rnd))
+                continue
+            fields = from_record(msg.content)
+            replies.append(Reply(node, fields, None, field_nbytes(fields), rnd))
+        return replies
+
     def receive(self) -> list[Reply]:
         """Poll until at least one reply arrives; each becomes a :class:`Reply`."""
         if not self._pending:
             raise TimeoutError("no message is awaiting a reply")
         deadline = time.monotonic() + self.timeout_s
         while True:
-            replies = []
-            for msg in self.grid.pull_messages(list(self._pending)):
-                node = self._pending.pop(msg.metadata.reply_to_message_id, msg.metadata.src_node_id)
-                rnd = int(msg.metadata.group_id) if msg.metadata.group_id.isdigit() else 0
-                if msg.has_error():
-                    replies.append(Reply(node, None, f"{msg.error.code}: {msg.error.reason}", round=rnd))
-                    continue
-                fields = from_record(msg.content)
-                replies.append(Reply(node, fields, None, field_nbytes(fields), rnd))
+            replies = self.poll()
             if replies:
                 return replies
             if time.monotonic() > deadline:

@@ -221,6 +221,9 @@ class SplitLearningStrategy:
                 **{f"{k}_s": round(v, 4) for k, v in sorted(counters.seconds.items())},
                 **dict(sorted(counters.bytes.items())),
             }
+            stats = getattr(transport, "stats", None)  # the stream transport's counters
+            if stats is not None:
+                row.update(stats(rnd))
             self.rows.append(row)
             if self.keep_history:
                 self.client_history.append([t.detach().clone() for t in self.client_half.state_dict().values()])
@@ -274,6 +277,7 @@ class SplitLearningStrategy:
                 for node in active:
                     sessions[node].failed = True
                     counters.failed_clients += 1
+                    transport.release(node)
                 break
             counters.add_time("transport", time.perf_counter() - t0)
             arrived: list[tuple[_Session, list[bytes], list[bytes]]] = []
@@ -288,6 +292,7 @@ class SplitLearningStrategy:
                 batches = self._handle_reply(session, reply, rnd, counters)
                 if batches is None:
                     active.discard(reply.node_id)
+                    transport.release(reply.node_id)
                 elif self.config["server_batching"]:
                     arrived.append((session, *batches))
                 else:  # step and answer this client before the next one's batches

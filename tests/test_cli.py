@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
+from cryptography import x509
 
 from fl_split.cli import main
 from fl_split.codecs import list_codecs
@@ -25,9 +27,27 @@ def test_unknown_subcommand_is_a_usage_error(capsys: pytest.CaptureFixture[str])
     assert "invalid choice" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("what, option", [("sl", "--server-batching"), ("codecs", "--threads")])
+@pytest.mark.parametrize(
+    "what, option", [("sl", "--server-batching"), ("codecs", "--threads"), ("deploy", "--stream-steps")]
+)
 def test_bench_help_is_the_benchmarks_own(what: str, option: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["bench", what, "--help"])
     assert exc.value.code == 0
     assert option in capsys.readouterr().out
+
+
+def test_certs_writes_a_ca_and_a_server_certificate_naming_the_hosts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert (
+        main(["certs", str(tmp_path / "c"), "--host", "server.example.org", "--host", "10.1.2.3", "--days", "7"]) == 0
+    )
+    assert capsys.readouterr().out.split() == [str(tmp_path / "c" / n) for n in ("ca.crt", "server.pem", "server.key")]
+    ca = x509.load_pem_x509_certificate((tmp_path / "c" / "ca.crt").read_bytes())
+    cert = x509.load_pem_x509_certificate((tmp_path / "c" / "server.pem").read_bytes())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["server.example.org"]
+    assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == ["10.1.2.3"]
+    assert cert.issuer == ca.subject and (cert.not_valid_after_utc - cert.not_valid_before_utc).days == 7
+    cert.verify_directly_issued_by(ca)

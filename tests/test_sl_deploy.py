@@ -6,13 +6,17 @@ also when a run fails (checked).
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from fl_split.metrics import read_metrics
-from simulations.deploy import DeploymentError, LocalDeployment, run_config_arg
+from simulations.deploy import DeploymentError, LocalDeployment, free_port, run_config_arg
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -23,20 +27,131 @@ def test_run_config_arg_is_toml() -> None:
     )
 
 
-def test_deploy_two_supernodes_train_and_every_process_is_stopped(tmp_path: Path) -> None:
-    out = tmp_path / "out"
+def test_deploy_two_supernodes_train_over_both_transports_and_every_process_is_stopped(tmp_path: Path) -> None:
+    runs = {"messages": tmp_path / "messages", "stream": tmp_path / "stream"}
     started: list[subprocess.Popen[bytes]] = []
     with LocalDeployment(2, tmp_path / "deploy") as dep:
         started = [p for _, p in dep.procs]
         assert len(started) == 3 and all(p.poll() is None for p in started)
         with pytest.raises(DeploymentError, match="flwr run exited"):  # a run-config key the app does not have
             dep.run(REPO, {"no-such-key": 1}, timeout_s=120)
-        dep.run(REPO, {"clients": 2, "rounds": 1, "max-steps-per-round": 2, "out-dir": str(out)}, timeout_s=300)
+        for transport, out in runs.items():
+            values = {"clients": 2, "rounds": 1, "max-steps-per-round": 2, "out-dir": str(out), "transport": transport}
+            if transport == "stream":  # the ServerApp's stream server, reachable from the SuperNodes on this host
+                values |= {"stream.host": "127.0.0.1", "stream.bind": "127.0.0.1"}
+            dep.run(REPO, values, timeout_s=300)
     assert all(p.poll() is not None for p in started)  # superlink and both supernodes are gone
+    (msg,) = read_metrics(runs["messages"] / "metrics.jsonl")
+    (stream,) = read_metrics(runs["stream"] / "metrics.jsonl")
+    for row in (msg, stream):  # both SuperNodes trained their partition: 2 steps each, nobody failed
+        assert (row["clients"], row["steps"], row["failed_clients"], row["dropped"]) == (2, 4, 0, 0)
+        assert row["uplink_activation_bytes"] > 0 and row["downlink_gradient_bytes"] > 0
+    # the same batches: the same measured payload bytes on both transports (plus the stream's two tokens)
+    keys = ("uplink_activation_bytes", "uplink_label_bytes", "downlink_gradient_bytes", "downlink_model_bytes")
+    assert [msg[k] for k in keys] == [stream[k] for k in keys]
+    assert stream["downlink_other_bytes"] == 2 * 32 and stream["stream_broken"] == stream["stream_refused"] == 0
+    assert stream["stream_s"] > 0 and "stream_s" not in msg
+
+
+def test_deploy_with_tls_superlink_and_tls_stream(tmp_path: Path) -> None:
+    """The README's real-device setup on one host: the SuperLink's certificates also serve the stream."""
+    out = tmp_path / "tls"
+    with LocalDeployment(1, tmp_path / "deploy", tls=True) as dep:
+        assert dep.certs is not None
+        ca, cert, key = dep.certs
+        assert "--insecure" not in " ".join(str(a) for a in dep.procs[0][1].args)
+        values = {
+            "clients": 1,
+            "rounds": 1,
+            "max-steps-per-round": 2,
+            "out-dir": str(out),
+            "transport": "stream",
+            "stream.host": "127.0.0.1",
+            "stream.bind": "127.0.0.1",
+            "stream.ssl-certfile": str(cert),
+            "stream.ssl-keyfile": str(key),
+            "stream.ssl-ca-certfile": str(ca),
+        }
+        dep.run(REPO, values, timeout_s=300)
     (row,) = read_metrics(out / "metrics.jsonl")
-    # both SuperNodes trained their partition: 2 steps each, nobody failed, bytes measured
-    assert (row["clients"], row["steps"], row["failed_clients"], row["dropped"]) == (2, 4, 0, 0)
-    assert row["uplink_activation_bytes"] > 0 and row["downlink_gradient_bytes"] > 0
+    assert (row["steps"], row["failed_clients"], row["stream_broken"]) == (2, 0, 0)
+    # the announcement: the token and the CA certificate the client verifies the stream with
+    assert row["downlink_other_bytes"] == 32 + len(ca.read_bytes())
+
+
+def _streams_to(port: int, pgid: int) -> bool:
+    """Whether a process of group ``pgid`` holds an established TCP connection to ``port`` on this host.
+
+    The SuperNode's ClientApp is a grandchild (SuperNode -> flower-superexec -> flwr-clientapp) in the
+    SuperNode's process group (``LocalDeployment`` starts each process in its own session).
+    """
+    inodes = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            if not entry.name.isdigit() or int((entry / "stat").read_text().rsplit(")", 1)[1].split()[2]) != pgid:
+                continue
+            for fd in (entry / "fd").iterdir():
+                link = os.readlink(fd)
+                if link.startswith("socket:["):
+                    inodes.add(link[8:-1])
+        except (OSError, ValueError, IndexError):
+            continue
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            cols = row.split()
+            if cols[3] == "01" and int(cols[2].rsplit(":", 1)[1], 16) == port and cols[9] in inodes:
+                return True
+    return False
+
+
+def _kill_while_streaming(supernode: subprocess.Popen[bytes], port: int, killed: list[bool]) -> None:
+    """SIGKILL the SuperNode and its ClientApp one second into its round's stream (a device vanishing)."""
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and supernode.poll() is None:
+        if _streams_to(port, supernode.pid):
+            time.sleep(1.0)
+            os.killpg(supernode.pid, signal.SIGKILL)
+            killed.append(True)
+            return
+        time.sleep(0.05)
+
+
+def test_deploy_a_supernode_killed_mid_round_is_dropped_and_nothing_hangs(tmp_path: Path) -> None:
+    out = tmp_path / "kill"
+    killed: list[bool] = []
+    port = free_port()
+    with LocalDeployment(2, tmp_path / "deploy") as dep:
+        victim = dep.procs[2][1]  # SuperNode 1 (partition 1)
+        killer = threading.Thread(target=_kill_while_streaming, args=(victim, port, killed), daemon=True)
+        killer.start()
+        values = {
+            "clients": 2,
+            "rounds": 2,
+            "local-epochs": 12,  # about 270 steps per node: the stream runs for several seconds
+            "out-dir": str(out),
+            "transport": "stream",
+            "stream.host": "127.0.0.1",
+            "stream.bind": "127.0.0.1",
+            "stream.port": port,
+            "stream.timeout-s": 30.0,
+            "flower.timeout-s": 30.0,  # the dead node's next sl_begin is never answered: give up after 30 s
+        }
+        t0 = time.monotonic()
+        dep.run(REPO, values, timeout_s=400)
+        elapsed = time.monotonic() - t0
+        killer.join(5)
+    assert killed and victim.poll() is not None
+    r1, r2 = read_metrics(out / "metrics.jsonl")
+    # round 1: the killed node's steps so far were taken, then it was dropped; the other node finished
+    assert (r1["clients"], r1["failed_clients"], r1["dropped"]) == (2, 1, 1) and r1["stream_broken"] >= 1
+    # round 2 sampled again: the dead node failed (no reply within flower.timeout-s, or Flower's error for
+    # an offline node) or was no longer listed; the live node trained its full round
+    assert r2["failed_clients"] == r2["clients"] - 1 and r2["steps"] < r1["steps"] < 2 * r2["steps"]
+    assert elapsed < 300  # nothing waited on the dead node longer than its timeouts
 
 
 def test_a_deployment_that_fails_to_start_stops_what_it_started(tmp_path: Path) -> None:

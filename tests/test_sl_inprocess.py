@@ -12,7 +12,7 @@ from sl_helpers import centralized, max_diff, small_config
 
 from fl_split.codecs import CodecError, create_codec
 from fl_split.metrics import ROUND_KEYS, read_metrics
-from fl_split.sl.client import STEP, ClientState, client_handle
+from fl_split.sl.client import BEGIN, STEP, ClientRound, ClientState, client_handle
 from fl_split.sl.transport import InProcessTransport, Reply
 from fl_split.sl.wire import decode_labels, encode_labels, field_nbytes
 from simulations.sl import run_sl
@@ -337,3 +337,29 @@ def test_batchnorm_model_trains_and_k1_equals_centralized(k: int) -> None:
     if k == 1:
         assert max_diff(strategy.client_half, ref_client) < 1e-5  # weights and BN running statistics
         assert max_diff(strategy.server_half, ref_server) < 1e-5
+
+
+def test_client_round_keeps_the_half_live_and_equals_client_handle_byte_for_byte() -> None:
+    """The stream transport's client (state written once per round) makes the same payloads and weights
+    as the message transport's (state written after every step), with momentum and BatchNorm-free digits."""
+    cfg = small_config(mode="sequential", max_steps_per_round=5, batches_per_message=2)
+    begin = SplitLearningStrategy(cfg)._begin_fields(1)
+    state, reply = client_handle(BEGIN, begin, None, 0, 1)
+    live = ClientRound(begin, None, 0, 1)
+    none = create_codec("none")
+    assert live.first_reply["acts"] == reply["acts"]
+    steps = 0
+    while True:
+        shape = cfg["batch_size"], 64, 16, 16
+        grads = {"grads": [none.encode(torch.full(shape, 0.01 * (steps + j + 1))) for j in range(len(reply["acts"]))]}
+        state, reply = client_handle(STEP, grads, state, 0, 1)
+        got = live.step(grads)
+        steps += 1
+        assert got["done"] == reply["done"]
+        if reply["done"]:
+            break
+        assert got["acts"] == reply["acts"] and got["labels"] == reply["labels"]
+    assert steps == 3  # 5 batches at k = 2: 2 + 2 + 1
+    assert got["weights"] == reply["weights"] and got["momentum"] == reply["momentum"]
+    assert (got["steps"], got["samples"]) == (reply["steps"], reply["samples"]) == (5, 5 * cfg["batch_size"])
+    assert live.state.to_fields() == state.to_fields()

@@ -16,6 +16,7 @@ Protocol (one round trip per step, ``k = batches_per_message``)::
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from dataclasses import dataclass, field
@@ -82,11 +83,12 @@ class ClientState:
 class _Runtime:
     """The live objects rebuilt from a :class:`ClientState` for one message."""
 
-    def __init__(self, state: ClientState, partition_id: int, num_partitions: int) -> None:
+    def __init__(self, state: ClientState, partition_id: int, num_partitions: int, *, own: bool = False) -> None:
         self.state = state
         self.config: dict[str, Any] = json.loads(state.config)
         self.partition_id = partition_id
-        self.half = cached_client_half(self.config)
+        # the per-process cached module is reloaded by every message; a live round needs its own copy
+        self.half = copy.deepcopy(cached_client_half(self.config)) if own else cached_client_half(self.config)
         self.half.train()
         self.params = list(self.half.parameters())
         self.tensors = list(self.half.state_dict(keep_vars=True).values())
@@ -199,39 +201,72 @@ def client_handle(
         This node's data partition (Flower's ``partition-id`` / ``num-partitions`` node config).
     """
     t0 = time.perf_counter()
-    state, rt, reply = _handle(kind, fields, state, partition_id, num_partitions)
-    reply["t_client"] = time.perf_counter() - t0  # seconds in this handler, for the time breakdown
-    reply["t_codec"] = rt.codec_s
-    return state, reply
-
-
-def _handle(
-    kind: str, fields: dict[str, Any], state: ClientState | None, partition_id: int, num_partitions: int
-) -> tuple[ClientState, _Runtime, dict[str, Any]]:
     if kind == BEGIN:
-        state = state or ClientState()
-        state.config = str(fields["config"])
-        rt = _Runtime(state, partition_id, num_partitions)
-        rt.load(list(fields[WEIGHTS]), list(fields.get(MOMENTUM, [])) or list(state.momentum))
-        nb = batches_per_epoch(len(rt.y), int(rt.config["batch_size"]))
-        cap = int(rt.config["max_steps_per_round"])
-        state.left = nb * int(rt.config["local_epochs"])
-        state.left = min(state.left, cap) if cap else state.left
-        state.round, state.samples, state.steps, state.skipped = int(fields["round"]), 0, 0, 0
-        state.pending, state.pending_uplink = [], []
-        reply = rt.send_next()
-        rt.save()
-        return state, rt, reply
-    if kind == STEP:
+        state, rt, reply = _begin(fields, state, partition_id, num_partitions)
+    elif kind == STEP:
         if state is None or not state.config:
             raise RuntimeError("sl_step before sl_begin: this node holds no split-learning state")
         rt = _Runtime(state, partition_id, num_partitions)
         rt.load(state.weights, state.momentum)
-        rt.apply(list(fields[GRADIENTS]))
-        step_reply = rt.send_next() if state.left > 0 else None
-        rt.save()  # after send_next: its forward updates BatchNorm statistics
-        return state, rt, step_reply or done_reply(state, rt.config["mode"] == "sequential")
-    raise ValueError(f"unknown split-learning message {kind!r}; expected {BEGIN!r} or {STEP!r}")
+        reply = _step(rt, list(fields[GRADIENTS]))
+        if not reply["done"]:
+            rt.save()  # after send_next: its forward updates BatchNorm statistics
+    else:
+        raise ValueError(f"unknown split-learning message {kind!r}; expected {BEGIN!r} or {STEP!r}")
+    return state, _timed(reply, rt, t0)
+
+
+class ClientRound:
+    """One client's round with its half kept live between steps (the ``stream`` transport).
+
+    The same steps as :func:`client_handle`, without serialising the half into the state after every
+    step: the state is written once, when the round is done. Same arithmetic, so the same results.
+    """
+
+    def __init__(self, fields: dict[str, Any], state: ClientState | None, partition_id: int, num_partitions: int):
+        t0 = time.perf_counter()
+        self.state, self._rt, reply = _begin(fields, state, partition_id, num_partitions, own=True)
+        #: the reply to ``sl_begin``: the first batches' payloads
+        self.first_reply = _timed(reply, self._rt, t0)
+
+    def step(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """Apply one gradient frame; the next batches' payloads, or the done reply (the state is saved then)."""
+        t0 = time.perf_counter()
+        self._rt.codec_s = 0.0
+        return _timed(_step(self._rt, list(fields[GRADIENTS])), self._rt, t0)
+
+
+def _timed(reply: dict[str, Any], rt: _Runtime, t0: float) -> dict[str, Any]:
+    reply["t_client"] = time.perf_counter() - t0  # seconds in this handler, for the time breakdown
+    reply["t_codec"] = rt.codec_s
+    return reply
+
+
+def _begin(
+    fields: dict[str, Any], state: ClientState | None, partition_id: int, num_partitions: int, *, own: bool = False
+) -> tuple[ClientState, _Runtime, dict[str, Any]]:
+    state = state or ClientState()
+    state.config = str(fields["config"])
+    rt = _Runtime(state, partition_id, num_partitions, own=own)
+    rt.load(list(fields[WEIGHTS]), list(fields.get(MOMENTUM, [])) or list(state.momentum))
+    nb = batches_per_epoch(len(rt.y), int(rt.config["batch_size"]))
+    cap = int(rt.config["max_steps_per_round"])
+    state.left = nb * int(rt.config["local_epochs"])
+    state.left = min(state.left, cap) if cap else state.left
+    state.round, state.samples, state.steps, state.skipped = int(fields["round"]), 0, 0, 0
+    state.pending, state.pending_uplink = [], []
+    reply = rt.send_next()
+    rt.save()
+    return state, rt, reply
+
+
+def _step(rt: _Runtime, grads: list[bytes]) -> dict[str, Any]:
+    """Apply ``grads``; the next batches, or (the round's batches done) save and the done reply."""
+    rt.apply(grads)
+    if rt.state.left > 0:
+        return rt.send_next()
+    rt.save()
+    return done_reply(rt.state, rt.config["mode"] == "sequential")
 
 
 def done_reply(state: ClientState, with_momentum: bool) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from typing import Any
 from fl_split.config import ConfigError, Field, Schema, build_config
 
 ENGINES = ("flower", "inprocess")
+TRANSPORTS = ("messages", "stream")
 MODES = ("sequential", "splitfed1", "splitfed2")
 PARTITIONS = ("iid", "dirichlet", "shard")
 #: Downlink value meaning "the gradient only at the positions the uplink kept, no indices sent".
@@ -63,6 +64,10 @@ def _at_least_one(value: int) -> str | None:
     return None if value >= 1 else "must be >= 1"
 
 
+def _port(value: int) -> str | None:
+    return None if 0 <= value <= 65535 else "a TCP port in 0..65535 (0: a free one)"
+
+
 def _fraction(value: float) -> str | None:
     return None if 0 < value <= 1 else "must be in (0, 1]"
 
@@ -105,6 +110,36 @@ SL_SCHEMA: Schema = {
     "eval_batch_size": Field(0, (int,), "test batch size (0: batch_size, so the codec sees training-sized batches)"),
     "out_dir": Field("runs/sl", (str,), "where metrics.jsonl, summary.json and the plot go"),
     "progress": Field(True, (bool,), "show a progress bar"),
+    "transport": Field(
+        "messages",
+        (str,),
+        "engine=flower: how batches travel within a round; messages (a Flower message per step) or stream "
+        "(one gRPC stream per client and round, for deployment)",
+        TRANSPORTS,
+    ),
+    "stream": {
+        "host": Field(
+            "auto",
+            (str,),
+            "host the SuperNodes dial for the stream (auto: this machine's outward IP; 127.0.0.1 in simulation)",
+        ),
+        "bind": Field("0.0.0.0", (str,), "interface the stream server listens on"),
+        "port": Field(0, (int,), "TCP port of the stream (0: a free one; fix it to open a firewall)", check=_port),
+        "max_message_mb": Field(
+            64.0, (float,), "largest frame accepted, MiB; a larger one is refused before decoding", check=_positive
+        ),
+        "timeout_s": Field(
+            300.0,
+            (float,),
+            "a client gives up waiting for a gradient (the server for its answer) after this",
+            check=_positive,
+        ),
+        "ssl_certfile": Field("", (str,), "TLS: the server certificate (PEM; as flower-superlink --ssl-certfile)"),
+        "ssl_keyfile": Field("", (str,), "TLS: its private key (PEM; as flower-superlink --ssl-keyfile)"),
+        "ssl_ca_certfile": Field(
+            "", (str,), "TLS: the CA certificate sent to clients to verify the server (empty: ssl_certfile)"
+        ),
+    },
     "flower": {
         "num_cpus": Field(1.0, (float,), "Ray CPUs per virtual client", check=_positive),
         "num_gpus": Field(0.0, (float,), "Ray GPU fraction per virtual client", check=_non_negative),
@@ -132,6 +167,18 @@ def validate_sl(config: dict[str, Any]) -> None:
         raise ConfigError(
             f"server_batching runs one server step over batches of several clients on the shared server half: "
             f"it needs mode=splitfed2 (mode is {config['mode']!r}); or set server_batching=false"
+        )
+    if config["transport"] == "stream" and config["engine"] != "flower":
+        raise ConfigError(
+            "transport=stream carries the batches of Flower clients over a gRPC stream: it needs engine=flower "
+            "(the in-process engine has no transport); or set transport=messages"
+        )
+    stream = config["stream"]
+    given = [k for k in ("ssl_certfile", "ssl_keyfile") if stream[k]]
+    if len(given) == 1 or (stream["ssl_ca_certfile"] and not given):
+        raise ConfigError(
+            "stream TLS needs both stream.ssl_certfile and stream.ssl_keyfile (and optionally stream.ssl_ca_certfile); "
+            f"got only {given or ['ssl_ca_certfile']}"
         )
     if config["downlink"] == MASK and config["uplink"].split(":")[0] in ("none", "fp16", "bf16"):
         raise ConfigError(

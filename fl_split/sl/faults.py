@@ -64,3 +64,18 @@ def _hit(msg: Message, context: Context, fault: CorruptUplink | RaiseOnStep, tag
     seen = int(str(counter["n"])) + 1 if counter is not None else 1
     context.state[key] = ConfigRecord({"n": seen})
     return seen == fault.nth
+
+
+@dataclass(frozen=True)
+class BreakStream:
+    """Drop partition ``partition_id``'s stream (a vanishing client) at its ``step``-th gradient of round ``round_``.
+
+    Pass it as ``make_client_app(stream_fault=...)``; the ClientApp then raises for that ``sl_begin``.
+    """
+
+    partition_id: int
+    step: int = 2
+    round_: int = 1
+
+    def __call__(self, partition_id: int, round_: int, step: int) -> bool:
+        return (partition_id, round_, step) == (self.partition_id, self.round_, self.step)

@@ -50,6 +50,10 @@ class Transport(Protocol):
         """Block until at least one reply is in (``TimeoutError`` after the configured limit)."""
         ...
 
+    def release(self, node_id: int) -> None:
+        """The server loop is done with ``node_id`` for this round (finished, failed or dropped)."""
+        ...
+
 
 class InProcessTransport:
     """Clients as :class:`ClientState` objects in this process; node ``i`` holds partition ``i``.
@@ -78,6 +82,9 @@ class InProcessTransport:
         self.states[node_id] = state
         self._replies.append(Reply(node_id, reply, None, field_nbytes(reply), round_))
         return sent
+
+    def release(self, node_id: int) -> None:
+        """Nothing to release: a client here holds nothing between calls."""
 
     def receive(self) -> list[Reply]:
         """All queued replies, in the order they were produced."""
