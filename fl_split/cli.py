@@ -16,6 +16,7 @@ import argparse
 import json
 import logging
 import sys
+from typing import Any
 
 
 def _codecs(args: argparse.Namespace) -> int:
@@ -33,19 +34,32 @@ def _codecs(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sl(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from fl_split.config import ConfigError, flat_fields
-    from fl_split.sl.config import SL_SCHEMA, load_sl_config
+def _list_keys(schema: Any) -> int:
+    """Print every key of a schema with its default, help and choices."""
+    from fl_split.config import flat_fields
 
-    if args.list_keys:
-        for key, spec in flat_fields(SL_SCHEMA).items():
-            allowed = spec.allowed()
-            extra = f" (one of: {', '.join(map(str, allowed))})" if allowed else ""
-            print(f"{key:<28} default {spec.default!r:<24} {spec.help}{extra}")
-        return 0
+    for key, spec in flat_fields(schema).items():
+        allowed = spec.allowed()
+        extra = f" (one of: {', '.join(map(str, allowed))})" if allowed else ""
+        print(f"{key:<28} default {spec.default!r:<24} {spec.help}{extra}")
+    return 0
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    """``--set`` values, plus ``out_dir`` from ``--out``."""
     overrides = list(args.set or [])
     if args.out:
         overrides.append(f"out_dir={args.out}")
+    return overrides
+
+
+def _sl(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from fl_split.config import ConfigError
+    from fl_split.sl.config import SL_SCHEMA, load_sl_config
+
+    if args.list_keys:
+        return _list_keys(SL_SCHEMA)
+    overrides = _overrides(args)
     from strategies.split_learning import TrainingFailed
 
     try:
@@ -61,6 +75,23 @@ def _sl(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     except ValueError as err:  # model/data mismatches found at start-up, before training
         parser.error(str(err))
     return 2  # pragma: no cover - parser.error exits
+
+
+def _fl(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from fl_split.config import ConfigError
+    from fl_split.fl.config import FL_SCHEMA, load_fl_config
+
+    if args.list_keys:
+        return _list_keys(FL_SCHEMA)
+    overrides = _overrides(args)
+    try:
+        config = load_fl_config(args.config or "fl", overrides)
+        from simulations.fl import run_fl
+
+        summary = run_fl(config, echo=True)
+    except (ConfigError, FileNotFoundError, ValueError) as err:
+        parser.error(str(err))
+    return 0 if summary.get("status") == "completed" else 1
 
 
 def _log_to_stderr(names: tuple[str, ...]) -> None:
@@ -91,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     p_sl = sub.add_parser("sl", help="split learning over Flower (or in process)")
     _add_common(p_sl)
     p_sl.add_argument("--list-keys", action="store_true", help="list every config key with its default and exit")
+    p_fl = sub.add_parser("fl", help="federated learning with compressed updates over Flower")
+    _add_common(p_fl)
+    p_fl.add_argument("--list-keys", action="store_true", help="list every config key with its default and exit")
     # no -h of its own: `fl-split bench sl --help` reaches the benchmark's parser
     p_bench = sub.add_parser("bench", help="benchmarks (`fl-split bench WHAT --help` for options)", add_help=False)
     p_bench.add_argument("what", choices=["codecs", "sl", "sl-accuracy", "deploy"], help="what to benchmark")
@@ -102,13 +136,16 @@ def main(argv: list[str] | None = None) -> int:
         from simulations import certs
 
         return certs.main(rest)
-    if args.command in ("codecs", "sl") and rest:
+    if args.command in ("codecs", "sl", "fl") and rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "codecs":
         return _codecs(args)
     if args.command == "sl":
         _log_to_stderr(("fl_split", "strategies", "simulations"))
         return _sl(args, p_sl)
+    if args.command == "fl":
+        _log_to_stderr(("fl_split", "strategies", "simulations"))
+        return _fl(args, p_fl)
     if args.what == "sl":
         from simulations import bench_sl
 

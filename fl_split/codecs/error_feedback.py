@@ -59,6 +59,10 @@ class ErrorFeedback:
         """The residual currently held for ``key`` (``None`` if the stream has not sent yet)."""
         return self._residuals.get(key)
 
+    def set_residual(self, key: Hashable, residual: torch.Tensor) -> None:
+        """Restore the residual of ``key`` (e.g. read back from a Flower ``context.state``)."""
+        self._residuals[key] = residual.detach().to(self.residual_dtype)
+
     def reset(self, key: Hashable = None, *, all_streams: bool = False) -> None:
         """Forget the residual of ``key`` (or of every stream with ``all_streams=True``)."""
         if all_streams:

@@ -1,0 +1,75 @@
+"""A federated client's local training: the whole model, its partition, a few SGD epochs.
+
+The model and the partition are derived from the config (the same functions as split learning),
+so nothing but weights and updates crosses the wire.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from fl_split.sl.setup import batch_indices, batches_per_epoch, build_halves, client_data, make_sgd
+
+_MODEL_CACHE: dict[tuple[str, str], nn.Sequential] = {}
+
+
+def build_model(config: Mapping[str, Any], seed: int | None = None) -> nn.Sequential:
+    """The configured model, whole (the split model's two halves in one ``Sequential``)."""
+    client, server = build_halves({**config, "cut": "shallow"}, seed=seed)
+    return nn.Sequential(*client, *server)
+
+
+def cached_model(config: Mapping[str, Any]) -> nn.Sequential:
+    """A model of this architecture reused within a process; every call loads its own weights into it."""
+    key = (str(config["model"]), str(config["dataset"]))
+    if key not in _MODEL_CACHE:
+        _MODEL_CACHE[key] = build_model(config, seed=0)
+    return _MODEL_CACHE[key]
+
+
+def local_train(
+    config: Mapping[str, Any], weights: Mapping[str, torch.Tensor], partition_id: int, num_partitions: int, round_: int
+) -> tuple[dict[str, torch.Tensor], int, float]:
+    """Train from ``weights`` on this client's partition; return ``(delta, num_examples, mean loss)``.
+
+    ``delta`` holds every floating-point state tensor: local minus ``weights``. Batches follow
+    :func:`~fl_split.sl.setup.batch_indices` with the epoch counter ``round_ * local_epochs + e``, so
+    a client's batch order is reproducible in any process.
+    """
+    model = cached_model(config)
+    model.load_state_dict(weights)
+    model.train()
+    sgd = make_sgd(model.parameters(), config)
+    x, y = client_data(config, partition_id, num_partitions)
+    bs, epochs = int(config["batch_size"]), int(config["local_epochs"])
+    nb = batches_per_epoch(len(y), bs)
+    loss_sum, seen = 0.0, 0
+    for e in range(epochs):
+        for b in range(nb):
+            idx = batch_indices(len(y), bs, int(config["seed"]), partition_id, round_ * epochs + e, b)
+            loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+            sgd.zero_grad(set_to_none=True)
+            loss.backward()
+            sgd.step()
+            loss_sum += loss.item() * len(idx)
+            seen += len(idx)
+    if seen and not torch.isfinite(torch.tensor(loss_sum)):
+        raise ValueError(f"local training diverged (loss {loss_sum / seen}); lower optimizer.lr")
+    local = model.state_dict()
+    delta = {k: (local[k].detach() - weights[k]).clone() for k in local if local[k].is_floating_point()}
+    return delta, len(y), loss_sum / max(seen, 1)
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> float:
+    """Top-1 accuracy of ``model`` on ``(x, y)`` in eval mode."""
+    model.eval()
+    correct = sum(
+        int((model(x[i : i + batch_size]).argmax(1) == y[i : i + batch_size]).sum())
+        for i in range(0, len(y), batch_size)
+    )
+    return correct / max(len(y), 1)

@@ -1,0 +1,170 @@
+"""Federated averaging of compressed updates, on Flower's Message-API ``FedAvg``.
+
+Flower's ``FedAvg`` samples the nodes, builds the messages, checks the replies and averages them
+weighted by ``num-examples``; this subclass only adds what compression needs around it:
+
+- ``configure_train`` puts the uplink codec spec, error feedback and the run's config into the
+  ``"config"`` record, and measures the downlink (the global weights' bytes, per message);
+- ``aggregate_train`` decodes each reply's payloads (:func:`fl_split.fl.update.decode_update`) into
+  the delta ``ArrayRecord`` Flower's ``FedAvg`` expects — a reply that does not decode is dropped,
+  logged and counted — lets ``FedAvg.aggregate_train`` average the deltas, and returns
+  ``global + server_lr * mean delta`` as the next global model.
+
+Per round it keeps the measured counters :meth:`round_row` reads.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+
+from fl_split.codecs import CodecError
+from fl_split.config import config_digest
+from fl_split.fl.update import UPDATE_RECORD, decode_update
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RoundCounters:
+    """What one round measured (bytes are payload ``len()`` sums)."""
+
+    sampled: int = 0
+    uplink_bytes: int = 0
+    downlink_bytes: int = 0
+    replies: int = 0
+    failed_clients: int = 0
+    dropped: int = 0
+    samples: int = 0
+    loss_sum: float = 0.0
+    residual_bytes: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def array_bytes(record: ArrayRecord) -> int:
+    """Bytes of an ``ArrayRecord``'s arrays as they travel (each array's serialized ``data``)."""
+    return sum(len(a.data) for a in record.values())
+
+
+class CompressedFedAvg(FedAvg):
+    """``FedAvg`` whose clients send codec-compressed model deltas (see the module docstring).
+
+    Parameters
+    ----------
+    config:
+        A resolved ``fl`` config (:func:`fl_split.fl.config.load_fl_config`).
+    """
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        clients = int(config["clients"])
+        super().__init__(
+            fraction_train=float(config["fraction"]),
+            fraction_evaluate=0.0,  # the server evaluates the global model itself (evaluate_fn)
+            min_train_nodes=1,
+            min_evaluate_nodes=0,
+            min_available_nodes=clients,
+        )
+        self.config = config
+        self._config_json = config_digest(config)
+        self._global: dict[str, torch.Tensor] = {}
+        self.counters = RoundCounters()
+        #: last ``residual-bytes`` each node reported: the error-feedback memory over all clients
+        self.residual_by_node: dict[int, int] = {}
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Flower's sampling and messages, with the codec settings in the config; downlink measured."""
+        self._global = arrays.to_torch_state_dict()
+        self.counters = RoundCounters()
+        config["uplink"] = str(self.config["uplink"])
+        config["error-feedback"] = bool(self.config["error_feedback"])
+        config["dense-below"] = int(self.config["dense_below"])
+        config["fl-config"] = self._config_json
+        messages = list(super().configure_train(server_round, arrays, config, grid))
+        self.counters.sampled = len(messages)
+        self.counters.downlink_bytes = len(messages) * array_bytes(arrays)
+        return messages
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Decode every reply's update, let ``FedAvg`` average the deltas, step the global model."""
+        c = self.counters
+        decoded: list[Message] = []
+        for msg in replies:
+            c.replies += 1
+            node = msg.metadata.src_node_id
+            if msg.has_error():
+                c.failed_clients += 1
+                c.errors.append(f"client {node}: {msg.error.reason}")
+                log.error("round %d: client %d failed: %s", server_round, node, msg.error.reason)
+                continue
+            try:
+                delta, metrics, nbytes = self._decode(msg)
+            except (CodecError, KeyError, TypeError, ValueError) as exc:
+                c.dropped += 1
+                c.errors.append(f"client {node}: {exc}")
+                log.error("round %d: dropped the update of client %d: %s", server_round, node, exc)
+                continue
+            c.uplink_bytes += nbytes
+            examples = int(_number(metrics["num-examples"]))
+            c.samples += examples
+            c.loss_sum += _number(metrics.get("train-loss", 0.0)) * examples
+            self.residual_by_node[node] = int(_number(metrics.get("residual-bytes", 0)))
+            msg.content = RecordDict({"arrays": ArrayRecord(torch_state_dict=delta), "metrics": metrics})
+            decoded.append(msg)
+        c.residual_bytes = sum(self.residual_by_node.values())
+        if not decoded:
+            log.error("round %d: no update decoded; the global model stays as it was", server_round)
+            return None, None
+        mean, agg_metrics = super().aggregate_train(server_round, decoded)
+        if mean is None:
+            return None, agg_metrics
+        step = float(self.config["server_lr"])
+        delta = mean.to_torch_state_dict()
+        new = {k: (v + step * delta[k].to(v.dtype)) if k in delta else v for k, v in self._global.items()}
+        return ArrayRecord(torch_state_dict=new), agg_metrics
+
+    def _decode(self, msg: Message) -> tuple[dict[str, torch.Tensor], MetricRecord, int]:
+        record = msg.content.config_records[UPDATE_RECORD]
+        names, payloads = record["names"], record["payloads"]
+        if not isinstance(names, list) or not isinstance(payloads, list):
+            raise CodecError("the update record's names and payloads must be lists")
+        like = {k: v for k, v in self._global.items() if v.is_floating_point()}
+        delta = decode_update(
+            [str(n) for n in names],
+            [p if isinstance(p, bytes) else b"" for p in payloads],
+            like,
+            str(self.config["uplink"]),
+            dense_below=int(self.config["dense_below"]),
+        )
+        return delta, msg.content.metric_records["metrics"], sum(len(p) for p in payloads if isinstance(p, bytes))
+
+    def round_row(self) -> dict[str, Any]:
+        """This round's measured counters as ``metrics.jsonl`` fields."""
+        c = self.counters
+        return {
+            "clients": c.sampled,
+            "uplink_bytes": c.uplink_bytes,
+            "downlink_bytes": c.downlink_bytes,
+            "train_loss": c.loss_sum / c.samples if c.samples else None,
+            "samples": c.samples,
+            "dropped": c.dropped,
+            "failed_clients": c.failed_clients,
+            "residual_bytes": c.residual_bytes,
+        }
+
+
+def _number(value: object) -> float:
+    """A metric value that must be a number (``TypeError`` otherwise: the reply is malformed)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"expected a number in the reply's metrics, got {value!r}")
+    return float(value)

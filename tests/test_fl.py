@@ -1,0 +1,189 @@
+"""Federated learning with compressed updates: aggregation, the update codec path, error feedback, faults."""
+
+from __future__ import annotations
+
+import logging
+import struct
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, Metadata, MetricRecord, RecordDict
+from flwr.serverapp.strategy import FedAvg
+
+from fl_split.codecs import CodecError, codec_from_spec
+from fl_split.config import ConfigError
+from fl_split.fl.client import build_model, local_train
+from fl_split.fl.config import load_fl_config
+from fl_split.fl.faults import CorruptUpdate, RaiseInTrain
+from fl_split.fl.mods import compress_update
+from fl_split.fl.update import RESIDUAL_RECORD, UPDATE_RECORD, decode_update, encode_update, residuals_from_record
+from fl_split.metrics import read_metrics
+from simulations.fl import run_fl
+from strategies.compressed_fedavg import CompressedFedAvg
+
+
+def _config(**values: object) -> dict:
+    return load_fl_config("fl", values={"progress": False, **values})
+
+
+def _reply(node: int, content: RecordDict) -> Message:
+    meta = Metadata(0, f"m{node}", node, 0, f"q{node}", "1", time.time(), 60.0, "train")
+    return Message(content, metadata=meta)
+
+
+def _local_models(global_sd: dict[str, torch.Tensor], n: int) -> list[dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(1)
+    return [{k: v + 0.01 * torch.randn(v.shape, generator=g) for k, v in global_sd.items()} for _ in range(n)]
+
+
+def test_with_codec_none_aggregation_equals_flowers_plain_fedavg() -> None:
+    cfg = _config(uplink="none", dense_below=0)
+    global_sd = build_model(cfg, seed=0).state_dict()
+    locals_ = _local_models(global_sd, 3)
+    examples = [100, 250, 37]
+    plain = [
+        _reply(i, RecordDict({"arrays": ArrayRecord(torch_state_dict=m), "metrics": MetricRecord({"num-examples": e})}))
+        for i, (m, e) in enumerate(zip(locals_, examples, strict=True))
+    ]
+    want, _ = FedAvg().aggregate_train(1, plain)
+    ours = CompressedFedAvg(cfg)
+    ours._global = {k: v.clone() for k, v in global_sd.items()}
+    replies, sent = [], 0
+    for i, (m, e) in enumerate(zip(locals_, examples, strict=True)):
+        names, payloads, _ = encode_update({k: m[k] - global_sd[k] for k in m}, "none")
+        sent += sum(len(p) for p in payloads)
+        content = RecordDict(
+            {
+                UPDATE_RECORD: ConfigRecord({"names": names, "payloads": payloads}),
+                "metrics": MetricRecord({"num-examples": e}),
+            }
+        )
+        replies.append(_reply(i, content))
+    got, _ = ours.aggregate_train(1, replies)
+    assert got is not None and want is not None
+    w, g = want.to_torch_state_dict(), got.to_torch_state_dict()
+    assert max(float((w[k] - g[k]).abs().max()) for k in w) < 1e-6
+    row = ours.round_row()
+    assert row["uplink_bytes"] == sent
+    assert (row["samples"], row["dropped"], row["failed_clients"]) == (387, 0, 0)
+
+
+def test_a_reply_that_does_not_decode_is_dropped_and_the_others_are_averaged(caplog: pytest.LogCaptureFixture) -> None:
+    cfg = _config(uplink="qsgd:levels=16", dense_below=0)
+    global_sd = build_model(cfg, seed=0).state_dict()
+    ours = CompressedFedAvg(cfg)
+    ours._global = dict(global_sd)
+    replies = []
+    for i, m in enumerate(_local_models(global_sd, 2)):
+        names, payloads, _ = encode_update({k: m[k] - global_sd[k] for k in m}, cfg["uplink"])
+        if i == 1:
+            payloads[2] = payloads[2][:-3]
+        content = RecordDict(
+            {
+                UPDATE_RECORD: ConfigRecord({"names": names, "payloads": payloads}),
+                "metrics": MetricRecord({"num-examples": 10}),
+            }
+        )
+        replies.append(_reply(i, content))
+    with caplog.at_level(logging.ERROR):
+        got, _ = ours.aggregate_train(1, replies)
+    assert got is not None and ours.round_row()["dropped"] == 1 and "dropped the update of client 1" in caplog.text
+
+
+def test_decode_update_refuses_what_the_model_does_not_expect() -> None:
+    cfg = _config()
+    like = {k: v for k, v in build_model(cfg, seed=0).state_dict().items()}
+    names, payloads, _ = encode_update({k: torch.zeros_like(v) for k, v in like.items()}, "none")
+    with pytest.raises(CodecError, match="do not match"):
+        decode_update(names[::-1], payloads, like, "none")
+    with pytest.raises(CodecError, match="payloads for"):
+        decode_update(names, payloads[:-1], like, "none")
+    swapped = [payloads[1], payloads[0], *payloads[2:]]
+    with pytest.raises(CodecError):
+        decode_update(names, swapped, like, "none")
+    inf = [p[:-4] + struct.pack("<f", float("inf")) for p in payloads]  # the last float32 of each tensor
+    with pytest.raises(CodecError, match="non-finite"):
+        decode_update(names, inf, like, "none")
+    with pytest.raises(ValueError, match="non-finite"):  # and a client cannot encode one
+        encode_update({k: torch.full_like(v, float("inf")) for k, v in like.items()}, "fp16")
+
+
+def test_error_feedback_residual_lives_in_the_node_state_and_carries_what_was_not_sent() -> None:
+    """Through the mod: what the server decodes over two rounds plus the residual is what the client produced."""
+    cfg = _config(uplink="topk:keep=0.01", dense_below=0)
+    model_sd = build_model(cfg, seed=0).state_dict()
+    g = torch.Generator().manual_seed(3)
+    deltas = [{k: torch.randn(v.shape, generator=g) for k, v in model_sd.items()} for _ in range(2)]
+    context = Context(run_id=0, node_id=1, node_config={"partition-id": 0}, state=RecordDict(), run_config={})
+    config = ConfigRecord({"uplink": cfg["uplink"], "error-feedback": True, "dense-below": 0, "server-round": 1})
+    received = {k: torch.zeros_like(v) for k, v in model_sd.items()}
+    for delta in deltas:
+        request = Message(
+            RecordDict({"config": config}), metadata=Metadata(0, "q", 0, 1, "", "1", time.time(), 60, "train")
+        )
+
+        def app(msg: Message, ctx: Context, d: dict = delta) -> Message:
+            content = RecordDict(
+                {"arrays": ArrayRecord(torch_state_dict=d), "metrics": MetricRecord({"num-examples": 5})}
+            )
+            return Message(content, metadata=Metadata(0, "r", 1, 0, "q", "1", time.time(), 60, "train"))
+
+        reply = compress_update(request, context, app)
+        assert "arrays" not in reply.content.array_records
+        record = reply.content.config_records[UPDATE_RECORD]
+        dec = decode_update(list(record["names"]), list(record["payloads"]), model_sd, cfg["uplink"])  # type: ignore[arg-type]
+        for k in received:
+            received[k] += dec[k]
+    residual = residuals_from_record(dict(context.state.config_records[RESIDUAL_RECORD]))
+    numel = sum(v.numel() for v in model_sd.values())
+    assert int(reply.content.metric_records["metrics"]["residual-bytes"]) == sum(
+        len(p)
+        for p in context.state.config_records[RESIDUAL_RECORD]["payloads"]  # type: ignore[union-attr]
+    )
+    assert (
+        int(reply.content.metric_records["metrics"]["residual-bytes"]) >= 4 * numel
+    )  # float32 per element (+ headers)
+    for k in received:  # EF invariant: sent + residual == produced
+        assert torch.allclose(received[k] + residual[k], deltas[0][k] + deltas[1][k], atol=1e-5)
+
+
+def test_local_training_is_reproducible_and_moves_the_model() -> None:
+    cfg = _config()
+    sd = build_model(cfg, seed=0).state_dict()
+    d1, n1, l1 = local_train(cfg, sd, 0, 10, round_=1)
+    d2, n2, l2 = local_train(cfg, sd, 0, 10, round_=1)
+    assert n1 == n2 > 0 and l1 == l2
+    assert all(torch.equal(d1[k], d2[k]) for k in d1) and max(float(v.abs().max()) for v in d1.values()) > 1e-4
+
+
+def test_unknown_codec_option_or_key_is_a_config_error_before_training() -> None:
+    with pytest.raises(ConfigError, match="nosuch"):
+        _config(uplink="nosuch")
+    with pytest.raises(ConfigError, match="bogus"):
+        _config(uplink="ms:bogus=1")
+    with pytest.raises(ConfigError, match="server_lrr"):
+        load_fl_config("fl", overrides=["server_lrr=1"])
+    assert codec_from_spec(_config()["uplink"]).name == "ms"
+
+
+def test_fl_over_flower_survives_a_bad_update_and_a_raising_client(tmp_path: Path) -> None:
+    cfg = _config(clients=4, rounds=2, out_dir=str(tmp_path))
+    summary = run_fl(cfg, mods=(CorruptUpdate(partition_id=1), RaiseInTrain(partition_id=2)))
+    r1, r2 = read_metrics(tmp_path / "metrics.jsonl")
+    assert (r1["clients"], r1["dropped"], r1["failed_clients"], r1["steps"]) == (4, 1, 1, 2)
+    assert (r2["dropped"], r2["failed_clients"], r2["steps"]) == (0, 0, 4)
+    assert r1["uplink_bytes"] > 0 and r2["uplink_bytes"] > r1["uplink_bytes"]  # 4 updates vs 2 decoded
+    assert r2["residual_bytes"] > 0 and summary["status"] == "completed"
+
+
+@pytest.mark.slow
+def test_topk_one_percent_with_error_feedback_stays_within_two_points_of_none(tmp_path: Path) -> None:
+    """Digits, 10 IID clients, 30 rounds (the default run) with ``none`` and with ``topk:keep=0.01`` + EF."""
+    acc = {}
+    for spec in ("none", "topk:keep=0.01"):
+        out = tmp_path / spec.replace(":", "_")
+        acc[spec] = run_fl(_config(uplink=spec, error_feedback=True, out_dir=str(out)))["final_test_accuracy"]
+    assert acc["none"] >= 0.95
+    assert acc["topk:keep=0.01"] >= acc["none"] - 0.02, acc
