@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     p_fl.add_argument("--list-keys", action="store_true", help="list every config key with its default and exit")
     # no -h of its own: `fl-split bench sl --help` reaches the benchmark's parser
     p_bench = sub.add_parser("bench", help="benchmarks (`fl-split bench WHAT --help` for options)", add_help=False)
-    p_bench.add_argument("what", choices=["codecs", "sl", "sl-accuracy", "deploy"], help="what to benchmark")
+    p_bench.add_argument("what", choices=["codecs", "sl", "sl-accuracy", "deploy", "fl"], help="what to benchmark")
     sub.add_parser(
         "certs", help="TLS files for a deployment (`fl-split certs --help`)", add_help=False
     )  # its own parser reads the rest
@@ -150,6 +150,10 @@ def main(argv: list[str] | None = None) -> int:
         from simulations import bench_sl
 
         return bench_sl.main(rest)
+    if args.what == "fl":
+        from simulations import bench_fl
+
+        return bench_fl.main(rest)
     if args.what == "deploy":
         from simulations import bench_deploy
 

@@ -113,7 +113,15 @@ def run_fl(config: dict[str, Any], *, echo: bool = False, mods: tuple = ()) -> d
     )
     title = json.dumps({k: config[k] for k in ("clients", "fraction", "uplink", "error_feedback", "partition")})
     status = "completed" if len(run.rows) == int(config["rounds"]) else "failed"
-    summary = writer.write_summary(config, {"title": title, "status": status, "mode": "fl"})
+    walls = [r["wall_s"] for r in run.rows]
+    per_round = (walls[-1] - walls[0]) / (len(walls) - 1) if len(walls) > 1 else None
+    timing = {
+        # rounds after the first (the first also starts Ray, its actors and their imports)
+        "s_per_round": None if per_round is None else round(per_round, 3),
+        # start-up: round 1's wall time less one steady round (Ray, actors, node registration, imports)
+        "start_s": None if per_round is None else round(walls[0] - per_round, 3),
+    }
+    summary = writer.write_summary(config, {"title": title, "status": status, "mode": "fl", **timing})
     if echo:
         from simulations.sl import format_summary
 

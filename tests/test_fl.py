@@ -187,3 +187,16 @@ def test_topk_one_percent_with_error_feedback_stays_within_two_points_of_none(tm
         acc[spec] = run_fl(_config(uplink=spec, error_feedback=True, out_dir=str(out)))["final_test_accuracy"]
     assert acc["none"] >= 0.95
     assert acc["topk:keep=0.01"] >= acc["none"] - 0.02, acc
+
+
+def test_scale_benchmark_reports_what_the_issue_asks_for(tmp_path: Path) -> None:
+    """A small ``fl-split bench fl scale`` run (the real one is 1000 clients): every field, measured."""
+    from simulations.bench_fl import scale_run
+
+    run = scale_run(20, 0.1, 3, tmp_path)
+    assert run["completed"] is True and (run["clients"], run["fraction"], run["rounds"]) == (20, 0.1, 3)
+    assert run["sampled_per_round"] == 2 and run["s_per_round"] > 0 and run["start_s"] > 0
+    assert run["peak_rss_mb"] > 100
+    # 2 clients per round, 3 rounds: between 2 and 6 distinct clients hold a float32 residual of the model
+    per_client = 4 * sum(v.numel() for v in build_model(_config(), seed=0).state_dict().values()) / 1e6
+    assert 2 * per_client * 0.95 <= run["residual_mb"] <= 6 * per_client * 1.05
