@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -222,12 +222,20 @@ def to_run_config(config: Mapping[str, Any]) -> dict[str, Any]:
     return {k.replace("_", "-"): ("" if v is None else v) for k, v in _flatten(config).items()}
 
 
-def from_run_config(schema: Schema, run_config: Mapping[str, Any], **kwargs: Any) -> dict[str, Any]:
-    """Inverse of :func:`to_run_config`, validated; unknown run-config keys are errors."""
+def from_run_config(
+    schema: Schema, run_config: Mapping[str, Any], *, ignore: Collection[str] = (), **kwargs: Any
+) -> dict[str, Any]:
+    """Inverse of :func:`to_run_config`, validated; unknown run-config keys are errors.
+
+    ``ignore``: dotted keys (``optimizer.lr`` form) that belong to another command sharing the
+    run config (the app's one run config serves ``sl`` and ``fl``); they are skipped.
+    """
     fields = flat_fields(schema)
     values: dict[str, Any] = {}
     for key, value in run_config.items():
         dotted = key.replace("-", "_")
+        if dotted in ignore and dotted not in fields:
+            continue
         if dotted not in fields:
             raise _unknown_key(key, {k.replace("_", "-"): f for k, f in fields.items()}, "in the Flower run config")
         if value == "" and type(None) in fields[dotted].types:

@@ -1,4 +1,4 @@
-"""The split-learning ClientApp: a node's shallow half, driven by ``train.sl_begin`` / ``train.sl_step``.
+"""The project's ClientApp: split learning (``train.sl_begin`` / ``train.sl_step``) and FL (``train``).
 
 Thin glue: the node's whole state lives in ``context.state`` (one ConfigRecord), the logic in
 :func:`fl_split.sl.client.client_handle`.
@@ -6,16 +6,19 @@ Thin glue: the node's whole state lives in ``context.state`` (one ConfigRecord),
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
+from fl_split.fl.mods import compress_update
+from fl_split.node_config import node_partition
 from fl_split.sl.client import BEGIN, STEP, ClientState, client_handle
 from fl_split.sl.records import RECORD, from_record, to_record
 from fl_split.sl.stream_client import StreamFault, stream_round
 from fl_split.sl.stream_server import ADDRESS
+from simulations.fl_client_app import train as fl_train
 
 
 def handle(kind: str, msg: Message, context: Context, stream_fault: StreamFault | None = None) -> Message:
@@ -36,26 +39,14 @@ def handle(kind: str, msg: Message, context: Context, stream_fault: StreamFault 
     return Message(content=to_record(reply), reply_to=msg)
 
 
-def node_partition(node_config: Mapping[str, object]) -> tuple[int, int]:
-    """``(partition-id, num-partitions)`` from a node config; ``ValueError`` saying how to set them."""
-    try:
-        pid, num = int(str(node_config["partition-id"])), int(str(node_config["num-partitions"]))
-    except (KeyError, ValueError):
-        raise ValueError(
-            f"this node's config {dict(node_config)} lacks integer 'partition-id' and 'num-partitions': "
-            'start the SuperNode with --node-config "partition-id=0 num-partitions=2" (simulation sets them)'
-        ) from None
-    if not 0 <= pid < num:
-        raise ValueError(f"partition-id {pid} is outside [0, num-partitions={num})")
-    return pid, num
-
-
 def make_client_app(mods: Sequence[Mod] = (), stream_fault: StreamFault | None = None) -> ClientApp:
     """A ClientApp answering ``train.sl_begin`` and ``train.sl_step``.
 
     ``mods`` wrap every message; ``stream_fault`` may break a stream mid-round (fault-injection tests).
     """
-    app = ClientApp(mods=list(mods))
+    app = ClientApp(mods=[*mods, compress_update])  # compress_update acts on FL "train" replies only
+
+    app.train()(fl_train)  # federated learning (mode = "fl"): the whole model, an update per round
 
     @app.train(BEGIN)
     def sl_begin(msg: Message, context: Context) -> Message:

@@ -45,7 +45,7 @@ class FLRun:
     def evaluate(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
         """Flower's ``evaluate_fn``: test accuracy of the global model; after round >= 1, write the row."""
         self.model.load_state_dict(arrays.to_torch_state_dict())
-        acc = accuracy(self.model, self.x_test, self.y_test, int(self.config["eval_batch_size"]))
+        acc = accuracy(self.model, self.x_test, self.y_test, int(self.config["eval_batch_size"]) or 512)
         if server_round >= 1:
             self._write(server_round, acc)
         return MetricRecord({"test-accuracy": acc})
@@ -97,7 +97,7 @@ def make_fl_server_app(run: FLRun) -> ServerApp:
 
 
 def run_fl(config: dict[str, Any], *, echo: bool = False, mods: tuple = ()) -> dict[str, Any]:
-    """Run federated learning as ``config`` says; return ``summary.json``'s content."""
+    """Run federated learning as ``config`` says (Flower's simulation engine); return ``summary.json``'s content."""
     from simulations.engine import run_flower_simulation
     from simulations.fl_client_app import make_fl_client_app
 
@@ -111,6 +111,19 @@ def run_fl(config: dict[str, Any], *, echo: bool = False, mods: tuple = ()) -> d
         num_cpus=flower["num_cpus"],
         num_gpus=flower["num_gpus"],
     )
+    return _finish(config, run, writer, echo)
+
+
+def run_fl_on_grid(config: dict[str, Any], grid: Grid) -> dict[str, Any]:
+    """Run federated learning on an existing grid (the ServerApp of ``flwr run .`` with ``mode = "fl"``)."""
+    writer = RunWriter(config["out_dir"])
+    run = FLRun(config, writer)
+    run.start(grid)
+    return _finish(config, run, writer, echo=True)
+
+
+def _finish(config: dict[str, Any], run: FLRun, writer: RunWriter, echo: bool) -> dict[str, Any]:
+    """Write ``summary.json`` (with ``s_per_round``, ``start_s``) and the plot; print the table when ``echo``."""
     title = json.dumps({k: config[k] for k in ("clients", "fraction", "uplink", "error_feedback", "partition")})
     status = "completed" if len(run.rows) == int(config["rounds"]) else "failed"
     walls = [r["wall_s"] for r in run.rows]

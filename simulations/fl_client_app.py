@@ -13,7 +13,7 @@ from flwr.clientapp import ClientApp
 
 from fl_split.fl.client import local_train
 from fl_split.fl.mods import compress_update
-from simulations.client_app import node_partition
+from fl_split.node_config import node_partition
 
 
 def train(msg: Message, context: Context) -> Message:
@@ -36,5 +36,6 @@ def make_fl_client_app(mods: tuple = ()) -> ClientApp:
     return app
 
 
-#: The ClientApp ``flwr run .`` loads for ``mode = "fl"``.
+#: The FL-only ClientApp (``fl-split fl``); ``flwr run .`` loads :data:`simulations.client_app.app`, which
+#: answers both FL and split-learning messages.
 app = make_fl_client_app()

@@ -14,7 +14,8 @@ from typing import Any
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fl_split.config import from_run_config
+from fl_split.config import flat_fields, from_run_config
+from fl_split.fl.config import FL_SCHEMA, validate_fl
 from fl_split.sl.config import SL_SCHEMA, validate_sl
 from fl_split.sl.transport import Transport
 from strategies.flower_transport import FlowerTransport
@@ -55,9 +56,22 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """``flwr run .``: resolve the config from the run config, run, write the outputs."""
+    """``flwr run .``: resolve the config from the run config, run, write the outputs.
+
+    ``mode = "fl"`` runs federated learning (:mod:`simulations.fl`) with the run config's keys that
+    the FL schema knows (``rounds``, ``uplink``, ``error-feedback``, ``optimizer.lr``...; note the
+    shared keys' defaults in ``pyproject.toml`` are the split-learning run's); any other mode runs
+    split learning.
+    """
     from simulations.sl import run_with_transport
 
-    config = from_run_config(SL_SCHEMA, context.run_config, validate=validate_sl)
+    sl_keys, fl_keys = set(flat_fields(SL_SCHEMA)), set(flat_fields(FL_SCHEMA))
+    if context.run_config.get("mode") == "fl":  # federated learning: the FL schema's keys, SL's are skipped
+        from simulations.fl import run_fl_on_grid
+
+        fl_config = from_run_config(FL_SCHEMA, context.run_config, ignore=sl_keys, validate=validate_fl)
+        run_fl_on_grid(fl_config, grid)
+        return
+    config = from_run_config(SL_SCHEMA, context.run_config, ignore=fl_keys, validate=validate_sl)
     with open_transport(grid, config) as transport:
         run_with_transport(config, transport)

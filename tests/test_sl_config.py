@@ -10,7 +10,8 @@ import pytest
 
 from fl_split.cli import main
 from fl_split.codecs import codec_from_spec, parse_codec_spec
-from fl_split.config import ConfigError, from_run_config, to_run_config
+from fl_split.config import ConfigError, flat_fields, from_run_config, to_run_config
+from fl_split.fl.config import FL_SCHEMA, validate_fl
 from fl_split.sl.config import SL_SCHEMA, load_sl_config, validate_sl
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -86,12 +87,24 @@ def test_flower_run_config_in_pyproject_matches_conf_sl_yaml() -> None:
             flat.update({f"{key}.{k}": v for k, v in value.items()})
         else:
             flat[key] = value
-    from_pyproject = from_run_config(SL_SCHEMA, flat, validate=validate_sl)
+    fl_keys, sl_keys = set(flat_fields(FL_SCHEMA)), set(flat_fields(SL_SCHEMA))
+    from_pyproject = from_run_config(SL_SCHEMA, flat, ignore=fl_keys, validate=validate_sl)
     from_yaml = load_sl_config("sl")
     from_yaml["progress"] = from_pyproject["progress"]  # flwr run has no terminal for a bar
     assert from_pyproject == from_yaml
-    assert set(flat) == set(to_run_config(from_yaml)), "every config key is a run-config key"
+    fl_only = {k.replace("_", "-") for k in fl_keys - sl_keys}
+    assert set(flat) == set(to_run_config(from_yaml)) | fl_only, "every config key is a run-config key"
     assert flat["out-dir"] == "runs/sl" and flat["rounds"] == 10
+    # mode = "fl": the same run config read by the FL schema (SL-only keys skipped); its shared keys
+    # keep the split-learning defaults, so the uplink must be set to a signed codec
+    with pytest.raises(ConfigError, match="add signed=true"):
+        from_run_config(FL_SCHEMA, {**flat, "mode": "fl"}, ignore=sl_keys, validate=validate_fl)
+    fl = from_run_config(
+        FL_SCHEMA, {**flat, "mode": "fl", "uplink": "topk:keep=0.01"}, ignore=sl_keys, validate=validate_fl
+    )
+    assert (fl["error_feedback"], fl["dense_below"], fl["server_lr"], fl["rounds"]) == (True, 1024, 1.0, 10)
+    with pytest.raises(ConfigError, match="no-such-key"):
+        from_run_config(FL_SCHEMA, {"no-such-key": 1}, ignore=sl_keys)
 
 
 def test_run_config_round_trip_and_unknown_run_config_key() -> None:

@@ -27,8 +27,9 @@ def test_run_config_arg_is_toml() -> None:
     )
 
 
-def test_deploy_two_supernodes_train_over_both_transports_and_every_process_is_stopped(tmp_path: Path) -> None:
+def test_deploy_two_supernodes_train_over_both_transports_and_fl_and_every_process_is_stopped(tmp_path: Path) -> None:
     runs = {"messages": tmp_path / "messages", "stream": tmp_path / "stream"}
+    fl_out = tmp_path / "fl"
     started: list[subprocess.Popen[bytes]] = []
     with LocalDeployment(2, tmp_path / "deploy") as dep:
         started = [p for _, p in dep.procs]
@@ -40,7 +41,13 @@ def test_deploy_two_supernodes_train_over_both_transports_and_every_process_is_s
             if transport == "stream":  # the ServerApp's stream server, reachable from the SuperNodes on this host
                 values |= {"stream.host": "127.0.0.1", "stream.bind": "127.0.0.1"}
             dep.run(REPO, values, timeout_s=300)
+        # federated learning through the same app and deployment (mode = "fl")
+        fl_values = {"mode": "fl", "clients": 2, "rounds": 1, "uplink": "ms:keep=0.01,bits=2,signed=true"}
+        dep.run(REPO, {**fl_values, "out-dir": str(fl_out)}, timeout_s=300)
     assert all(p.poll() is not None for p in started)  # superlink and both supernodes are gone
+    (fl_row,) = read_metrics(fl_out / "metrics.jsonl")
+    assert (fl_row["clients"], fl_row["dropped"], fl_row["failed_clients"]) == (2, 0, 0)
+    assert fl_row["uplink_bytes"] > 0 and fl_row["residual_bytes"] > 0
     (msg,) = read_metrics(runs["messages"] / "metrics.jsonl")
     (stream,) = read_metrics(runs["stream"] / "metrics.jsonl")
     for row in (msg, stream):  # both SuperNodes trained their partition: 2 steps each, nobody failed

@@ -48,7 +48,7 @@ FL_SCHEMA: Schema = {
         "momentum": Field(0.9, (float,), "local SGD momentum (buffers start at zero each round)", check=_non_negative),
         "weight_decay": Field(5e-4, (float,), "local SGD weight decay", check=_non_negative),
     },
-    "eval_batch_size": Field(512, (int,), "test batch size of the server's evaluation", check=_at_least_one),
+    "eval_batch_size": Field(512, (int,), "test batch size of the server's evaluation (0: 512)", check=_non_negative),
     "out_dir": Field("runs/fl", (str,), "where metrics.jsonl, summary.json and the plot go"),
     "progress": Field(True, (bool,), "show a progress bar"),
     "flower": {
@@ -63,6 +63,15 @@ FL_SCHEMA: Schema = {
 
 def validate_fl(config: dict[str, Any]) -> None:
     """Cross-key checks."""
+    from fl_split.codecs import codec_from_spec
+
+    uplink = codec_from_spec(config["uplink"])
+    if uplink.name == "ms" and not getattr(uplink, "signed", True):
+        raise ConfigError(
+            f"uplink {config['uplink']!r}: unsigned MS keeps the largest values and codes the rest from 0 upward, "
+            "so every negative entry of an update becomes 0; an update is signed: add signed=true "
+            "(e.g. ms:keep=0.01,bits=2,signed=true)"
+        )
     if config["dataset"] in ("cifar10", "cifar100", "mnist", "fashion_mnist") and not config["data_dir"]:
         raise ConfigError(
             f"dataset {config['dataset']!r} is read from disk: set data_dir to the folder holding it "
