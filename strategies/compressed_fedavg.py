@@ -26,8 +26,9 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fl_split.codecs import CodecError
-from fl_split.config import config_digest
-from fl_split.fl.update import UPDATE_RECORD, decode_update
+from fl_split.config import ConfigError, config_digest
+from fl_split.fl.client import build_model
+from fl_split.fl.update import DOWN_RECORD, UPDATE_RECORD, decode_update, encode_update
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ class RoundCounters:
     samples: int = 0
     loss_sum: float = 0.0
     residual_bytes: int = 0
+    view_bytes: int = 0
     errors: list[str] = field(default_factory=list)
 
 
@@ -75,8 +77,19 @@ class CompressedFedAvg(FedAvg):
         self._config_json = config_digest(config)
         self._global: dict[str, torch.Tensor] = {}
         self.counters = RoundCounters()
-        #: last ``residual-bytes`` each node reported: the error-feedback memory over all clients
+        #: last ``residual-bytes`` / ``view-bytes`` each node reported: client memory over all clients
         self.residual_by_node: dict[int, int] = {}
+        self.view_by_node: dict[int, int] = {}
+        #: downlink compression: the global model as the clients in sync hold it, and who holds which round
+        self._view: dict[str, torch.Tensor] | None = None
+        self._synced: dict[int, int] = {}
+        if config["downlink"] != "none":
+            model = build_model(config, seed=0).state_dict()
+            if not all(t.is_floating_point() for t in model.values()):
+                raise ConfigError(
+                    f"downlink {config['downlink']!r} needs a model whose state is all floating point "
+                    "(BatchNorm's batch counters are not); use downlink=none with this model"
+                )
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -85,13 +98,45 @@ class CompressedFedAvg(FedAvg):
         self._global = arrays.to_torch_state_dict()
         self.counters = RoundCounters()
         config["uplink"] = str(self.config["uplink"])
+        config["downlink"] = str(self.config["downlink"])
         config["error-feedback"] = bool(self.config["error_feedback"])
         config["dense-below"] = int(self.config["dense_below"])
         config["fl-config"] = self._config_json
         messages = list(super().configure_train(server_round, arrays, config, grid))
         self.counters.sampled = len(messages)
-        self.counters.downlink_bytes = len(messages) * array_bytes(arrays)
+        if self.config["downlink"] == "none":
+            self.counters.downlink_bytes = len(messages) * array_bytes(arrays)
+        else:
+            self._compress_downlink(server_round, messages, config)
         return messages
+
+    def _compress_downlink(self, server_round: int, messages: list[Message], config: ConfigRecord) -> None:
+        """Send the change of the global model to nodes that hold the last one; the full model to the others.
+
+        The clients' copy (``view``) advances by the decoded change, so what the codec dropped stays in
+        ``global - view`` and is sent in a later round (error feedback on the downlink for free).
+        """
+        spec, dense = str(self.config["downlink"]), int(self.config["dense_below"])
+        down: ConfigRecord | None = None
+        if self._view is None:
+            self._view = {k: v.clone() for k, v in self._global.items()}
+        else:
+            change = {k: self._global[k] - self._view[k] for k in self._view}
+            names, payloads, _ = encode_update(change, spec, dense_below=dense)
+            decoded = decode_update(names, payloads, self._view, spec, dense_below=dense)
+            self._view = {k: v + decoded[k] for k, v in self._view.items()}
+            down = ConfigRecord({"names": names, "payloads": payloads, "base-round": server_round - 1})
+            down_bytes = sum(len(p) for p in payloads)
+        full = ArrayRecord(torch_state_dict=self._view)
+        for msg in messages:
+            node = msg.metadata.dst_node_id
+            if down is not None and self._synced.get(node) == server_round - 1:
+                msg.content = RecordDict({"config": config, DOWN_RECORD: down})
+                self.counters.downlink_bytes += down_bytes
+            else:
+                msg.content = RecordDict({"arrays": full, "config": config})
+                self.counters.downlink_bytes += array_bytes(full)
+            self._synced[node] = server_round
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -103,6 +148,7 @@ class CompressedFedAvg(FedAvg):
             c.replies += 1
             node = msg.metadata.src_node_id
             if msg.has_error():
+                self._synced.pop(node, None)  # it may not hold this round's model: full model next time
                 c.failed_clients += 1
                 c.errors.append(f"client {node}: {msg.error.reason}")
                 log.error("round %d: client %d failed: %s", server_round, node, msg.error.reason)
@@ -119,9 +165,11 @@ class CompressedFedAvg(FedAvg):
             c.samples += examples
             c.loss_sum += _number(metrics.get("train-loss", 0.0)) * examples
             self.residual_by_node[node] = int(_number(metrics.get("residual-bytes", 0)))
+            self.view_by_node[node] = int(_number(metrics.get("view-bytes", 0)))
             msg.content = RecordDict({"arrays": ArrayRecord(torch_state_dict=delta), "metrics": metrics})
             decoded.append(msg)
         c.residual_bytes = sum(self.residual_by_node.values())
+        c.view_bytes = sum(self.view_by_node.values())
         if not decoded:
             log.error("round %d: no update decoded; the global model stays as it was", server_round)
             return None, None
@@ -160,6 +208,7 @@ class CompressedFedAvg(FedAvg):
             "dropped": c.dropped,
             "failed_clients": c.failed_clients,
             "residual_bytes": c.residual_bytes,
+            "view_bytes": c.view_bytes,
         }
 
 

@@ -18,7 +18,14 @@ from fl_split.fl.client import build_model, local_train
 from fl_split.fl.config import load_fl_config
 from fl_split.fl.faults import CorruptUpdate, RaiseInTrain
 from fl_split.fl.mods import compress_update
-from fl_split.fl.update import RESIDUAL_RECORD, UPDATE_RECORD, decode_update, encode_update, residuals_from_record
+from fl_split.fl.update import (
+    DOWN_RECORD,
+    RESIDUAL_RECORD,
+    UPDATE_RECORD,
+    decode_update,
+    encode_update,
+    residuals_from_record,
+)
 from fl_split.metrics import read_metrics
 from simulations.fl import run_fl
 from strategies.compressed_fedavg import CompressedFedAvg
@@ -200,3 +207,58 @@ def test_scale_benchmark_reports_what_the_issue_asks_for(tmp_path: Path) -> None
     # 2 clients per round, 3 rounds: between 2 and 6 distinct clients hold a float32 residual of the model
     per_client = 4 * sum(v.numel() for v in build_model(_config(), seed=0).state_dict().values()) / 1e6
     assert 2 * per_client * 0.95 <= run["residual_mb"] <= 6 * per_client * 1.05
+
+
+def test_downlink_compression_sends_the_change_to_nodes_in_sync_and_the_full_model_to_the_others(
+    tmp_path: Path,
+) -> None:
+    """Round 1: everyone gets the full model; partition 2 raises (its copy is not kept), so in round 2 it gets
+    the full model again while the others get the compressed change; round 3: everyone gets the change."""
+    cfg = _config(clients=4, rounds=3, downlink="ms:keep=0.05,bits=2,signed=true", out_dir=str(tmp_path))
+    run_fl(cfg, mods=(RaiseInTrain(partition_id=2, round_=1),))
+    r1, r2, r3 = read_metrics(tmp_path / "metrics.jsonl")
+    floats = 4 * sum(v.numel() for v in build_model(cfg, seed=0).state_dict().values())  # one model, float32
+    full = r1["downlink_bytes"] // 4  # each array as Flower serializes it: its float32 bytes plus an npy header
+    assert r1["downlink_bytes"] == 4 * full and floats < full < floats + 160 * 8 and r1["failed_clients"] == 1
+    change = r3["downlink_bytes"] / 4
+    assert change < full / 5  # signed MS at keep 5 %: about 6.7x smaller than the model
+    assert r2["downlink_bytes"] == 3 * change + full and r2["failed_clients"] == 0
+    assert (r3["failed_clients"], r3["dropped"]) == (0, 0)
+    assert r3["view_bytes"] >= 4 * floats  # each client keeps its float32 copy of the global model
+
+
+def test_a_node_refuses_a_change_from_a_round_whose_model_it_does_not_hold() -> None:
+    cfg = _config(downlink="topk:keep=0.1")
+    model_sd = build_model(cfg, seed=0).state_dict()
+    context = Context(run_id=0, node_id=1, node_config={"partition-id": 0}, state=RecordDict(), run_config={})
+    base = {"uplink": cfg["uplink"], "downlink": cfg["downlink"], "error-feedback": False, "dense-below": 1024}
+    meta = Metadata(0, "q", 0, 1, "", "1", time.time(), 60, "train")
+    first = Message(
+        RecordDict(
+            {"arrays": ArrayRecord(torch_state_dict=model_sd), "config": ConfigRecord({**base, "server-round": 1})}
+        ),
+        metadata=meta,
+    )
+    seen: list[dict[str, torch.Tensor]] = []
+
+    def app(msg: Message, ctx: Context) -> Message:
+        seen.append(msg.content.array_records["arrays"].to_torch_state_dict())
+        return Message(RecordDict(), metadata=Metadata(0, "r", 1, 0, "q", "1", time.time(), 60, "train"))
+
+    compress_update(first, context, app)
+    change = {k: torch.full_like(v, 0.5) for k, v in model_sd.items()}
+    names, payloads, _ = encode_update(change, cfg["downlink"], dense_below=1024)
+    down = ConfigRecord({"names": names, "payloads": payloads, "base-round": 1})
+    second = Message(
+        RecordDict({DOWN_RECORD: down, "config": ConfigRecord({**base, "server-round": 2})}), metadata=meta
+    )
+    compress_update(second, context, app)
+    got = seen[-1]
+    dec = decode_update(names, payloads, model_sd, cfg["downlink"], dense_below=1024)
+    assert all(torch.equal(got[k], model_sd[k] + dec[k]) for k in model_sd)  # the copy advanced by the change
+    stale = ConfigRecord({"names": names, "payloads": payloads, "base-round": 5})
+    third = Message(
+        RecordDict({DOWN_RECORD: stale, "config": ConfigRecord({**base, "server-round": 6})}), metadata=meta
+    )
+    with pytest.raises(RuntimeError, match="holds the global model of round 2, the server sent a change from round 5"):
+        compress_update(third, context, app)

@@ -35,6 +35,13 @@ FL_SCHEMA: Schema = {
         "codec spec for each tensor of a client's update (model delta)",
         check=_codec_spec_check,
     ),
+    "downlink": Field(
+        "none",
+        (str,),
+        "codec spec for the change of the global model sent to clients that hold the last one (none: every "
+        "client gets the full float32 model); clients out of sync get the full model",
+        check=_codec_spec_check,
+    ),
     "error_feedback": Field(True, (bool,), "keep each client's compression residual (per tensor) in its state"),
     "dense_below": Field(
         1024,
@@ -65,13 +72,14 @@ def validate_fl(config: dict[str, Any]) -> None:
     """Cross-key checks."""
     from fl_split.codecs import codec_from_spec
 
-    uplink = codec_from_spec(config["uplink"])
-    if uplink.name == "ms" and not getattr(uplink, "signed", True):
-        raise ConfigError(
-            f"uplink {config['uplink']!r}: unsigned MS keeps the largest values and codes the rest from 0 upward, "
-            "so every negative entry of an update becomes 0; an update is signed: add signed=true "
-            "(e.g. ms:keep=0.01,bits=2,signed=true)"
-        )
+    for key in ("uplink", "downlink"):
+        codec = codec_from_spec(config[key])
+        if codec.name == "ms" and not getattr(codec, "signed", True):
+            raise ConfigError(
+                f"{key} {config[key]!r}: unsigned MS keeps the largest values and codes the rest from 0 upward, "
+                "so every negative entry of an update becomes 0; an update is signed: add signed=true "
+                "(e.g. ms:keep=0.01,bits=2,signed=true)"
+            )
     if config["dataset"] in ("cifar10", "cifar100", "mnist", "fashion_mnist") and not config["data_dir"]:
         raise ConfigError(
             f"dataset {config['dataset']!r} is read from disk: set data_dir to the folder holding it "

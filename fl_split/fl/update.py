@@ -17,9 +17,12 @@ import torch
 from fl_split.codecs import Codec, CodecError, ErrorFeedback, codec_from_spec
 from fl_split.sl.wire import NONE_CODEC
 
-#: Keys of the ConfigRecord an encoded update travels in.
+#: Keys of the ConfigRecords: an encoded update (uplink), an encoded change of the global model
+#: (downlink), a client's error-feedback residual and its copy of the global model (``context.state``).
 UPDATE_RECORD = "fl_split.fl.update"
+DOWN_RECORD = "fl_split.fl.down"
 RESIDUAL_RECORD = "fl_split.fl.residual"
+VIEW_RECORD = "fl_split.fl.view"
 
 
 def encode_update(
