@@ -1,0 +1,152 @@
+"""A DDP communication hook that sends each gradient bucket as codec payload bytes.
+
+Per bucket and step, on every rank: add the bucket's error-feedback residual, encode with the
+codec (on the bucket's device), exchange the payload *bytes* — first every rank's length
+(``all_gather`` of one int64), then the payloads zero-padded to the longest as ``uint8`` tensors
+(``all_gather``; never ``all_gather_object``, which pickles) — decode every rank's payload and
+average. Every rank decodes the same payloads, so a payload that does not decode raises the same
+:class:`~fl_split.codecs.CodecError` on every rank (nobody is left waiting in a collective).
+
+The state holds the residuals and the measured byte counters and round-trips through
+``state_dict`` / ``load_state_dict`` (save it next to the model's checkpoint).
+"""
+
+# no ``from __future__ import annotations``: DDP checks the hook's annotations at runtime
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from fl_split.codecs import Codec, CodecError, codec_from_spec
+
+
+@dataclass
+class CodecHookState:
+    """What the hook keeps between steps.
+
+    Attributes
+    ----------
+    codec:
+        The codec every bucket goes through.
+    error_feedback:
+        Keep each bucket's compression residual and add it to the next step's gradient.
+    process_group:
+        The group to exchange in (``None``: the default group).
+    residuals:
+        Bucket index → residual (on the bucket's device).
+    bytes_sent:
+        Payload bytes this rank sent, in total; ``step_bytes`` per bucket call of the current step.
+    """
+
+    codec: Codec
+    error_feedback: bool = True
+    process_group: Any = None
+    residuals: dict[int, torch.Tensor] = field(default_factory=dict)
+    bytes_sent: int = 0
+    calls: int = 0
+    last_bucket_bytes: dict[int, int] = field(default_factory=dict)
+
+    def step_bytes(self) -> int:
+        """Payload bytes this rank sent for one step (the last call of each bucket)."""
+        return sum(self.last_bucket_bytes.values())
+
+    def state_dict(self) -> dict[str, Any]:
+        """Residuals (on the CPU) and counters, for a checkpoint."""
+        return {
+            "codec": self.codec.name,
+            "error_feedback": self.error_feedback,
+            "residuals": {i: r.detach().cpu().clone() for i, r in self.residuals.items()},
+            "bytes_sent": self.bytes_sent,
+            "calls": self.calls,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` output (residuals move to their bucket's device at the next step)."""
+        if state.get("codec") != self.codec.name:
+            raise ValueError(
+                f"checkpoint holds hook state of codec {state.get('codec')!r}, this hook uses {self.codec.name!r}"
+            )
+        self.error_feedback = bool(state["error_feedback"])
+        self.residuals = {int(i): r.clone() for i, r in state["residuals"].items()}
+        self.bytes_sent = int(state["bytes_sent"])
+        self.calls = int(state["calls"])
+
+
+def _exchange(payload: bytes, device: torch.device, group: Any) -> list[bytes]:
+    """Every rank's payload, in rank order: sizes first, then the padded bytes."""
+    world = dist.get_world_size(group)
+    size = torch.tensor([len(payload)], dtype=torch.int64, device=device)
+    sizes = [torch.zeros_like(size) for _ in range(world)]
+    dist.all_gather(sizes, size, group=group)
+    lengths = [int(s.item()) for s in sizes]
+    longest = max(lengths)
+    mine = torch.zeros(longest, dtype=torch.uint8)
+    if payload:
+        mine[: len(payload)] = torch.frombuffer(bytearray(payload), dtype=torch.uint8)
+    mine = mine.to(device)
+    gathered = [torch.empty(longest, dtype=torch.uint8, device=device) for _ in range(world)]
+    dist.all_gather(gathered, mine, group=group)
+    return [g[:n].cpu().numpy().tobytes() for g, n in zip(gathered, lengths, strict=True)]
+
+
+def codec_hook(state: CodecHookState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+    """The communication hook (``ddp.register_comm_hook(state, codec_hook)``)."""
+    grad = bucket.buffer()
+    index = bucket.index()
+    group = state.process_group
+    x = grad.detach()
+    residual = state.residuals.get(index) if state.error_feedback else None
+    if residual is not None and residual.shape == x.shape:
+        x = x + residual.to(device=x.device, dtype=x.dtype)
+    # else: no residual yet, or DDP rebuilt its buckets after the first step (a new layout): start afresh
+    payload = state.codec.encode(x)
+    comm_device = grad.device if dist.get_backend(group) == "nccl" else torch.device("cpu")
+    payloads = _exchange(payload, comm_device, group)
+    decoded = []
+    for rank, p in enumerate(payloads):
+        try:
+            t = state.codec.decode(p, device=grad.device, max_numel=grad.numel())
+        except CodecError as exc:
+            raise CodecError(
+                f"DDP codec hook: the payload of rank {rank} for bucket {index} does not decode: {exc}"
+            ) from exc
+        if t.numel() != grad.numel():
+            raise CodecError(
+                f"DDP codec hook: rank {rank} sent {t.numel()} values for bucket {index} of {grad.numel()}"
+            )
+        decoded.append(t.view_as(grad).to(grad.dtype))
+    if state.error_feedback:  # what this rank's payload did not carry (its own decode is among the above)
+        state.residuals[index] = x - decoded[dist.get_rank(group)]
+    total = torch.stack(decoded).sum(0) if len(decoded) > 1 else decoded[0].clone()
+    state.bytes_sent += len(payload)
+    state.calls += 1
+    state.last_bucket_bytes[index] = len(payload)
+    fut: torch.futures.Future[torch.Tensor] = torch.futures.Future()
+    fut.set_result(total / len(payloads))
+    return fut
+
+
+def register_codec_hook(
+    ddp_model: torch.nn.parallel.DistributedDataParallel,
+    codec: Codec | str,
+    *,
+    error_feedback: bool = True,
+    process_group: Any = None,
+) -> CodecHookState:
+    """Register :func:`codec_hook` on ``ddp_model``; return its state (residuals, byte counters).
+
+    Parameters
+    ----------
+    ddp_model:
+        A ``DistributedDataParallel`` module (gloo on CPU, NCCL on GPU).
+    codec:
+        A codec instance or a spec string (``"topk:keep=0.01"``).
+    error_feedback:
+        Keep per-bucket residuals (one bucket-sized tensor per bucket on each rank).
+    process_group:
+        The group DDP uses (``None``: the default group).
+    """
+    state = CodecHookState(codec_from_spec(codec) if isinstance(codec, str) else codec, error_feedback, process_group)
+    ddp_model.register_comm_hook(state, codec_hook)
+    return state
