@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import Any
 
@@ -94,6 +95,32 @@ def _fl(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 0 if summary.get("status") == "completed" else 1
 
 
+def _ddp(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from fl_split.config import ConfigError
+    from fl_split.ddp.config import DDP_SCHEMA, load_ddp_config
+
+    if args.list_keys:
+        return _list_keys(DDP_SCHEMA)
+    try:
+        config = load_ddp_config(args.config, _overrides(args))
+    except (ConfigError, FileNotFoundError) as err:
+        parser.error(str(err))
+    from fl_split.ddp.train import run_ddp
+    from fl_split.metrics import read_metrics
+
+    run_ddp(config)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 writes the metrics
+        return 0
+    rows = read_metrics(f"{config['out_dir']}/metrics.jsonl")
+    last = rows[-1]
+    mb = last["cum_uplink_bytes"] / 1e6
+    print(
+        f"step {last['steps']}: test accuracy {last['test_accuracy']:.4f}, {mb:.3f} MB sent "
+        f"by {os.environ.get('WORLD_SIZE', config['world_size'])} ranks; wrote {config['out_dir']}/metrics.jsonl"
+    )
+    return 0
+
+
 def _log_to_stderr(names: tuple[str, ...]) -> None:
     """Show our warnings and errors on stderr (flwr and Ray keep their own handlers)."""
     handler = logging.StreamHandler(sys.stderr)
@@ -125,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     p_fl = sub.add_parser("fl", help="federated learning with compressed updates over Flower")
     _add_common(p_fl)
     p_fl.add_argument("--list-keys", action="store_true", help="list every config key with its default and exit")
+    p_ddp = sub.add_parser("ddp", help="data-parallel training with the codec hook (gloo; torchrun or local ranks)")
+    _add_common(p_ddp)
+    p_ddp.add_argument("--list-keys", action="store_true", help="list every config key with its default and exit")
     # no -h of its own: `fl-split bench sl --help` reaches the benchmark's parser
     p_bench = sub.add_parser("bench", help="benchmarks (`fl-split bench WHAT --help` for options)", add_help=False)
     p_bench.add_argument("what", choices=["codecs", "sl", "sl-accuracy", "deploy", "fl"], help="what to benchmark")
@@ -136,13 +166,15 @@ def main(argv: list[str] | None = None) -> int:
         from simulations import certs
 
         return certs.main(rest)
-    if args.command in ("codecs", "sl", "fl") and rest:
+    if args.command in ("codecs", "sl", "fl", "ddp") and rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "codecs":
         return _codecs(args)
     if args.command == "sl":
         _log_to_stderr(("fl_split", "strategies", "simulations"))
         return _sl(args, p_sl)
+    if args.command == "ddp":
+        return _ddp(args, p_ddp)
     if args.command == "fl":
         _log_to_stderr(("fl_split", "strategies", "simulations"))
         return _fl(args, p_fl)

@@ -83,3 +83,17 @@ def test_hook_state_round_trips_through_a_checkpoint() -> None:
     assert other.bytes_sent == 1234 and other.calls == 7 and torch.equal(other.residuals[0], torch.arange(5.0))
     with pytest.raises(ValueError, match="codec 'topk', this hook uses 'qsgd'"):
         CodecHookState(codec_from_spec("qsgd")).load_state_dict(saved)
+
+
+def test_fl_split_ddp_trains_and_writes_measured_rows(tmp_path: Path) -> None:
+    from fl_split.ddp.config import load_ddp_config
+    from fl_split.ddp.train import run_ddp
+    from fl_split.metrics import read_metrics
+
+    run_ddp(load_ddp_config(values={"steps": 40, "log_every": 20, "out_dir": str(tmp_path)}))
+    r1, r2 = read_metrics(tmp_path / "metrics.jsonl")
+    assert (r1["steps"], r2["steps"]) == (20, 40) and r2["train_loss"] < r1["train_loss"]
+    # every row: 20 steps x 2 ranks x this rank's payload bytes per step (same bucket layout on both ranks)
+    assert r2["uplink_bytes"] == 20 * 2 * r2["step_bytes_rank0"] and r2["downlink_bytes"] == r2["uplink_bytes"]
+    assert r2["cum_uplink_bytes"] == r1["uplink_bytes"] + r2["uplink_bytes"]
+    assert (tmp_path / "summary.json").exists()

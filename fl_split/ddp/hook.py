@@ -44,6 +44,7 @@ class CodecHookState:
     process_group: Any = None
     residuals: dict[int, torch.Tensor] = field(default_factory=dict)
     bytes_sent: int = 0
+    bytes_received: int = 0
     calls: int = 0
     last_bucket_bytes: dict[int, int] = field(default_factory=dict)
 
@@ -58,6 +59,7 @@ class CodecHookState:
             "error_feedback": self.error_feedback,
             "residuals": {i: r.detach().cpu().clone() for i, r in self.residuals.items()},
             "bytes_sent": self.bytes_sent,
+            "bytes_received": self.bytes_received,
             "calls": self.calls,
         }
 
@@ -70,6 +72,7 @@ class CodecHookState:
         self.error_feedback = bool(state["error_feedback"])
         self.residuals = {int(i): r.clone() for i, r in state["residuals"].items()}
         self.bytes_sent = int(state["bytes_sent"])
+        self.bytes_received = int(state.get("bytes_received", 0))
         self.calls = int(state["calls"])
 
 
@@ -120,6 +123,7 @@ def codec_hook(state: CodecHookState, bucket: dist.GradBucket) -> torch.futures.
         state.residuals[index] = x - decoded[dist.get_rank(group)]
     total = torch.stack(decoded).sum(0) if len(decoded) > 1 else decoded[0].clone()
     state.bytes_sent += len(payload)
+    state.bytes_received += sum(len(p) for r, p in enumerate(payloads) if r != dist.get_rank(group))
     state.calls += 1
     state.last_bucket_bytes[index] = len(payload)
     fut: torch.futures.Future[torch.Tensor] = torch.futures.Future()
