@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from fl_split.fl.config import load_fl_config
+from fl_split.metrics import read_metrics
 from simulations.bench_sl import PeakRss
 from simulations.fl import run_fl
 
@@ -51,7 +52,7 @@ def scale_run(clients: int, fraction: float, rounds: int, out_dir: Path) -> dict
     )
     with PeakRss() as rss:
         summary = run_fl(config)
-    rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rows = read_metrics(out_dir / "metrics.jsonl")
     return {
         "clients": clients,
         "fraction": fraction,

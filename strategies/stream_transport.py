@@ -67,7 +67,7 @@ class StreamTransport:
         self.flower = flower
         self.server = server
         self.address = f"{host}:{server.port}"
-        self._ca = server.tls.read()[2] if server.tls is not None else b""
+        self._ca = server.ca_pem
         self._last_pull = 0.0
         self._window: dict[int, list[float]] = {}  # round -> [first stream reply, last stream reply] times
 

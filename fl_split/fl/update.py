@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from fl_split.codecs import Codec, CodecError, ErrorFeedback, codec_from_spec
-from fl_split.sl.wire import NONE_CODEC
+from fl_split.sl.wire import NONE_CODEC, encode_tensors
 
 #: Keys of the ConfigRecords: an encoded update (uplink), an encoded change of the global model
 #: (downlink), a client's error-feedback residual and its copy of the global model (``context.state``).
@@ -101,7 +101,7 @@ def decode_update(
 def residuals_to_record(residuals: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     """Residuals as ConfigRecord fields (names, float32 ``none`` payloads); their size is the EF memory."""
     names = list(residuals)
-    return {"names": names, "payloads": [NONE_CODEC.encode(residuals[n].float()) for n in names]}
+    return {"names": names, "payloads": encode_tensors([residuals[n] for n in names])}
 
 
 def residuals_from_record(fields: Mapping[str, Any]) -> dict[str, torch.Tensor]:

@@ -126,6 +126,8 @@ class StreamServer:
         self.max_message_bytes = int(max_message_bytes)
         self.timeout_s = float(timeout_s)
         self.tls = tls
+        #: the CA certificate clients verify this server with (``b""``: plaintext)
+        self.ca_pem = b""
         self.inbound: queue.Queue[Reply] = queue.Queue()
         self._lock = threading.Lock()
         self._round = 0
@@ -153,7 +155,7 @@ class StreamServer:
             if tls is None:
                 self.port = self._server.add_insecure_port(address)
             else:
-                cert, key, _ = tls.read()
+                cert, key, self.ca_pem = tls.read()
                 self.port = self._server.add_secure_port(address, grpc.ssl_server_credentials([(key, cert)]))
         except RuntimeError as exc:
             raise OSError(
