@@ -97,13 +97,16 @@ def run_flower_simulation(
 
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # silences a FutureWarning per actor
 
-    backend_config = {
-        "client_resources": {"num_cpus": num_cpus, "num_gpus": num_gpus},
-        "init_args": {"num_cpus": os.cpu_count() or 1, "include_dashboard": False, "logging_level": logging.ERROR},
+    init_args: dict[str, object] = {
+        "num_cpus": os.cpu_count() or 1,
+        "include_dashboard": False,
+        "logging_level": logging.ERROR,
     }
+    backend_config = {"client_resources": {"num_cpus": num_cpus, "num_gpus": num_gpus}, "init_args": init_args}
     flwr_logger = logging.getLogger("flwr")
     flwr_logger.addFilter(_hide_run_simulation_deprecation)
     try:
+        start_ray(init_args)
         with warnings.catch_warnings(), engine_wait(engine_wait_ms):
             warnings.simplefilter("ignore", DeprecationWarning)
             run_simulation(
@@ -114,6 +117,52 @@ def run_flower_simulation(
             )
     finally:
         flwr_logger.removeFilter(_hide_run_simulation_deprecation)
+        import ray
+
+        if ray.is_initialized():  # Flower shuts Ray down when its backend ends; not when it failed before that
+            ray.shutdown()
+
+
+#: How often :func:`start_ray` tries, and the pause between tries.
+RAY_START_ATTEMPTS, RAY_START_PAUSE_S = 3, 3.0
+
+
+def start_ray(init_args: dict[str, object], attempts: int = RAY_START_ATTEMPTS) -> None:
+    """Start Ray as Flower's ``RayBackend.init_ray`` would, retrying a start that times out.
+
+    On a loaded machine Ray's GCS server can miss Ray's own start-up deadline ("Timed out waiting
+    for file .../gcs_server_port_..."), which Flower reports only as "Simulation Runtime crashed".
+    Flower skips its own ``ray.init`` when Ray is already up and shuts it down when the run ends.
+
+    Raises
+    ------
+    RuntimeError
+        Ray did not start in ``attempts`` tries (the last error is chained).
+    """
+    import sys
+    import time
+
+    import ray
+
+    if ray.is_initialized():
+        return
+    pythonpath = os.pathsep.join(sys.path)  # what Flower's backend passes its actors
+    if os.environ.get("PYTHONPATH"):
+        pythonpath = f"{pythonpath}{os.pathsep}{os.environ['PYTHONPATH']}"
+    os.environ["PYTHONPATH"] = pythonpath
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **init_args)  # type: ignore[arg-type]
+            return
+        except (RuntimeError, ConnectionError, TimeoutError) as exc:
+            ray.shutdown()
+            if attempt == attempts:
+                raise RuntimeError(
+                    f"Ray (Flower's simulation engine) did not start in {attempts} tries: {exc}. "
+                    "Is the machine out of memory or /tmp full (Ray writes /tmp/ray)?"
+                ) from exc
+            log.warning("Ray did not start (%s); trying again in %.0f s", exc, RAY_START_PAUSE_S)
+            time.sleep(RAY_START_PAUSE_S)
 
 
 def _hide_run_simulation_deprecation(record: logging.LogRecord) -> bool:

@@ -27,19 +27,42 @@ def test_run_config_arg_is_toml() -> None:
     )
 
 
-def test_deploy_two_supernodes_train_over_both_transports_and_fl_and_every_process_is_stopped(tmp_path: Path) -> None:
+def test_deploy_two_tls_supernodes_train_over_both_transports_and_fl_and_every_process_is_stopped(
+    tmp_path: Path,
+) -> None:
+    """The README's real-device setup on one host: a TLS SuperLink whose certificates also serve the stream.
+
+    One deployment runs split learning over messages (k = 2: one message per client for its two
+    steps) and over the TLS stream, then federated learning (``mode = "fl"``) through the same app.
+    """
     runs = {"messages": tmp_path / "messages", "stream": tmp_path / "stream"}
     fl_out = tmp_path / "fl"
     started: list[subprocess.Popen[bytes]] = []
-    with LocalDeployment(2, tmp_path / "deploy") as dep:
+    with LocalDeployment(2, tmp_path / "deploy", tls=True) as dep:
+        assert dep.certs is not None
+        ca, cert, key = dep.certs
         started = [p for _, p in dep.procs]
         assert len(started) == 3 and all(p.poll() is None for p in started)
+        assert "--insecure" not in " ".join(str(a) for p in started for a in p.args)
         with pytest.raises(DeploymentError, match="flwr run exited"):  # a run-config key the app does not have
             dep.run(REPO, {"no-such-key": 1}, timeout_s=120)
         for transport, out in runs.items():
-            values = {"clients": 2, "rounds": 1, "max-steps-per-round": 2, "out-dir": str(out), "transport": transport}
+            values = {
+                "clients": 2,
+                "rounds": 1,
+                "max-steps-per-round": 2,
+                "batches-per-message": 2,
+                "out-dir": str(out),
+                "transport": transport,
+            }
             if transport == "stream":  # the ServerApp's stream server, reachable from the SuperNodes on this host
-                values |= {"stream.host": "127.0.0.1", "stream.bind": "127.0.0.1"}
+                values |= {
+                    "stream.host": "127.0.0.1",
+                    "stream.bind": "127.0.0.1",
+                    "stream.ssl-certfile": str(cert),
+                    "stream.ssl-keyfile": str(key),
+                    "stream.ssl-ca-certfile": str(ca),
+                }
             dep.run(REPO, values, timeout_s=300)
         # federated learning through the same app and deployment (mode = "fl")
         fl_values = {"mode": "fl", "clients": 2, "rounds": 1, "uplink": "ms:keep=0.01,bits=2,signed=true"}
@@ -53,37 +76,13 @@ def test_deploy_two_supernodes_train_over_both_transports_and_fl_and_every_proce
     for row in (msg, stream):  # both SuperNodes trained their partition: 2 steps each, nobody failed
         assert (row["clients"], row["steps"], row["failed_clients"], row["dropped"]) == (2, 4, 0, 0)
         assert row["uplink_activation_bytes"] > 0 and row["downlink_gradient_bytes"] > 0
-    # the same batches: the same measured payload bytes on both transports (plus the stream's two tokens)
+    # the same batches: the same measured payload bytes on both transports
     keys = ("uplink_activation_bytes", "uplink_label_bytes", "downlink_gradient_bytes", "downlink_model_bytes")
     assert [msg[k] for k in keys] == [stream[k] for k in keys]
-    assert stream["downlink_other_bytes"] == 2 * 32 and stream["stream_broken"] == stream["stream_refused"] == 0
+    # the stream's announcement to each client: its token and the CA certificate it verifies the stream with
+    assert stream["downlink_other_bytes"] == 2 * (32 + len(ca.read_bytes()))
+    assert stream["stream_broken"] == stream["stream_refused"] == 0
     assert stream["stream_s"] > 0 and "stream_s" not in msg
-
-
-def test_deploy_with_tls_superlink_and_tls_stream(tmp_path: Path) -> None:
-    """The README's real-device setup on one host: the SuperLink's certificates also serve the stream."""
-    out = tmp_path / "tls"
-    with LocalDeployment(1, tmp_path / "deploy", tls=True) as dep:
-        assert dep.certs is not None
-        ca, cert, key = dep.certs
-        assert "--insecure" not in " ".join(str(a) for a in dep.procs[0][1].args)
-        values = {
-            "clients": 1,
-            "rounds": 1,
-            "max-steps-per-round": 2,
-            "out-dir": str(out),
-            "transport": "stream",
-            "stream.host": "127.0.0.1",
-            "stream.bind": "127.0.0.1",
-            "stream.ssl-certfile": str(cert),
-            "stream.ssl-keyfile": str(key),
-            "stream.ssl-ca-certfile": str(ca),
-        }
-        dep.run(REPO, values, timeout_s=300)
-    (row,) = read_metrics(out / "metrics.jsonl")
-    assert (row["steps"], row["failed_clients"], row["stream_broken"]) == (2, 0, 0)
-    # the announcement: the token and the CA certificate the client verifies the stream with
-    assert row["downlink_other_bytes"] == 32 + len(ca.read_bytes())
 
 
 def _streams_to(port: int, pgid: int) -> bool:
@@ -144,8 +143,8 @@ def test_deploy_a_supernode_killed_mid_round_is_dropped_and_nothing_hangs(tmp_pa
             "stream.host": "127.0.0.1",
             "stream.bind": "127.0.0.1",
             "stream.port": port,
-            "stream.timeout-s": 30.0,
-            "flower.timeout-s": 30.0,  # the dead node's next sl_begin is never answered: give up after 30 s
+            "stream.timeout-s": 20.0,
+            "flower.timeout-s": 20.0,  # the dead node's next sl_begin is never answered: give up after 20 s
         }
         t0 = time.monotonic()
         dep.run(REPO, values, timeout_s=400)

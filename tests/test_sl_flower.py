@@ -84,3 +84,27 @@ def test_flower_run_survives_a_bad_payload_and_a_raising_client(caplog: pytest.L
     # replies that arrive in one pull share a server step: never more server steps than batches
     assert 4 <= r2["server_steps"] <= 12 and r1["server_steps"] <= r1["steps"]
     assert "dropped a step" in caplog.text and "injected fault in partition 2" in caplog.text
+
+
+def test_ray_start_is_retried_when_it_times_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ray
+
+    from simulations import engine
+
+    calls: list[dict] = []
+
+    def flaky_init(**kwargs: object) -> None:
+        calls.append(kwargs)
+        if len(calls) < 3:
+            raise RuntimeError("Timed out waiting for file /tmp/ray/session_x/gcs_server_port_y")
+
+    monkeypatch.setattr(ray, "init", flaky_init)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    monkeypatch.setattr(engine, "RAY_START_PAUSE_S", 0.0)
+    engine.start_ray({"num_cpus": 1})
+    assert len(calls) == 3 and calls[-1]["num_cpus"] == 1 and "PYTHONPATH" in calls[-1]["runtime_env"]["env_vars"]
+    calls.clear()
+    monkeypatch.setattr(ray, "init", lambda **kw: (_ for _ in ()).throw(RuntimeError("Timed out waiting")))
+    with pytest.raises(RuntimeError, match=r"did not start in 2 tries: Timed out waiting"):
+        engine.start_ray({}, attempts=2)
