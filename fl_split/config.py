@@ -247,3 +247,51 @@ def from_run_config(
 def config_digest(config: Mapping[str, Any]) -> str:
     """Canonical JSON of a config (sorted keys): its identity in logs and message headers."""
     return json.dumps(config, sort_keys=True, separators=(",", ":"))
+
+
+# ---------------------------------------------------------------- checks shared by every schema
+
+
+def codec_spec_check(value: str) -> str | None:
+    """A codec spec that does not parse or build: the reason."""
+    from fl_split.codecs import codec_from_spec
+
+    try:
+        codec_from_spec(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def model_choices() -> list[str]:
+    """Model names a config may use (``auto``: the dataset's default)."""
+    from fl_split.models import list_models
+
+    return ["auto", *list_models()]
+
+
+def dataset_choices() -> list[str]:
+    """Dataset names a config may use."""
+    from fl_split.data import list_datasets
+
+    return list_datasets()
+
+
+def positive(value: float) -> str | None:
+    """``> 0``."""
+    return None if value > 0 else "must be > 0"
+
+
+def non_negative(value: float) -> str | None:
+    """``>= 0``."""
+    return None if value >= 0 else "must be >= 0"
+
+
+def at_least_one(value: int) -> str | None:
+    """``>= 1``."""
+    return None if value >= 1 else "must be >= 1"
+
+
+def fraction(value: float) -> str | None:
+    """In ``(0, 1]``."""
+    return None if 0 < value <= 1 else "must be in (0, 1]"

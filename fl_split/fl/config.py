@@ -4,65 +4,68 @@ from __future__ import annotations
 
 from typing import Any
 
-from fl_split.config import ConfigError, Field, Schema, build_config
-from fl_split.sl.config import (
-    PARTITIONS,
-    _at_least_one,
-    _codec_spec_check,
-    _datasets,
-    _fraction,
-    _models,
-    _non_negative,
-    _positive,
+from fl_split.config import (
+    ConfigError,
+    Field,
+    Schema,
+    at_least_one,
+    build_config,
+    codec_spec_check,
+    dataset_choices,
+    fraction,
+    model_choices,
+    non_negative,
+    positive,
 )
+from fl_split.sl.config import PARTITIONS
 
 FL_SCHEMA: Schema = {
-    "clients": Field(10, (int,), "number of clients (Flower virtual nodes / data partitions)", check=_at_least_one),
-    "fraction": Field(1.0, (float,), "fraction of clients sampled per round", check=_fraction),
-    "rounds": Field(30, (int,), "federated rounds", check=_at_least_one),
-    "local_epochs": Field(1, (int,), "passes over its partition a sampled client makes per round", check=_at_least_one),
-    "batch_size": Field(32, (int,), "local SGD batch size", check=_at_least_one),
-    "dataset": Field("digits", (str,), "dataset name", _datasets),
+    "clients": Field(10, (int,), "number of clients (Flower virtual nodes / data partitions)", check=at_least_one),
+    "fraction": Field(1.0, (float,), "fraction of clients sampled per round", check=fraction),
+    "rounds": Field(30, (int,), "federated rounds", check=at_least_one),
+    "local_epochs": Field(1, (int,), "passes over its partition a sampled client makes per round", check=at_least_one),
+    "batch_size": Field(32, (int,), "local SGD batch size", check=at_least_one),
+    "dataset": Field("digits", (str,), "dataset name", dataset_choices),
     "data_dir": Field(None, (str, type(None)), "folder with torchvision datasets (cifar10, mnist, ...)"),
-    "model": Field("auto", (str,), "model name (auto: the dataset's default)", _models),
+    "model": Field("auto", (str,), "model name (auto: the dataset's default)", model_choices),
     "partition": Field("iid", (str,), "how the training set is split among clients", PARTITIONS),
-    "dirichlet_alpha": Field(0.3, (float,), "concentration of the dirichlet partition", check=_positive),
-    "shards_per_client": Field(2, (int,), "label shards per client for the shard partition", check=_at_least_one),
+    "dirichlet_alpha": Field(0.3, (float,), "concentration of the dirichlet partition", check=positive),
+    "shards_per_client": Field(2, (int,), "label shards per client for the shard partition", check=at_least_one),
     "seed": Field(0, (int,), "seed of initialisation, partitioning, batch order and sampling"),
     "uplink": Field(
         "ms:keep=0.01,bits=2,signed=true",
         (str,),
         "codec spec for each tensor of a client's update (model delta)",
-        check=_codec_spec_check,
+        check=codec_spec_check,
     ),
     "downlink": Field(
         "none",
         (str,),
         "codec spec for the change of the global model sent to clients that hold the last one (none: every "
         "client gets the full float32 model); clients out of sync get the full model",
-        check=_codec_spec_check,
+        check=codec_spec_check,
     ),
     "error_feedback": Field(True, (bool,), "keep each client's compression residual (per tensor) in its state"),
     "dense_below": Field(
         1024,
         (int,),
         "tensors with fewer elements are sent uncompressed (float32): biases, small heads",
-        check=_non_negative,
+        check=non_negative,
     ),
-    "server_lr": Field(1.0, (float,), "the server's step on the averaged update (1: FedAvg)", check=_positive),
+    "server_lr": Field(1.0, (float,), "the server's step on the averaged update (1: FedAvg)", check=positive),
     "optimizer": {
-        "lr": Field(0.05, (float,), "local SGD learning rate", check=_positive),
-        "momentum": Field(0.9, (float,), "local SGD momentum (buffers start at zero each round)", check=_non_negative),
-        "weight_decay": Field(5e-4, (float,), "local SGD weight decay", check=_non_negative),
+        "lr": Field(0.05, (float,), "local SGD learning rate", check=positive),
+        "momentum": Field(0.9, (float,), "local SGD momentum (buffers start at zero each round)", check=non_negative),
+        "weight_decay": Field(5e-4, (float,), "local SGD weight decay", check=non_negative),
     },
-    "eval_batch_size": Field(512, (int,), "test batch size of the server's evaluation (0: 512)", check=_non_negative),
+    "eval_batch_size": Field(512, (int,), "test batch size of the server's evaluation (0: 512)", check=non_negative),
     "out_dir": Field("runs/fl", (str,), "where metrics.jsonl, summary.json and the plot go"),
     "progress": Field(True, (bool,), "show a progress bar"),
     "flower": {
-        "num_cpus": Field(1.0, (float,), "Ray CPUs per virtual client", check=_positive),
-        "num_gpus": Field(0.0, (float,), "Ray GPU fraction per virtual client", check=_non_negative),
+        "num_cpus": Field(1.0, (float,), "Ray CPUs per virtual client", check=positive),
+        "num_gpus": Field(0.0, (float,), "Ray GPU fraction per virtual client", check=non_negative),
         "timeout_s": Field(
-            600.0, (float,), "give up on the replies of a round after this many seconds", check=_positive
+            600.0, (float,), "give up on the replies of a round after this many seconds", check=positive
         ),
     },
 }

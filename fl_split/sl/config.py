@@ -4,7 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from fl_split.config import ConfigError, Field, Schema, build_config
+from fl_split.config import (
+    ConfigError,
+    Field,
+    Schema,
+    at_least_one,
+    build_config,
+    codec_spec_check,
+    dataset_choices,
+    fraction,
+    model_choices,
+    non_negative,
+    positive,
+)
 
 ENGINES = ("flower", "inprocess")
 TRANSPORTS = ("messages", "stream")
@@ -14,30 +26,8 @@ PARTITIONS = ("iid", "dirichlet", "shard")
 MASK = "mask"
 
 
-def _codec_spec_check(value: str) -> str | None:
-    from fl_split.codecs import codec_from_spec
-
-    try:
-        codec_from_spec(value)
-    except ValueError as exc:
-        return str(exc)
-    return None
-
-
 def _downlink_check(value: str) -> str | None:
-    return None if value == MASK else _codec_spec_check(value)
-
-
-def _models() -> list[str]:
-    from fl_split.models import list_models
-
-    return ["auto", *list_models()]
-
-
-def _datasets() -> list[str]:
-    from fl_split.data import list_datasets
-
-    return list_datasets()
+    return None if value == MASK else codec_spec_check(value)
 
 
 def _cut_check(value: str | int) -> str | None:
@@ -52,24 +42,8 @@ def _device_check(value: str) -> str | None:
     return "cpu, cuda or cuda:N (the server half's torch device)"
 
 
-def _positive(value: float) -> str | None:
-    return None if value > 0 else "must be > 0"
-
-
-def _non_negative(value: float) -> str | None:
-    return None if value >= 0 else "must be >= 0"
-
-
-def _at_least_one(value: int) -> str | None:
-    return None if value >= 1 else "must be >= 1"
-
-
 def _port(value: int) -> str | None:
     return None if 0 <= value <= 65535 else "a TCP port in 0..65535 (0: a free one)"
-
-
-def _fraction(value: float) -> str | None:
-    return None if 0 < value <= 1 else "must be in (0, 1]"
 
 
 SL_SCHEMA: Schema = {
@@ -77,27 +51,27 @@ SL_SCHEMA: Schema = {
         "flower", (str,), "flower (Ray virtual clients) or inprocess (no Flower, same step functions)", ENGINES
     ),
     "mode": Field("splitfed2", (str,), "how the server loops over clients", MODES),
-    "clients": Field(10, (int,), "number of clients (Flower virtual nodes / data partitions)", check=_at_least_one),
-    "fraction": Field(1.0, (float,), "fraction of clients sampled per round", check=_fraction),
-    "rounds": Field(10, (int,), "training rounds", check=_at_least_one),
-    "local_epochs": Field(1, (int,), "passes over its partition a client makes per round", check=_at_least_one),
-    "max_steps_per_round": Field(0, (int,), "cap on a client's batches per round (0: no cap)", check=_non_negative),
-    "batch_size": Field(32, (int,), "samples per batch (one codec call per batch)", check=_at_least_one),
-    "batches_per_message": Field(1, (int,), "k batches per Flower message (1: exact vanilla SL)", check=_at_least_one),
-    "dataset": Field("digits", (str,), "dataset name", _datasets),
+    "clients": Field(10, (int,), "number of clients (Flower virtual nodes / data partitions)", check=at_least_one),
+    "fraction": Field(1.0, (float,), "fraction of clients sampled per round", check=fraction),
+    "rounds": Field(10, (int,), "training rounds", check=at_least_one),
+    "local_epochs": Field(1, (int,), "passes over its partition a client makes per round", check=at_least_one),
+    "max_steps_per_round": Field(0, (int,), "cap on a client's batches per round (0: no cap)", check=non_negative),
+    "batch_size": Field(32, (int,), "samples per batch (one codec call per batch)", check=at_least_one),
+    "batches_per_message": Field(1, (int,), "k batches per Flower message (1: exact vanilla SL)", check=at_least_one),
+    "dataset": Field("digits", (str,), "dataset name", dataset_choices),
     "data_dir": Field(None, (str, type(None)), "folder with torchvision datasets (cifar10, mnist, ...)"),
-    "model": Field("auto", (str,), "model name (auto: the dataset's default)", _models),
+    "model": Field("auto", (str,), "model name (auto: the dataset's default)", model_choices),
     "cut": Field("shallow", (str, int), "shallow, medium, deep, or the number of client layers", check=_cut_check),
     "partition": Field("iid", (str,), "how the training set is split among clients", PARTITIONS),
-    "dirichlet_alpha": Field(0.3, (float,), "concentration of the dirichlet partition", check=_positive),
-    "shards_per_client": Field(2, (int,), "label shards per client for the shard partition", check=_at_least_one),
+    "dirichlet_alpha": Field(0.3, (float,), "concentration of the dirichlet partition", check=positive),
+    "shards_per_client": Field(2, (int,), "label shards per client for the shard partition", check=at_least_one),
     "seed": Field(0, (int,), "seed of initialisation, partitioning, batch order and sampling"),
-    "uplink": Field("ms:keep=0.01,bits=2", (str,), "codec spec for the activations", check=_codec_spec_check),
+    "uplink": Field("ms:keep=0.01,bits=2", (str,), "codec spec for the activations", check=codec_spec_check),
     "downlink": Field("none", (str,), "codec spec for the activation gradient, or 'mask'", check=_downlink_check),
     "optimizer": {
-        "lr": Field(0.02, (float,), "SGD learning rate (both halves)", check=_positive),
-        "momentum": Field(0.9, (float,), "SGD momentum", check=_non_negative),
-        "weight_decay": Field(5e-4, (float,), "SGD weight decay", check=_non_negative),
+        "lr": Field(0.02, (float,), "SGD learning rate (both halves)", check=positive),
+        "momentum": Field(0.9, (float,), "SGD momentum", check=non_negative),
+        "weight_decay": Field(5e-4, (float,), "SGD weight decay", check=non_negative),
     },
     "server_device": Field(
         "cpu", (str,), "torch device of the server half and its codec work (cpu, cuda, cuda:N)", check=_device_check
@@ -126,13 +100,13 @@ SL_SCHEMA: Schema = {
         "bind": Field("0.0.0.0", (str,), "interface the stream server listens on"),
         "port": Field(0, (int,), "TCP port of the stream (0: a free one; fix it to open a firewall)", check=_port),
         "max_message_mb": Field(
-            64.0, (float,), "largest frame accepted, MiB; a larger one is refused before decoding", check=_positive
+            64.0, (float,), "largest frame accepted, MiB; a larger one is refused before decoding", check=positive
         ),
         "timeout_s": Field(
             300.0,
             (float,),
             "a client gives up waiting for a gradient (the server for its answer) after this",
-            check=_positive,
+            check=positive,
         ),
         "ssl_certfile": Field("", (str,), "TLS: the server certificate (PEM; as flower-superlink --ssl-certfile)"),
         "ssl_keyfile": Field("", (str,), "TLS: its private key (PEM; as flower-superlink --ssl-keyfile)"),
@@ -141,16 +115,16 @@ SL_SCHEMA: Schema = {
         ),
     },
     "flower": {
-        "num_cpus": Field(1.0, (float,), "Ray CPUs per virtual client", check=_positive),
-        "num_gpus": Field(0.0, (float,), "Ray GPU fraction per virtual client", check=_non_negative),
-        "poll_ms": Field(1.0, (float,), "ServerApp wait between pulls for replies, milliseconds", check=_positive),
-        "timeout_s": Field(600.0, (float,), "give up on a client reply after this many seconds", check=_positive),
+        "num_cpus": Field(1.0, (float,), "Ray CPUs per virtual client", check=positive),
+        "num_gpus": Field(0.0, (float,), "Ray GPU fraction per virtual client", check=non_negative),
+        "poll_ms": Field(1.0, (float,), "ServerApp wait between pulls for replies, milliseconds", check=positive),
+        "timeout_s": Field(600.0, (float,), "give up on a client reply after this many seconds", check=positive),
         "engine_wait_ms": Field(
             100.0,
             (float,),
             "simulation engine's wait between polls of the nodes' inboxes, ms (100: Flower's own; less patches "
             "flwr 1.42.0's engine for `fl-split sl`, see simulations/engine.py)",
-            check=_positive,
+            check=positive,
         ),
     },
 }
