@@ -5,6 +5,9 @@
 Commands: ``sl`` (split learning), ``codecs`` (list codecs), ``bench codecs`` (codec benchmark),
 ``bench sl`` (split-learning throughput), ``bench sl-accuracy`` (accuracy at equal measured budgets),
 ``bench deploy`` (split learning on a local SuperLink + SuperNodes: messages vs stream),
+``fl`` (federated learning), ``bench fl`` (FL at scale, accuracy table), ``ddp`` (data-parallel
+training with the codec hook), ``bench ddp`` (hook step time, BIRD vs top-k + EF), ``gossip``
+(decentralized learning: Malcom-PSGD, CHOCO-SGD), ``bench gossip`` (bits to a target accuracy),
 ``certs`` (TLS files for a deployment).
 Configs live in ``conf/``; ``--set`` takes dotted keys (``--set optimizer.lr=0.1``); an unknown
 key or a bad value is an error that lists the valid keys or choices.
@@ -113,10 +116,38 @@ def _ddp(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return 0
     rows = read_metrics(f"{config['out_dir']}/metrics.jsonl")
     last = rows[-1]
-    mb = last["cum_uplink_bytes"] / 1e6
+    ranks = os.environ.get("WORLD_SIZE", config["world_size"])
+    sent = (
+        f"{last['cum_uplink_bytes'] / 1e6:.3f} MB of payloads sent by {ranks} ranks"
+        if last["cum_uplink_bytes"] is not None
+        else f"{ranks} ranks, DDP's own all-reduce (hook=false: no payload bytes to measure)"
+    )
+    print(f"step {last['steps']}: test accuracy {last['test_accuracy']:.4f}, {sent}; wrote {config['out_dir']}")
+    return 0
+
+
+def _gossip(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from fl_split.config import ConfigError
+    from fl_split.gossip.config import GOSSIP_SCHEMA, load_gossip_config
+
+    if args.list_keys:
+        return _list_keys(GOSSIP_SCHEMA)
+    try:
+        config = load_gossip_config(args.config, _overrides(args))
+    except (ConfigError, FileNotFoundError) as err:
+        parser.error(str(err))
+    from fl_split.gossip.run import run_gossip
+    from fl_split.metrics import read_metrics
+
+    summary = run_gossip(config)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 writes the metrics
+        return 0
+    last = read_metrics(f"{config['out_dir']}/metrics.jsonl")[-1]
     print(
-        f"step {last['steps']}: test accuracy {last['test_accuracy']:.4f}, {mb:.3f} MB sent "
-        f"by {os.environ.get('WORLD_SIZE', config['world_size'])} ranks; wrote {config['out_dir']}/metrics.jsonl"
+        f"round {last['round']}: test accuracy of the average model {last['test_accuracy']:.4f}, "
+        f"{last['cum_uplink_bytes'] / 1e6:.3f} MB over all edges, consensus distance "
+        f"{last['consensus_distance']:.4g}, sparsity {last['model_sparsity']:.3f} ({summary['codec']}); "
+        f"wrote {config['out_dir']}"
     )
     return 0
 
@@ -152,12 +183,16 @@ def main(argv: list[str] | None = None) -> int:
     p_fl = sub.add_parser("fl", help="federated learning with compressed updates over Flower")
     _add_common(p_fl)
     p_fl.add_argument("--list-keys", action="store_true", help="list every config key with its default and exit")
+    p_gossip = sub.add_parser("gossip", help="decentralized learning: Malcom-PSGD or CHOCO-SGD over a graph")
+    _add_common(p_gossip)
+    p_gossip.add_argument("--list-keys", action="store_true", help="list every config key with its default and exit")
     p_ddp = sub.add_parser("ddp", help="data-parallel training with the codec hook (gloo; torchrun or local ranks)")
     _add_common(p_ddp)
     p_ddp.add_argument("--list-keys", action="store_true", help="list every config key with its default and exit")
     # no -h of its own: `fl-split bench sl --help` reaches the benchmark's parser
     p_bench = sub.add_parser("bench", help="benchmarks (`fl-split bench WHAT --help` for options)", add_help=False)
-    p_bench.add_argument("what", choices=["codecs", "sl", "sl-accuracy", "deploy", "fl"], help="what to benchmark")
+    benches = ["codecs", "sl", "sl-accuracy", "deploy", "fl", "ddp", "gossip"]
+    p_bench.add_argument("what", choices=benches, help="what to benchmark")
     sub.add_parser(
         "certs", help="TLS files for a deployment (`fl-split certs --help`)", add_help=False
     )  # its own parser reads the rest
@@ -166,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         from simulations import certs
 
         return certs.main(rest)
-    if args.command in ("codecs", "sl", "fl", "ddp") and rest:
+    if args.command in ("codecs", "sl", "fl", "ddp", "gossip") and rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "codecs":
         return _codecs(args)
@@ -175,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
         return _sl(args, p_sl)
     if args.command == "ddp":
         return _ddp(args, p_ddp)
+    if args.command == "gossip":
+        return _gossip(args, p_gossip)
     if args.command == "fl":
         _log_to_stderr(("fl_split", "strategies", "simulations"))
         return _fl(args, p_fl)
@@ -186,6 +223,14 @@ def main(argv: list[str] | None = None) -> int:
         from simulations import bench_fl
 
         return bench_fl.main(rest)
+    if args.what == "gossip":
+        from simulations import bench_gossip
+
+        return bench_gossip.main(rest)
+    if args.what == "ddp":
+        from simulations import bench_ddp
+
+        return bench_ddp.main(rest)
     if args.what == "deploy":
         from simulations import bench_deploy
 

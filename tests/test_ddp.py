@@ -1,77 +1,81 @@
-"""The DDP codec hook with 2 gloo processes on the CPU (real torch.distributed, spawned ranks)."""
+"""The DDP codec hook with 2 gloo processes on the CPU (real torch.distributed, spawned ranks via ``run_ddp``)."""
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import pytest
-import torch.multiprocessing as mp
-from ddp_worker import train_rank
+import torch
+from ddp_worker import truncate_payloads_of_rank1
+from torch.multiprocessing import ProcessRaisedException
 
+from fl_split.ddp.config import load_ddp_config
+from fl_split.ddp.train import read_rank_results, run_ddp
 from fl_split.fl.client import build_model
 from fl_split.fl.config import load_fl_config
-from simulations.deploy import free_port
+from fl_split.metrics import read_metrics
+
+NUMEL = sum(t.numel() for t in build_model(load_fl_config("fl"), seed=0).parameters())
 
 
-def _run(tmp: Path, codec: str | None, *, ef: bool = False, steps: int = 6, bad_rank: int = -1) -> list[dict]:
-    tmp.mkdir(parents=True, exist_ok=True)
-    ctx = mp.start_processes(
-        train_rank,
-        args=(2, free_port(), str(tmp), codec, ef, steps, bad_rank),
-        nprocs=2,
-        join=False,
-        start_method="spawn",
-    )
-    deadline = time.monotonic() + 240
-    while not ctx.join(timeout=1.0):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail("the DDP ranks hung")
-    return [json.loads((tmp / f"rank{r}.json").read_text()) for r in range(2)]
+def _run(out: Path, **values: Any) -> list[dict[str, Any]]:
+    config = load_ddp_config(values={"out_dir": str(out), "timeout_s": 30.0, **values})
+    results = run_ddp(config)
+    assert results is not None and all("error" not in r for r in results), results
+    return results
 
 
-def _params(tmp: Path, rank: int) -> np.ndarray:
-    return np.load(tmp / f"params{rank}.npy", allow_pickle=False)
+def _params(out: Path, rank: int) -> torch.Tensor:
+    model = torch.load(out / f"checkpoint_rank{rank}.pt", weights_only=True)["model"]
+    return torch.cat([v.flatten() for v in model.values()])
 
 
 def test_codec_none_equals_plain_ddp_and_bytes_per_step_are_the_payloads(tmp_path: Path) -> None:
-    plain = _run(tmp_path / "plain", None)
-    hooked = _run(tmp_path / "none", "none")
-    assert all("error" not in r for r in plain + hooked), plain + hooked
+    small = {"steps": 6, "log_every": 6, "bucket_cap_mb": 0.1}  # several buckets for a small model
+    _run(tmp_path / "plain", hook=False, **small)
+    hooked = _run(tmp_path / "none", codec="none", error_feedback=False, **small)
     p, h = _params(tmp_path / "plain", 0), _params(tmp_path / "none", 0)
-    assert np.abs(p - h).max() < 1e-5 and np.abs(p - _params(tmp_path / "plain", 1)).max() == 0.0
-    assert np.abs(h - _params(tmp_path / "none", 1)).max() == 0.0  # both ranks hold the same model
-    numel = sum(t.numel() for t in build_model(load_fl_config("fl"), seed=0).parameters())
+    assert (p - h).abs().max() < 1e-5 and torch.equal(p, _params(tmp_path / "plain", 1))
+    assert torch.equal(h, _params(tmp_path / "none", 1))  # both ranks hold the same model
     for r in hooked:  # float32 payloads: 4 bytes per gradient element plus a small header per bucket
-        assert r["buckets"] >= 2 and 4 * numel < r["step_bytes"] < 4 * numel + 256 * r["buckets"]
+        assert r["buckets"] >= 2 and 4 * NUMEL < r["step_bytes"] < 4 * NUMEL + 256 * r["buckets"]
         # DDP rebuilds its buckets after the first step: only the per-bucket headers differ across steps
         assert abs(r["bytes_sent"] - 6 * r["step_bytes"]) <= 64 * r["buckets"] and 6 <= r["calls"] <= 6 * r["buckets"]
+        assert r["bytes_received"] == hooked[1 - r["rank"]]["bytes_sent"] and r["residual_bytes"] == 0
+    (row,) = read_metrics(tmp_path / "none" / "metrics.jsonl")
+    assert row["uplink_bytes"] == sum(r["bytes_sent"] for r in hooked) == row["downlink_bytes"]
+    (plain_row,) = read_metrics(tmp_path / "plain" / "metrics.jsonl")
+    assert plain_row["uplink_bytes"] is None and plain_row["steps"] == 6  # no payload, nothing measured
 
 
-def test_topk_with_error_feedback_sends_one_percent_and_keeps_a_residual_per_bucket(tmp_path: Path) -> None:
-    res = _run(tmp_path, "topk:keep=0.01", ef=True, steps=6)
-    assert all("error" not in r for r in res), res
-    numel = sum(t.numel() for t in build_model(load_fl_config("fl"), seed=0).parameters())
-    for r in res:
-        assert r["step_bytes"] < 0.05 * 4 * numel and r["residual_numel"] == numel
-    assert np.abs(_params(tmp_path, 0) - _params(tmp_path, 1)).max() == 0.0
+def test_topk_one_percent_with_error_feedback_learns_within_three_points_of_plain_ddp(tmp_path: Path) -> None:
+    """Digits, 2 ranks, the same 120 steps: plain DDP and ``topk:keep=0.01`` + error feedback."""
+    common = {"steps": 120, "log_every": 40, "bucket_cap_mb": 0.1}
+    plain = _run(tmp_path / "plain", hook=False, **common)
+    topk = _run(tmp_path / "topk", codec="topk:keep=0.01", error_feedback=True, **common)
+    rows = read_metrics(tmp_path / "topk" / "metrics.jsonl")
+    assert rows[-1]["train_loss"] < 0.5 * rows[0]["train_loss"], rows
+    assert topk[0]["test_accuracy"] >= plain[0]["test_accuracy"] - 0.03, (plain[0], topk[0])
+    for r in topk:  # about 1 % of the values (value + index each) and one float32 residual per gradient element
+        assert r["step_bytes"] < 0.05 * 4 * NUMEL and r["residual_bytes"] == 4 * NUMEL and r["buckets"] >= 2
+    assert torch.equal(_params(tmp_path / "topk", 0), _params(tmp_path / "topk", 1))
 
 
 def test_a_payload_that_does_not_decode_raises_on_every_rank_without_a_hang(tmp_path: Path) -> None:
+    config = load_ddp_config(
+        values={"out_dir": str(tmp_path), "codec": "qsgd:levels=16", "steps": 4, "timeout_s": 30.0}
+    )
     t0 = time.monotonic()
-    res = _run(tmp_path, "qsgd:levels=16", bad_rank=1)
-    for r in res:
+    with pytest.raises(ProcessRaisedException, match="payload of rank 1"):
+        run_ddp(config, on_state=truncate_payloads_of_rank1)
+    for r in read_rank_results(tmp_path, 2):
         assert "CodecError" in r["error"] and "payload of rank 1" in r["error"], r
     assert time.monotonic() - t0 < 120
 
 
 def test_hook_state_round_trips_through_a_checkpoint() -> None:
-    import torch
-
     from fl_split.codecs import codec_from_spec
     from fl_split.ddp import CodecHookState
 
@@ -81,19 +85,92 @@ def test_hook_state_round_trips_through_a_checkpoint() -> None:
     other = CodecHookState(codec_from_spec("topk:keep=0.05"))
     other.load_state_dict(saved)
     assert other.bytes_sent == 1234 and other.calls == 7 and torch.equal(other.residuals[0], torch.arange(5.0))
+    assert other.residual_bytes() == 4 * 7
     with pytest.raises(ValueError, match="codec 'topk', this hook uses 'qsgd'"):
         CodecHookState(codec_from_spec("qsgd")).load_state_dict(saved)
 
 
-def test_fl_split_ddp_trains_and_writes_measured_rows(tmp_path: Path) -> None:
-    from fl_split.ddp.config import load_ddp_config
-    from fl_split.ddp.train import run_ddp
-    from fl_split.metrics import read_metrics
+def test_fl_split_ddp_trains_and_writes_measured_rows_and_checkpoints(tmp_path: Path) -> None:
+    from fl_split.codecs import codec_from_spec
+    from fl_split.ddp import CodecHookState
 
-    run_ddp(load_ddp_config(values={"steps": 40, "log_every": 20, "out_dir": str(tmp_path)}))
+    _run(tmp_path, steps=40, log_every=20)
     r1, r2 = read_metrics(tmp_path / "metrics.jsonl")
     assert (r1["steps"], r2["steps"]) == (20, 40) and r2["train_loss"] < r1["train_loss"]
     # every row: 20 steps x 2 ranks x this rank's payload bytes per step (same bucket layout on both ranks)
     assert r2["uplink_bytes"] == 20 * 2 * r2["step_bytes_rank0"] and r2["downlink_bytes"] == r2["uplink_bytes"]
     assert r2["cum_uplink_bytes"] == r1["uplink_bytes"] + r2["uplink_bytes"]
-    assert (tmp_path / "summary.json").exists()
+    assert (tmp_path / "summary.json").exists() and (tmp_path / "accuracy_vs_mb.png").exists()
+    # each rank's checkpoint restores its own residuals (they differ across ranks) into a new hook state
+    ckpts = [torch.load(tmp_path / f"checkpoint_rank{r}.pt", weights_only=True) for r in range(2)]
+    assert ckpts[0]["steps"] == 40 and ckpts[0]["hook"]["calls"] == ckpts[1]["hook"]["calls"]
+    restored = CodecHookState(codec_from_spec("topk:keep=0.01"))
+    restored.load_state_dict(ckpts[1]["hook"])
+    assert restored.residual_bytes() == 4 * NUMEL
+    assert not torch.equal(ckpts[0]["hook"]["residuals"][0], restored.residuals[0])
+
+
+def test_shape_aware_codecs_encode_each_gradient_in_its_shape(tmp_path: Path) -> None:
+    """PowerSGD on a flat bucket would send it dense; per tensor it sends low-rank factors (and 1-D dense)."""
+    res = _run(tmp_path, codec="powersgd:rank=2", error_feedback=True, steps=6, log_every=6, bucket_cap_mb=0.1)
+    for r in res:
+        assert r["buckets"] >= 2 and r["step_bytes"] < 0.5 * 4 * NUMEL and r["residual_bytes"] == 4 * NUMEL
+    assert torch.equal(_params(tmp_path, 0), _params(tmp_path, 1))
+
+
+def test_per_tensor_bucket_payload_round_trips_and_rejects_a_wrong_table() -> None:
+    from fl_split.codecs import CodecError, codec_from_spec
+    from fl_split.codecs.parts import decode_parts, encode_parts
+
+    shapes = [torch.Size([16, 8, 3, 3]), torch.Size([16]), torch.Size([10, 64])]
+    flat = torch.randn(sum(s.numel() for s in shapes), generator=torch.Generator().manual_seed(0))
+    codec = codec_from_spec("none")
+    payload = encode_parts(codec, flat, shapes)
+    assert len(payload) == 4 + 4 * 3 + sum(len(codec.encode(torch.zeros(s))) for s in shapes)
+    assert torch.equal(decode_parts(codec, payload, flat.numel(), shapes, torch.device("cpu")), flat)
+    lowrank = codec_from_spec("powersgd:rank=1")
+    lr_payload = encode_parts(lowrank, flat, shapes)
+    assert len(lr_payload) < 0.25 * len(payload)  # the two matrices go as factors, the bias dense
+    bad = {
+        "count": b"\x02" + payload[1:],
+        "short table": payload[:10],
+        "lengths": payload[:-1],
+        "shape": encode_parts(codec, flat, [shapes[0], torch.Size([10, 64]), torch.Size([16])]),
+    }
+    for what, p in bad.items():
+        with pytest.raises(CodecError):
+            decode_parts(codec, p, flat.numel(), shapes, torch.device("cpu"))
+        assert what
+    with pytest.raises(CodecError, match="holds 5 values, expected 6"):
+        decode_parts(codec, codec.encode(torch.zeros(5)), 6, None, torch.device("cpu"))
+
+
+def test_bench_cell_measures_bird_and_finds_the_topk_keep_of_equal_bytes(tmp_path: Path) -> None:
+    from fl_split.codecs import codec_from_spec
+    from fl_split.codecs.parts import encode_parts
+    from simulations.bench_ddp import cell, matching_topk_keep, model_numel
+
+    row = cell("bird", "bird:keep=0.1", False, 4, tmp_path)
+    assert row["status"] == "completed" and row["residual_bytes"] == 0 and sum(row["bucket_numel"]) == NUMEL
+    assert row["compression_ratio"] == pytest.approx(4 * model_numel() / row["bytes_per_step"], rel=1e-3)
+    assert row["encode_ms"] > 0 and row["exchange_ms"] > 0 and row["decode_ms"] > 0
+    keep = matching_topk_keep(row["bucket_numel"], row["bytes_per_step"])
+    codec = codec_from_spec(f"topk:keep={keep}")
+    size = sum(len(encode_parts(codec, torch.randn(n), None)) for n in row["bucket_numel"])
+    assert size == pytest.approx(row["bytes_per_step"], rel=0.05)
+
+
+def test_bench_reports_a_failed_run_and_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from simulations import bench_ddp
+
+    def diverging(config: dict[str, Any]) -> None:
+        for r in range(2):
+            error = {"rank": r, "error": "ValueError: codec 'bird': input magnitude 8.5e+25 exceeds ..."}
+            (tmp_path / f"rank{r}.json").write_text(json.dumps(error))
+        raise ProcessRaisedException("rank 0 raised", 0, 1)
+
+    monkeypatch.setattr(bench_ddp, "run_ddp", diverging)
+    row = bench_ddp.cell("bird+EF", "bird:keep=0.1", True, 4, tmp_path)
+    assert row["status"] == "failed" and "input magnitude" in row["error"]

@@ -23,7 +23,7 @@ from fl_split.codecs.registry import (
     list_codecs,
     register_codec,
 )
-from fl_split.codecs.spec import codec_from_spec, parse_codec_spec
+from fl_split.codecs.spec import codec_from_spec, parse_codec_spec, seeded_codec_from_spec
 from fl_split.codecs.wire import MAX_NUMEL, peek_codec_id
 
 __all__ = [
@@ -39,6 +39,7 @@ __all__ = [
     "list_codecs",
     "parse_codec_spec",
     "register_codec",
+    "seeded_codec_from_spec",
 ]
 
 _DEFAULT_DECODERS: dict[int, Codec] = {}

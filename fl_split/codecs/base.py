@@ -109,6 +109,9 @@ class Codec(ABC):
     param_format: ClassVar[str] = ""
     #: Whether the body size depends only on the element count and the codec's parameters.
     fixed_size: ClassVar[bool] = True
+    #: Whether the encoding uses the tensor's shape, not only its flattening (low rank, row blocks):
+    #: the DDP hook then encodes each parameter's gradient with its own shape instead of the flat bucket.
+    shape_aware: ClassVar[bool] = False
 
     def __init__(self, *, nonfinite: NonFinitePolicy = "raise") -> None:
         require(nonfinite in ("raise", "zero"), f"nonfinite must be 'raise' or 'zero', got {nonfinite!r}")

@@ -162,6 +162,7 @@ class BirdCodec(Codec):
     #: ``block`` (u32; 0 marks the dense passthrough) and ``norm`` (u8; 0 l1, 1 l2).
     param_format = "IB"
     fixed_size = False
+    shape_aware = True  # the default block is one row (filter) of a parameter tensor
 
     _norm_names: ClassVar[dict[int, str]] = {v: k for k, v in _NORM_CODES.items()}
 

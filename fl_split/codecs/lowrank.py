@@ -51,6 +51,7 @@ class PowerSGDCodec(Codec):
     name = "powersgd"
     codec_id = 10
     param_format = "HB"  # rank used, flags (bit0: dense float32)
+    shape_aware = True
 
     def __init__(
         self, *, rank: int = 4, warm_start: bool = True, seed: int | None = None, nonfinite: str = "raise"

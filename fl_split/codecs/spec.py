@@ -76,3 +76,16 @@ def codec_from_spec(spec: str) -> Codec:
         return create_codec(name, **params)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"codec spec {spec!r}: {exc}") from exc
+
+
+def seeded_codec_from_spec(spec: str, seed: int, index: int) -> Codec:
+    """The codec of participant ``index`` (a node, a rank) in a run seeded with ``seed``.
+
+    A codec that draws at random and whose spec sets no ``seed`` gets ``seed * 1000003 + index``
+    (mod 2**62), so every participant draws differently and a rerun draws the same; a spec that
+    sets a seed keeps it.
+    """
+    name, params = parse_codec_spec(spec)
+    if "seed" in codec_parameters(name) and "seed" not in params:
+        spec = f"{spec}{',' if ':' in spec else ':'}seed={(seed * 1_000_003 + index) % 2**62}"
+    return codec_from_spec(spec)

@@ -4,31 +4,44 @@ from __future__ import annotations
 
 from typing import Any
 
-from fl_split.config import Field, Schema, build_config
-from fl_split.sl.config import _at_least_one, _codec_spec_check, _datasets, _models, _non_negative, _positive
+from fl_split.config import (
+    Field,
+    Schema,
+    at_least_one,
+    build_config,
+    codec_spec_check,
+    dataset_choices,
+    model_choices,
+    non_negative,
+    positive,
+)
 
 DDP_SCHEMA: Schema = {
-    "world_size": Field(2, (int,), "processes (ranks) started on this machine", check=_at_least_one),
+    "world_size": Field(2, (int,), "processes (ranks) started on this machine", check=at_least_one),
     "steps": Field(
-        120, (int,), "optimizer steps (each rank: one batch of its data shard per step)", check=_at_least_one
+        120, (int,), "optimizer steps (each rank: one batch of its data shard per step)", check=at_least_one
     ),
-    "log_every": Field(20, (int,), "steps per metrics row (and test evaluation)", check=_at_least_one),
-    "batch_size": Field(32, (int,), "batch size per rank", check=_at_least_one),
-    "dataset": Field("digits", (str,), "dataset name", _datasets),
+    "log_every": Field(20, (int,), "steps per metrics row (and test evaluation)", check=at_least_one),
+    "batch_size": Field(32, (int,), "batch size per rank", check=at_least_one),
+    "dataset": Field("digits", (str,), "dataset name", dataset_choices),
     "data_dir": Field(None, (str, type(None)), "folder with torchvision datasets (cifar10, mnist, ...)"),
-    "model": Field("auto", (str,), "model name (auto: the dataset's default)", _models),
+    "model": Field("auto", (str,), "model name (auto: the dataset's default)", model_choices),
     "seed": Field(0, (int,), "seed of initialisation and batch order"),
     "codec": Field(
-        "topk:keep=0.01", (str,), "codec spec for each gradient bucket (none: exact DDP bytes)", check=_codec_spec_check
+        "topk:keep=0.01", (str,), "codec spec for each gradient bucket (none: exact DDP bytes)", check=codec_spec_check
     ),
     "error_feedback": Field(True, (bool,), "keep a residual per bucket"),
+    "hook": Field(True, (bool,), "false: plain DDP (its own float32 all-reduce, the baseline; no bytes measured)"),
+    "bucket_cap_mb": Field(
+        25.0, (float,), "DDP's bucket size in MB (the hook encodes one bucket per call)", check=positive
+    ),
     "optimizer": {
-        "lr": Field(0.05, (float,), "SGD learning rate", check=_positive),
-        "momentum": Field(0.9, (float,), "SGD momentum", check=_non_negative),
-        "weight_decay": Field(5e-4, (float,), "SGD weight decay", check=_non_negative),
+        "lr": Field(0.05, (float,), "SGD learning rate", check=positive),
+        "momentum": Field(0.9, (float,), "SGD momentum", check=non_negative),
+        "weight_decay": Field(5e-4, (float,), "SGD weight decay", check=non_negative),
     },
     "timeout_s": Field(
-        60.0, (float,), "process-group timeout: a rank stuck in a collective fails after this", check=_positive
+        60.0, (float,), "process-group timeout: a rank stuck in a collective fails after this", check=positive
     ),
     "out_dir": Field("runs/ddp", (str,), "where metrics.jsonl, summary.json and the plot go"),
 }

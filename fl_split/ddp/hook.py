@@ -4,7 +4,10 @@ Per bucket and step, on every rank: add the bucket's error-feedback residual, en
 codec (on the bucket's device), exchange the payload *bytes* — first every rank's length
 (``all_gather`` of one int64), then the payloads zero-padded to the longest as ``uint8`` tensors
 (``all_gather``; never ``all_gather_object``, which pickles) — decode every rank's payload and
-average. Every rank decodes the same payloads, so a payload that does not decode raises the same
+average. A codec whose encoding uses the tensor's shape (``powersgd``, ``bird``) gets each
+parameter's gradient in its own shape instead: the bucket's payload is then
+``u32 n | n × u32 length | n codec payloads`` (:func:`~fl_split.codecs.parts.encode_parts`). Every rank decodes the
+same payloads, so a payload that does not decode raises the same
 :class:`~fl_split.codecs.CodecError` on every rank (nobody is left waiting in a collective).
 
 The state holds the residuals and the measured byte counters and round-trips through
@@ -12,6 +15,8 @@ The state holds the residuals and the measured byte counters and round-trips thr
 """
 
 # no ``from __future__ import annotations``: DDP checks the hook's annotations at runtime
+import math
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +24,7 @@ import torch
 import torch.distributed as dist
 
 from fl_split.codecs import Codec, CodecError, codec_from_spec
+from fl_split.codecs.parts import decode_parts, encode_parts
 
 
 @dataclass
@@ -33,24 +39,44 @@ class CodecHookState:
         Keep each bucket's compression residual and add it to the next step's gradient.
     process_group:
         The group to exchange in (``None``: the default group).
+    per_tensor:
+        Encode each parameter's gradient in its own shape (see :func:`encode_bucket`) instead of the
+        flat bucket.
     residuals:
         Bucket index → residual (on the bucket's device).
-    bytes_sent:
-        Payload bytes this rank sent, in total; ``step_bytes`` per bucket call of the current step.
+    bytes_sent, bytes_received:
+        Payload bytes this rank sent and received, in total (measured ``len(payload)``).
+    calls:
+        Hook calls (one per bucket and step).
+    last_bucket_bytes:
+        Bucket index → this rank's payload bytes at its last call (see :meth:`step_bytes`).
+    bucket_numel:
+        Bucket index → gradient elements in that bucket at its last call.
+    encode_s, exchange_s, decode_s:
+        Seconds this rank spent encoding (with the residual added), exchanging and decoding/averaging.
     """
 
     codec: Codec
     error_feedback: bool = True
     process_group: Any = None
+    per_tensor: bool = False
     residuals: dict[int, torch.Tensor] = field(default_factory=dict)
     bytes_sent: int = 0
     bytes_received: int = 0
     calls: int = 0
     last_bucket_bytes: dict[int, int] = field(default_factory=dict)
+    bucket_numel: dict[int, int] = field(default_factory=dict)
+    encode_s: float = 0.0
+    exchange_s: float = 0.0
+    decode_s: float = 0.0
 
     def step_bytes(self) -> int:
         """Payload bytes this rank sent for one step (the last call of each bucket)."""
         return sum(self.last_bucket_bytes.values())
+
+    def residual_bytes(self) -> int:
+        """Memory the error-feedback residuals hold on this rank (bytes)."""
+        return sum(r.numel() * r.element_size() for r in self.residuals.values())
 
     def state_dict(self) -> dict[str, Any]:
         """Residuals (on the CPU) and counters, for a checkpoint."""
@@ -93,8 +119,15 @@ def _exchange(payload: bytes, device: torch.device, group: Any) -> list[bytes]:
     return [g[:n].cpu().numpy().tobytes() for g, n in zip(gathered, lengths, strict=True)]
 
 
+def _shapes(bucket: dist.GradBucket, numel: int) -> list[torch.Size] | None:
+    """The bucket's gradient shapes in buffer order (``None`` if they do not tile the buffer)."""
+    shapes = [p.shape for p in bucket.parameters()]
+    return shapes if shapes and sum(math.prod(sh) for sh in shapes) == numel else None
+
+
 def codec_hook(state: CodecHookState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
     """The communication hook (``ddp.register_comm_hook(state, codec_hook)``)."""
+    t0 = time.perf_counter()
     grad = bucket.buffer()
     index = bucket.index()
     group = state.process_group
@@ -103,21 +136,20 @@ def codec_hook(state: CodecHookState, bucket: dist.GradBucket) -> torch.futures.
     if residual is not None and residual.shape == x.shape:
         x = x + residual.to(device=x.device, dtype=x.dtype)
     # else: no residual yet, or DDP rebuilt its buckets after the first step (a new layout): start afresh
-    payload = state.codec.encode(x)
+    shapes = _shapes(bucket, grad.numel()) if state.per_tensor else None
+    payload = encode_parts(state.codec, x, shapes)
+    t1 = time.perf_counter()
     comm_device = grad.device if dist.get_backend(group) == "nccl" else torch.device("cpu")
     payloads = _exchange(payload, comm_device, group)
+    t2 = time.perf_counter()
     decoded = []
     for rank, p in enumerate(payloads):
         try:
-            t = state.codec.decode(p, device=grad.device, max_numel=grad.numel())
+            t = decode_parts(state.codec, p, grad.numel(), shapes, grad.device)
         except CodecError as exc:
             raise CodecError(
                 f"DDP codec hook: the payload of rank {rank} for bucket {index} does not decode: {exc}"
             ) from exc
-        if t.numel() != grad.numel():
-            raise CodecError(
-                f"DDP codec hook: rank {rank} sent {t.numel()} values for bucket {index} of {grad.numel()}"
-            )
         decoded.append(t.view_as(grad).to(grad.dtype))
     if state.error_feedback:  # what this rank's payload did not carry (its own decode is among the above)
         state.residuals[index] = x - decoded[dist.get_rank(group)]
@@ -126,8 +158,16 @@ def codec_hook(state: CodecHookState, bucket: dist.GradBucket) -> torch.futures.
     state.bytes_received += sum(len(p) for r, p in enumerate(payloads) if r != dist.get_rank(group))
     state.calls += 1
     state.last_bucket_bytes[index] = len(payload)
+    state.bucket_numel[index] = grad.numel()
+    mean = total / len(payloads)
+    t3 = time.perf_counter()
+    state.encode_s, state.exchange_s, state.decode_s = (
+        state.encode_s + t1 - t0,
+        state.exchange_s + t2 - t1,
+        state.decode_s + t3 - t2,
+    )
     fut: torch.futures.Future[torch.Tensor] = torch.futures.Future()
-    fut.set_result(total / len(payloads))
+    fut.set_result(mean)
     return fut
 
 
@@ -137,6 +177,7 @@ def register_codec_hook(
     *,
     error_feedback: bool = True,
     process_group: Any = None,
+    per_tensor: bool | None = None,
 ) -> CodecHookState:
     """Register :func:`codec_hook` on ``ddp_model``; return its state (residuals, byte counters).
 
@@ -150,7 +191,13 @@ def register_codec_hook(
         Keep per-bucket residuals (one bucket-sized tensor per bucket on each rank).
     process_group:
         The group DDP uses (``None``: the default group).
+    per_tensor:
+        Encode each gradient in its parameter's shape rather than the flat bucket. ``None``
+        (default): for codecs whose encoding uses the shape (``Codec.shape_aware``: ``powersgd``,
+        ``bird``); a flat bucket would make PowerSGD send dense and BIRD cut blocks across layers.
     """
-    state = CodecHookState(codec_from_spec(codec) if isinstance(codec, str) else codec, error_feedback, process_group)
+    codec = codec_from_spec(codec) if isinstance(codec, str) else codec
+    per = codec.shape_aware if per_tensor is None else per_tensor
+    state = CodecHookState(codec, error_feedback, process_group, per_tensor=per)
     ddp_model.register_comm_hook(state, codec_hook)
     return state

@@ -5,13 +5,22 @@ Started directly it spawns ``world_size`` local processes; under ``torchrun`` (`
 several. Each rank trains on its IID shard of the dataset; every ``log_every`` steps rank 0 writes a
 ``metrics.jsonl`` row: the loss averaged over ranks, test accuracy, and the payload bytes all ranks
 sent (``uplink_bytes``) and received (``downlink_bytes``) in those steps, as the hook measured them.
+
+At the end every rank writes ``rank{r}.json`` (its step times, hook timings, bytes and residual
+memory) and ``checkpoint_rank{r}.pt`` (model, optimizer and hook state: the residuals are per rank).
+With ``hook = false`` the model trains with DDP's own float32 all-reduce (the baseline): its rows
+carry no bytes, since no payload is made to measure.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import statistics
 import time
+from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,88 +29,175 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from fl_split.ddp.hook import register_codec_hook
+from fl_split.codecs import seeded_codec_from_spec
+from fl_split.ddp.hook import CodecHookState, register_codec_hook
 from fl_split.fl.client import accuracy, build_model
 from fl_split.metrics import RunWriter
 from fl_split.sl.setup import batch_indices, batches_per_epoch, client_data, load_split, make_sgd
+
+#: Called on each rank with ``(rank, state)`` right after the hook is registered (tests inject faults).
+StateCallback = Callable[[int, CodecHookState], None]
+
+#: Steps left out of the step-time statistics (allocation, DDP's bucket rebuild after step 1).
+WARMUP_STEPS = 3
 
 
 def _data_config(config: dict[str, Any]) -> dict[str, Any]:
     return {**config, "partition": "iid", "dirichlet_alpha": 0.3, "shards_per_client": 2, "cut": "shallow"}
 
 
-def train_rank(rank: int, world: int, config: dict[str, Any]) -> None:
-    """One rank's training loop (the process group is initialised)."""
+def _row(step: int, totals: torch.Tensor, cum: list[int], acc: float, state: CodecHookState | None, t0: float) -> dict:
+    hooked = state is not None
+    up, down = int(totals[2]), int(totals[3])
+    return {
+        "round": step,  # the step count: a row covers log_every steps
+        "train_loss": float(totals[0]) / max(float(totals[1]), 1.0),
+        "test_accuracy": acc,
+        "test_accuracy_dense": acc,
+        "uplink_bytes": up if hooked else None,
+        "downlink_bytes": down if hooked else None,
+        "cum_uplink_bytes": cum[0] if hooked else None,
+        "cum_downlink_bytes": cum[1] if hooked else None,
+        "steps": step,
+        "samples": int(totals[1]),
+        "dropped": 0,
+        "wall_s": round(time.perf_counter() - t0, 3),
+        "step_bytes_rank0": state.step_bytes() if state else None,
+        "residual_bytes_rank0": state.residual_bytes() if state else None,
+    }
+
+
+def train_rank(rank: int, world: int, config: dict[str, Any], on_state: StateCallback | None = None) -> dict[str, Any]:
+    """One rank's training loop (the process group is initialised); this rank's result.
+
+    Returns
+    -------
+    dict
+        ``rank``, ``steps``, ``step_s`` (median step time after :data:`WARMUP_STEPS`),
+        ``step_s_mean``, and with the hook ``bytes_sent``, ``bytes_received``, ``step_bytes``,
+        ``calls``, ``buckets``, ``bucket_numel`` (per bucket, in index order), ``residual_bytes``,
+        ``encode_s``, ``exchange_s``, ``decode_s``;
+        ``test_accuracy`` and ``final_train_loss`` (this rank's last batch).
+    """
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     cfg = _data_config(config)
+    out = Path(config["out_dir"])
     model = build_model(cfg, seed=int(config["seed"]))
-    ddp = DDP(model)
-    state = register_codec_hook(ddp, str(config["codec"]), error_feedback=bool(config["error_feedback"]))
+    ddp = DDP(model, bucket_cap_mb=float(config["bucket_cap_mb"]))
+    state = None
+    if config["hook"]:
+        codec = seeded_codec_from_spec(str(config["codec"]), int(config["seed"]), rank)  # reruns draw the same
+        state = register_codec_hook(ddp, codec, error_feedback=bool(config["error_feedback"]))
+        if on_state is not None:
+            on_state(rank, state)
     sgd = make_sgd(ddp.parameters(), config)
     x, y = client_data(cfg, rank, world)
-    writer = RunWriter(config["out_dir"]) if rank == 0 else None
-    xt, yt = load_split(cfg, "test") if rank == 0 else (None, None)
+    writer = RunWriter(out) if rank == 0 else None
+    xt, yt = load_split(cfg, "test")
     bs, nb = int(config["batch_size"]), batches_per_epoch(len(y), int(config["batch_size"]))
+    steps, log_every = int(config["steps"]), int(config["log_every"])
     t0, loss_sum, seen, sent0, recv0, cum = time.perf_counter(), 0.0, 0, 0, 0, [0, 0]
-    for step in range(int(config["steps"])):
+    step_times: list[float] = []
+    loss = torch.zeros(())
+    for step in range(steps):
+        ts = time.perf_counter()
         idx = batch_indices(len(y), bs, int(config["seed"]), rank, step // nb, step % nb)
         loss = nn.functional.cross_entropy(ddp(x[idx]), y[idx])
         sgd.zero_grad(set_to_none=True)
         loss.backward()
         sgd.step()
+        step_times.append(time.perf_counter() - ts)
         loss_sum, seen = loss_sum + loss.item() * len(idx), seen + len(idx)
-        if (step + 1) % int(config["log_every"]) and step + 1 != int(config["steps"]):
+        if (step + 1) % log_every and step + 1 != steps:
             continue
-        totals = torch.tensor(
-            [loss_sum, seen, state.bytes_sent - sent0, state.bytes_received - recv0], dtype=torch.float64
-        )
+        sent, recv = (state.bytes_sent, state.bytes_received) if state else (0, 0)
+        totals = torch.tensor([loss_sum, seen, sent - sent0, recv - recv0], dtype=torch.float64)
         dist.all_reduce(totals)
-        sent0, recv0, loss_sum, seen = state.bytes_sent, state.bytes_received, 0.0, 0
-        if writer is not None and xt is not None and yt is not None:
-            up, down = int(totals[2]), int(totals[3])
-            cum = [cum[0] + up, cum[1] + down]
-            acc = accuracy(model, xt, yt)
-            writer.write_round(
-                {
-                    "round": step + 1,  # the step count: a row covers log_every steps
-                    "train_loss": float(totals[0]) / max(float(totals[1]), 1.0),
-                    "test_accuracy": acc,
-                    "test_accuracy_dense": acc,
-                    "uplink_bytes": up,
-                    "downlink_bytes": down,
-                    "cum_uplink_bytes": cum[0],
-                    "cum_downlink_bytes": cum[1],
-                    "steps": step + 1,
-                    "samples": int(totals[1]),
-                    "dropped": 0,
-                    "wall_s": round(time.perf_counter() - t0, 3),
-                    "step_bytes_rank0": state.step_bytes(),
-                    "residual_bytes_rank0": sum(r.numel() * r.element_size() for r in state.residuals.values()),
-                }
-            )
+        sent0, recv0, loss_sum, seen = sent, recv, 0.0, 0
+        if writer is not None:
+            cum = [cum[0] + int(totals[2]), cum[1] + int(totals[3])]
+            writer.write_round(_row(step + 1, totals, cum, accuracy(model, xt, yt), state, t0))
+    timed = step_times[WARMUP_STEPS:] or step_times
+    result: dict[str, Any] = {
+        "rank": rank,
+        "steps": steps,
+        "step_s": statistics.median(timed),
+        "step_s_mean": statistics.fmean(timed),
+        "test_accuracy": accuracy(model, xt, yt),
+        "final_train_loss": float(loss.item()),
+    }
+    if state is not None:
+        result |= {
+            "bytes_sent": state.bytes_sent,
+            "bytes_received": state.bytes_received,
+            "step_bytes": state.step_bytes(),
+            "calls": state.calls,
+            "buckets": len(state.last_bucket_bytes),
+            "bucket_numel": [state.bucket_numel[i] for i in sorted(state.bucket_numel)],
+            "residual_bytes": state.residual_bytes(),
+            "encode_s": state.encode_s,
+            "exchange_s": state.exchange_s,
+            "decode_s": state.decode_s,
+        }
+    checkpoint = {
+        "model": model.state_dict(),
+        "optimizer": sgd.state_dict(),
+        "hook": state.state_dict() if state else None,
+        "steps": steps,
+    }
+    torch.save(checkpoint, out / f"checkpoint_rank{rank}.pt")
     if writer is not None:
-        writer.write_summary(config, {"title": f"DDP {config['world_size']} ranks, {config['codec']}", "mode": "ddp"})
+        title = f"DDP {world} ranks, {config['codec'] if state else 'plain all-reduce'}"
+        writer.write_summary(config, {"title": title, "mode": "ddp"})
+    return result
 
 
-def _spawned(rank: int, world: int, port: int, config: dict[str, Any]) -> None:
+def _spawned(rank: int, world: int, port: int, config: dict[str, Any], on_state: StateCallback | None) -> None:
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
-    _run_rank(rank, world, config)
+    _run_rank(rank, world, config, on_state)
 
 
-def _run_rank(rank: int, world: int, config: dict[str, Any]) -> None:
+def _run_rank(rank: int, world: int, config: dict[str, Any], on_state: StateCallback | None = None) -> None:
+    """Initialise the group, train, write ``rank{r}.json`` (with ``error`` when this rank raised)."""
+    out = Path(config["out_dir"])
+    out.mkdir(parents=True, exist_ok=True)
+    result: dict[str, Any] = {"rank": rank}
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=float(config["timeout_s"])))
     try:
-        train_rank(rank, world, config)
+        result = train_rank(rank, world, config, on_state)
+    except Exception as exc:
+        result["error"] = f"{type(exc).__name__}: {exc}"
+        raise
     finally:
+        (out / f"rank{rank}.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
         dist.destroy_process_group()
 
 
-def run_ddp(config: dict[str, Any]) -> None:
-    """Run under ``torchrun`` (its environment) or spawn ``world_size`` local ranks and wait for them."""
+def read_rank_results(out_dir: str | Path, world: int) -> list[dict[str, Any]]:
+    """The ``rank{r}.json`` files of a finished (or failed) run, in rank order."""
+    return [json.loads((Path(out_dir) / f"rank{r}.json").read_text(encoding="utf-8")) for r in range(world)]
+
+
+def run_ddp(config: dict[str, Any], on_state: StateCallback | None = None) -> list[dict[str, Any]] | None:
+    """Run under ``torchrun`` (its environment) or spawn ``world_size`` local ranks and wait for them.
+
+    Returns
+    -------
+    list of dict or None
+        Spawned: every rank's result (:func:`train_rank`). Under ``torchrun``: ``None`` (this
+        process is one rank; its result is in ``rank{r}.json``).
+
+    Raises
+    ------
+    torch.multiprocessing.ProcessRaisedException
+        A spawned rank raised (its message names the rank; ``rank{r}.json`` holds every rank's error).
+    """
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
-        _run_rank(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), config)
-        return
+        _run_rank(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), config, on_state)
+        return None
     from simulations.deploy import free_port
 
     world = int(config["world_size"])
-    mp.start_processes(_spawned, args=(world, free_port(), config), nprocs=world, join=True, start_method="spawn")
+    args = (world, free_port(), config, on_state)
+    mp.start_processes(_spawned, args=args, nprocs=world, join=True, start_method="spawn")
+    return read_rank_results(config["out_dir"], world)
