@@ -1,0 +1,7 @@
+"""``python -m fl_split.gossip`` (what ``torchrun -m fl_split.gossip`` starts on each rank): ``fl-split gossip``."""
+
+import sys
+
+from fl_split.cli import main
+
+sys.exit(main(["gossip", *sys.argv[1:]]))

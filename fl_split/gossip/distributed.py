@@ -1,0 +1,168 @@
+"""One ``torch.distributed`` rank per node: payloads go point to point to the graph's neighbours.
+
+Per round each rank sends its payload's length (one int64) and then its bytes (``uint8``) to every
+neighbour with ``isend`` and receives theirs with ``irecv`` (gloo on CPU; no pickling). It keeps
+its own estimate ``x̂_i`` and a copy of each neighbour's ``x̂_j``, updated from the received
+payloads (spec T8: the copies equal the owners' estimates bit for bit, checked at the end). Rank 0
+writes the metrics rows, from sums over ranks (``all_reduce``). Started directly it spawns
+``nodes`` local processes; under ``torchrun`` each process is one node (``WORLD_SIZE = nodes``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from fl_split.codecs import codec_from_spec, seeded_codec_from_spec
+from fl_split.codecs.parts import decode_parts, encode_parts
+from fl_split.gossip.config import resolved_codec, resolved_l1
+from fl_split.gossip.node import LocalObjective, mix, soft_threshold
+from fl_split.metrics import RunWriter
+
+
+def _exchange(payload: bytes, neighbours: list[int], t: int) -> dict[int, bytes]:
+    """Send ``payload`` to every neighbour and receive each neighbour's (lengths first, then bytes)."""
+    mine = torch.tensor([len(payload)], dtype=torch.int64)
+    lengths = {j: torch.zeros(1, dtype=torch.int64) for j in neighbours}
+    reqs = [dist.isend(mine, j, tag=2 * t) for j in neighbours]
+    reqs += [dist.irecv(lengths[j], j, tag=2 * t) for j in neighbours]
+    for r in reqs:
+        if r is not None:
+            r.wait()
+    data = torch.frombuffer(bytearray(payload), dtype=torch.uint8) if payload else torch.zeros(0, dtype=torch.uint8)
+    bufs = {j: torch.empty(int(lengths[j].item()), dtype=torch.uint8) for j in neighbours}
+    reqs = [dist.isend(data, j, tag=2 * t + 1) for j in neighbours]
+    reqs += [dist.irecv(bufs[j], j, tag=2 * t + 1) for j in neighbours]
+    for r in reqs:
+        if r is not None:
+            r.wait()
+    return {j: bufs[j].numpy().tobytes() for j in neighbours}
+
+
+def node_main(rank: int, n: int, config: dict[str, Any]) -> dict[str, Any]:
+    """Node ``rank``'s whole run (the process group is initialised); this node's result."""
+    from fl_split.gossip.run import Evaluator, graph, metrics_row
+
+    threads = int(config["threads"]) or max(1, (os.cpu_count() or 1) // n)
+    torch.set_num_threads(threads)
+    adj, w = graph(config)
+    neighbours = [int(j) for j in np.flatnonzero(adj[rank])]
+    degrees = [int(d) for d in adj.sum(1)]
+    spec, l1 = resolved_codec(config), resolved_l1(config)
+    objective = LocalObjective(config, n)
+    shapes, x = objective.shapes, objective.initial()
+    d = x.numel()
+    x_hat = x.clone()
+    copies = {j: x.clone() for j in neighbours}
+    codec, decoder = seeded_codec_from_spec(spec, int(config["seed"]), rank), codec_from_spec(spec)
+    lr, gamma = float(config["lr"]), float(config["gamma"])
+    cpu = torch.device("cpu")
+    out = Path(config["out_dir"])
+    writer = RunWriter(out) if rank == 0 else None
+    evaluate = Evaluator(config, objective) if rank == 0 else None
+    edge_bytes = torch.zeros(n, n, dtype=torch.int64)
+    t0, loss_sum, sent, cum = time.perf_counter(), 0.0, 0, 0
+    rounds, every = int(config["rounds"]), int(config["eval_every"])
+    for t in range(rounds):
+        g, loss = objective.grad(x, rank, t)
+        x_half = x - lr * g
+        payload = encode_parts(codec, x_half - x_hat, shapes)
+        received = _exchange(payload, neighbours, t)
+        x_hat = x_hat + decode_parts(decoder, payload, d, shapes, cpu)
+        for j in neighbours:
+            copies[j] = copies[j] + decode_parts(decoder, received[j], d, shapes, cpu)
+        acc = mix(x_hat, [(float(w[rank, j]), copies[j]) for j in neighbours])
+        x = soft_threshold(x_half + gamma * acc, lr * l1)
+        loss_sum += loss
+        sent += len(payload) * len(neighbours)
+        edge_bytes[rank, neighbours] += len(payload)
+        if (t + 1) % every and t + 1 != rounds:
+            continue
+        x_bar = x.clone()
+        totals = torch.tensor([loss_sum, float(sent), float((x == 0).sum())], dtype=torch.float64)
+        dist.all_reduce(x_bar)
+        dist.all_reduce(totals)
+        x_bar /= n
+        dev = torch.tensor([float(torch.linalg.vector_norm((x - x_bar).double()) ** 2)], dtype=torch.float64)
+        dist.all_reduce(dev)
+        loss_sum, sent = 0.0, 0
+        if writer is not None and evaluate is not None:
+            cum += int(totals[1])
+            k = t % every + 1  # rounds in this row
+            loss_mean = float(totals[0]) / (n * k)
+            samples = (t + 1) * n * int(config["batch_size"])
+            row = metrics_row(
+                t + 1, loss_mean, int(totals[1]), cum, x.unsqueeze(0), evaluate(x_bar), samples, t0, degrees
+            )
+            row |= {  # over all nodes (the row above saw this rank's model only)
+                "consensus_distance": float(dev[0]) ** 0.5,
+                "model_sparsity": float(totals[2]) / (n * d),
+            }
+            writer.write_round(row)
+    # T8: every copy of x̂_j equals node j's own x̂_j, bit for bit
+    all_hat = [torch.empty_like(x_hat) for _ in range(n)]
+    dist.all_gather(all_hat, x_hat)
+    consistent = all(torch.equal(copies[j], all_hat[j]) for j in neighbours)
+    dist.all_reduce(edge_bytes)
+    torch.save({"x": x, "x_hat": x_hat}, out / f"node{rank}.pt")
+    result = {"rank": rank, "replicas_consistent": consistent, "neighbours": neighbours}
+    if writer is not None:
+        summary_x = torch.stack(all_hat)  # estimates, only for the record; the models are in node{i}.pt
+        writer.write_summary(
+            config,
+            {
+                "title": f"{config['algorithm']} on a {config['topology']} of {n}, {spec} (torch.distributed)",
+                "mode": "gossip",
+                "codec": spec,
+                "l1": l1,
+                "edge_bytes": edge_bytes.tolist(),
+                "model_numel": d,
+                "estimate_spread": float(torch.linalg.vector_norm(summary_x - summary_x.mean(0)).item()),
+            },
+        )
+    return result
+
+
+def _run_rank(rank: int, n: int, config: dict[str, Any]) -> None:
+    out = Path(config["out_dir"])
+    out.mkdir(parents=True, exist_ok=True)
+    timeout = timedelta(seconds=float(config["timeout_s"]))
+    dist.init_process_group("gloo", rank=rank, world_size=n, timeout=timeout)
+    result: dict[str, Any] = {"rank": rank}
+    try:
+        result = node_main(rank, n, config)
+    except Exception as exc:
+        result["error"] = f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        (out / f"rank{rank}.json").write_text(json.dumps(result) + "\n", encoding="utf-8")
+        dist.destroy_process_group()
+
+
+def _spawned(rank: int, n: int, port: int, config: dict[str, Any]) -> None:
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
+    _run_rank(rank, n, config)
+
+
+def run_distributed(config: dict[str, Any]) -> dict[str, Any]:
+    """Spawn ``nodes`` local ranks (or be one rank under ``torchrun``); rank 0's summary (``{}`` on other ranks)."""
+    n = int(config["nodes"])
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        if int(os.environ["WORLD_SIZE"]) != n:
+            raise ValueError(f"torchrun started {os.environ['WORLD_SIZE']} processes but nodes = {n}: they must match")
+        _run_rank(int(os.environ["RANK"]), n, config)
+    else:
+        from simulations.deploy import free_port
+
+        mp.start_processes(_spawned, args=(n, free_port(), config), nprocs=n, join=True, start_method="spawn")
+    summary = Path(config["out_dir"]) / "summary.json"
+    return json.loads(summary.read_text(encoding="utf-8")) if summary.exists() else {}
