@@ -183,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     p_fl = sub.add_parser("fl", help="federated learning with compressed updates over Flower")
     _add_common(p_fl)
     p_fl.add_argument("--list-keys", action="store_true", help="list every config key with its default and exit")
+    # no -h of its own: `fl-split compare --help` reaches the runner's parser
+    sub.add_parser("compare", help="SL vs FL grid at measured bytes (`fl-split compare --help`)", add_help=False)
     p_gossip = sub.add_parser("gossip", help="decentralized learning: Malcom-PSGD or CHOCO-SGD over a graph")
     _add_common(p_gossip)
     p_gossip.add_argument("--list-keys", action="store_true", help="list every config key with its default and exit")
@@ -212,6 +214,10 @@ def main(argv: list[str] | None = None) -> int:
         return _ddp(args, p_ddp)
     if args.command == "gossip":
         return _gossip(args, p_gossip)
+    if args.command == "compare":
+        from simulations import compare
+
+        return compare.main(rest)
     if args.command == "fl":
         _log_to_stderr(("fl_split", "strategies", "simulations"))
         return _fl(args, p_fl)

@@ -1,0 +1,122 @@
+"""The cells of a comparison grid and what is read back from a finished cell.
+
+A grid config (``conf/compare/*.yaml``) names a ``base`` (keys shared by every cell: data, split,
+seed, clients), an ``sl`` block (``codecs`` × ``cuts`` × ``modes``, plus any split-learning keys)
+and an ``fl`` block (``codecs`` × ``error_feedback``, plus any FL keys). Each cell is one fully
+resolved run config; its key is a hash of that config (without output paths), so a rerun finds
+the cells already done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from itertools import product
+from typing import Any
+
+from fl_split.config import ConfigError
+
+#: Keys of a cell's config that do not change its result.
+_NOT_KEYED = ("out_dir", "progress")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of the grid.
+
+    Attributes
+    ----------
+    scheme:
+        ``sl`` or ``fl``.
+    label:
+        Human-readable: ``"sl ms:keep=0.01,bits=2 shallow splitfed2"``.
+    config:
+        The resolved run config (``out_dir`` set by the runner).
+    """
+
+    scheme: str
+    label: str
+    config: dict[str, Any]
+
+    @property
+    def key(self) -> str:
+        """16 hex digits of the SHA-256 of the canonical JSON of the config (output keys left out)."""
+        keyed = {k: v for k, v in self.config.items() if k not in _NOT_KEYED}
+        text = json.dumps({"scheme": self.scheme, "config": keyed}, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _list(block: Mapping[str, Any], key: str, default: Sequence[Any]) -> list[Any]:
+    value = block.get(key, default)
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"compare: {key} must be a non-empty list, got {value!r}")
+    return value
+
+
+def expand_grid(grid: Mapping[str, Any]) -> list[Cell]:
+    """Every cell of a grid config, resolved and validated (SL first, then FL).
+
+    Raises
+    ------
+    ConfigError
+        An unknown top-level key, a list that is empty, or a cell whose config is invalid (the
+        message names the cell).
+    """
+    from fl_split.fl.config import load_fl_config
+    from fl_split.sl.config import load_sl_config
+
+    allowed = {"base", "sl", "fl", "target_accuracy", "title", "feature_maps"}
+    unknown = set(grid) - allowed
+    if unknown:
+        raise ConfigError(f"compare: unknown keys {sorted(unknown)}; a grid has {', '.join(sorted(allowed))}")
+    base = dict(grid.get("base") or {})
+    cells = []
+    sl = dict(grid.get("sl") or {})
+    if sl:
+        codecs, cuts, modes = _list(sl, "codecs", []), _list(sl, "cuts", ["shallow"]), _list(sl, "modes", ["splitfed2"])
+        extra = {k: v for k, v in sl.items() if k not in ("codecs", "cuts", "modes")}
+        for codec, cut, mode in product(codecs, cuts, modes):
+            label = f"sl {codec} {cut} {mode}"
+            values = {**base, **extra, "uplink": codec, "cut": cut, "mode": mode, "progress": False}
+            try:
+                cells.append(Cell("sl", label, load_sl_config(values=values)))
+            except ConfigError as exc:
+                raise ConfigError(f"compare: cell {label!r}: {exc}") from exc
+    fl = dict(grid.get("fl") or {})
+    if fl:
+        codecs, efs = _list(fl, "codecs", []), _list(fl, "error_feedback", [True])
+        extra = {k: v for k, v in fl.items() if k not in ("codecs", "error_feedback")}
+        for codec, ef in product(codecs, efs):
+            label = f"fl {codec}{' +EF' if ef else ''}"
+            values = {**base, **extra, "uplink": codec, "error_feedback": ef, "progress": False}
+            try:
+                cells.append(Cell("fl", label, load_fl_config(values=values)))
+            except ConfigError as exc:
+                raise ConfigError(f"compare: cell {label!r}: {exc}") from exc
+    if not cells:
+        raise ConfigError("compare: the grid has no cells (give an sl or an fl block with codecs)")
+    return cells
+
+
+def cell_result(cell: Cell, summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], target: float) -> dict:
+    """One line of ``summary.csv`` from a finished cell's ``summary.json`` and ``metrics.jsonl`` rows."""
+    hit = next((r for r in rows if r["test_accuracy"] >= target), None)
+    last = rows[-1] if rows else {}
+    return {
+        "cell": cell.label,
+        "scheme": cell.scheme,
+        "codec": cell.config["uplink"],
+        "cut": cell.config.get("cut", "") if cell.scheme == "sl" else "",
+        "mode": cell.config.get("mode", "") if cell.scheme == "sl" else "fedavg",
+        "error_feedback": cell.config.get("error_feedback", "") if cell.scheme == "fl" else "",
+        "status": summary.get("status", "completed" if rows else "failed"),
+        "final_accuracy": summary.get("final_test_accuracy"),
+        "best_accuracy": summary.get("best_test_accuracy"),
+        "mb_up": round(last.get("cum_uplink_bytes", 0) / 1e6, 3),
+        "mb_down": round(last.get("cum_downlink_bytes", 0) / 1e6, 3),
+        "mb_to_target": None if hit is None else round((hit["cum_uplink_bytes"] + hit["cum_downlink_bytes"]) / 1e6, 3),
+        "wall_s": summary.get("wall_s"),
+        "key": cell.key,
+    }

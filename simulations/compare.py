@@ -1,0 +1,186 @@
+"""``fl-split compare``: run a grid of split-learning and FL cells and compare them at measured bytes.
+
+Each cell runs in ``OUT/cells/<key>/`` (its own ``metrics.jsonl`` and ``summary.json``); a cell
+whose ``summary.json`` is there is not run again (the key is a hash of its resolved config, so a
+changed config is a new cell). A cell that raises is reported as failed (``error.txt``) and the
+others go on; a rerun tries it again. ``--jobs N`` runs N cells at once in separate processes.
+At the end: ``summary.csv``, ``summary.md`` and the plots ``accuracy_vs_mb.png`` (1),
+``codec_error.png`` (2, with ``codec_error.csv``) and ``mb_to_target.png`` (3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import traceback
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fl_split.compare.cells import Cell, cell_result, expand_grid
+from fl_split.config import ConfigError, resolve_config_path
+from fl_split.metrics import read_metrics
+
+#: Columns of ``summary.csv`` / ``summary.md``, in order.
+COLUMNS = [
+    "cell",
+    "scheme",
+    "codec",
+    "cut",
+    "mode",
+    "error_feedback",
+    "status",
+    "final_accuracy",
+    "best_accuracy",
+    "mb_up",
+    "mb_down",
+    "mb_to_target",
+    "wall_s",
+    "key",
+]
+
+
+def run_cell(cell: Cell, cell_dir: str) -> str:
+    """Run one cell into ``cell_dir``; ``"completed"``, or ``"failed: ..."`` (the traceback in ``error.txt``)."""
+    out = Path(cell_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config = {**cell.config, "out_dir": str(out), "progress": False}
+    try:
+        if cell.scheme == "sl":
+            from simulations.sl import run_sl
+
+            run_sl(config)
+        else:
+            from simulations.fl import run_fl
+
+            run_fl(config)
+    except Exception as exc:  # one cell's failure is a result; the grid goes on
+        (out / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
+        (out / "summary.json").unlink(missing_ok=True)
+        return f"failed: {type(exc).__name__}: {exc}"
+    (out / "error.txt").unlink(missing_ok=True)
+    return "completed"
+
+
+def load_grid(name_or_path: str) -> dict[str, Any]:
+    """A grid config: ``conf/compare/NAME.yaml`` or a path.
+
+    Raises
+    ------
+    ConfigError
+        The file is not a mapping.
+    """
+    path = resolve_config_path(name_or_path, "compare")
+    grid = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if not isinstance(grid, dict):
+        raise ConfigError(f"{path}: a grid config is a mapping with base, sl, fl, target_accuracy")
+    return grid
+
+
+def run_grid(grid: dict[str, Any], out_dir: str | Path, jobs: int = 1, progress: bool = True) -> list[dict[str, Any]]:
+    """Run every cell not yet done; write and return the summary rows (one per cell, grid order)."""
+    from tqdm import tqdm
+
+    out = Path(out_dir)
+    cells = expand_grid(grid)
+    target = float(grid.get("target_accuracy", 0.9))
+    todo = [c for c in cells if not (out / "cells" / c.key / "summary.json").exists()]
+    errors: dict[str, str] = {}
+    bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc="compare", unit="cell", disable=not progress)
+    if jobs <= 1:
+        for cell in todo:
+            bar.set_postfix_str(cell.label)
+            status = run_cell(cell, str(out / "cells" / cell.key))
+            if status != "completed":
+                errors[cell.key] = status
+            bar.update()
+    else:
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+            futures = {pool.submit(run_cell, c, str(out / "cells" / c.key)): c for c in todo}
+            for fut in as_completed(futures):
+                status = fut.result()
+                if status != "completed":
+                    errors[futures[fut].key] = status
+                bar.update()
+    bar.close()
+    rows = []
+    for cell in cells:
+        cell_dir = out / "cells" / cell.key
+        summary_path = cell_dir / "summary.json"
+        if summary_path.exists():
+            summary = json.loads(summary_path.read_text(encoding="utf-8"))
+            rows.append(cell_result(cell, summary, read_metrics(cell_dir / "metrics.jsonl"), target))
+        else:
+            rows.append(cell_result(cell, {"status": errors.get(cell.key, "failed")}, [], target))
+    write_summary(rows, out, grid, target)
+    return rows
+
+
+def write_summary(rows: list[dict[str, Any]], out: Path, grid: dict[str, Any], target: float) -> None:
+    """``summary.csv``, ``summary.md`` and the two plots."""
+    from fl_split.compare.plots import plot_accuracy_vs_mb_grid, plot_mb_to_target
+
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "summary.csv").open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = [
+        f"# {grid.get('title', 'fl-split compare')}",
+        "",
+        f"Target test accuracy {target}. MB are measured payload bytes (up + down to the target).",
+        "",
+        "| " + " | ".join(COLUMNS[:-1]) + " |",
+        "|" + "---|" * (len(COLUMNS) - 1),
+    ]
+    for r in rows:
+        cells = ["not reached" if c == "mb_to_target" and r[c] is None else r[c] for c in COLUMNS[:-1]]
+        lines.append("| " + " | ".join("–" if v is None else str(v) for v in cells) + " |")
+    (out / "summary.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    curves = {}
+    for r in rows:
+        metrics = out / "cells" / r["key"] / "metrics.jsonl"
+        if metrics.exists():
+            curves[r["cell"]] = read_metrics(metrics)
+    plot_accuracy_vs_mb_grid(curves, out / "accuracy_vs_mb.png")
+    plot_mb_to_target(rows, out / "mb_to_target.png", target)
+    write_codec_error(out, int(grid.get("feature_maps", 64)))
+
+
+def write_codec_error(out: Path, n: int) -> None:
+    """Plot 2: every codec's error against measured bits per element on real cut-layer feature maps
+    (``n`` post-ReLU 64x16x16 maps of a digits CNN trained 100 steps); ``codec_error.csv`` and ``.png``."""
+    from fl_split.compare.codec_error import codec_error_curves, plot_codec_error
+    from fl_split.data.feature_maps import real_feature_maps
+
+    rows = codec_error_curves(real_feature_maps(n))
+    with (out / "codec_error.csv").open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    plot_codec_error(rows, out / "codec_error.png", title=f"{n} real cut-layer feature maps (digits CNN)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``fl-split compare [--config NAME|PATH] [--out DIR] [--jobs N] [--no-progress]``."""
+    parser = argparse.ArgumentParser(prog="fl-split compare", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="default", help="conf/compare/NAME.yaml or a path (default: default)")
+    parser.add_argument("--out", default="runs/compare", help="output folder (cells are kept here for reruns)")
+    parser.add_argument("--jobs", type=int, default=1, help="cells run at once, each in its own process")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        grid = load_grid(args.config)
+        rows = run_grid(grid, args.out, jobs=args.jobs, progress=not args.no_progress)
+    except (ConfigError, FileNotFoundError) as err:
+        parser.error(str(err))
+    failed = [r for r in rows if r["status"] != "completed"]
+    print(f"{len(rows)} cells, {len(failed)} failed; wrote {args.out}/summary.csv, summary.md and the plots")
+    for r in failed:
+        print(f"  {r['cell']}: {r['status']}", file=sys.stderr)
+    return 0 if not failed else 1
