@@ -56,8 +56,11 @@ def run_cell(cell: Cell, cell_dir: str) -> str:
 
             run_sl(config)
         else:
+            import logging
+
             from simulations.fl import run_fl
 
+            logging.getLogger("flwr").setLevel(logging.WARNING)  # one line per round and node, times 30 rounds
             run_fl(config)
     except Exception as exc:  # one cell's failure is a result; the grid goes on
         (out / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
@@ -121,6 +124,12 @@ def run_grid(grid: dict[str, Any], out_dir: str | Path, jobs: int = 1, progress:
     return rows
 
 
+def _cell_text(value: Any) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.4f}" if isinstance(value, float) and not value.is_integer() else str(value)
+
+
 def write_summary(rows: list[dict[str, Any]], out: Path, grid: dict[str, Any], target: float) -> None:
     """``summary.csv``, ``summary.md`` and the two plots."""
     from fl_split.compare.plots import plot_accuracy_vs_mb_grid, plot_mb_to_target
@@ -140,7 +149,7 @@ def write_summary(rows: list[dict[str, Any]], out: Path, grid: dict[str, Any], t
     ]
     for r in rows:
         cells = ["not reached" if c == "mb_to_target" and r[c] is None else r[c] for c in COLUMNS[:-1]]
-        lines.append("| " + " | ".join("–" if v is None else str(v) for v in cells) + " |")
+        lines.append("| " + " | ".join(_cell_text(v) for v in cells) + " |")
     (out / "summary.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     curves = {}
     for r in rows:

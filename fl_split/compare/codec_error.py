@@ -31,7 +31,8 @@ DEFAULT_SWEEPS: dict[str, list[str]] = {
 
 
 def codec_error_curves(x: torch.Tensor, sweeps: Mapping[str, Sequence[str]] = DEFAULT_SWEEPS) -> list[dict[str, Any]]:
-    """One row per spec: ``codec``, ``spec``, ``bits_per_element``, ``relative_error``, ``payload_bytes``.
+    """One row per spec: ``codec``, ``series`` (the plot's curve), ``spec``, ``bits_per_element``,
+    ``relative_error``, ``payload_bytes``.
 
     Raises
     ------
@@ -48,9 +49,13 @@ def codec_error_curves(x: torch.Tensor, sweeps: Mapping[str, Sequence[str]] = DE
             payload = codec.encode(x)
             x_hat = codec.decode(payload, device=x.device).reshape(x.shape)
             err = float(torch.linalg.vector_norm((x - x_hat.to(x.dtype)).double())) / norm
+            series = codec_name
+            if codec_name == "ms":  # one curve per mask width (keep varies along it)
+                series = f"ms {codec.config().get('bits')}-bit mask"
             rows.append(
                 {
                     "codec": codec_name,
+                    "series": series,
                     "spec": spec,
                     "bits_per_element": 8 * len(payload) / x.numel(),
                     "relative_error": err,
@@ -80,10 +85,13 @@ def plot_codec_error(rows: Sequence[dict[str, Any]], path: str | Path, title: st
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    for codec in dict.fromkeys(r["codec"] for r in rows):
-        pts = sorted((r["bits_per_element"], r["relative_error"]) for r in rows if r["codec"] == codec)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3, label=codec)
+    ax.set_prop_cycle(color=plt.get_cmap("tab20").colors)
+    for series in dict.fromkeys(r.get("series", r["codec"]) for r in rows):
+        mine = [r for r in rows if r.get("series", r["codec"]) == series]
+        pts = sorted((r["bits_per_element"], r["relative_error"]) for r in mine)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3, label=series)
     ax.set_xscale("log")
+    ax.set_yscale("log")  # unbiased sparsifiers (randk, qsgd, bird values) have errors above 1
     ax.set_xlabel("measured bits per element (payload, header included)")
     ax.set_ylabel("relative error ‖x − x̂‖₂ / ‖x‖₂")
     if title:
