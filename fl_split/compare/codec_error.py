@@ -85,7 +85,8 @@ def plot_codec_error(rows: Sequence[dict[str, Any]], path: str | Path, title: st
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    ax.set_prop_cycle(color=plt.get_cmap("tab20").colors)
+    cmap = plt.get_cmap("tab20")
+    ax.set_prop_cycle(color=[cmap(i) for i in range(20)])
     for series in dict.fromkeys(r.get("series", r["codec"]) for r in rows):
         mine = [r for r in rows if r.get("series", r["codec"]) == series]
         pts = sorted((r["bits_per_element"], r["relative_error"]) for r in mine)
