@@ -67,3 +67,11 @@ def test_grid_errors_name_the_problem() -> None:
         expand_grid({"sl": {"codecs": ["nope"]}})
     with pytest.raises(ConfigError, match="no cells"):
         expand_grid({"base": {}})
+
+
+def test_jobs_run_cells_in_separate_processes_with_the_same_results(tmp_path: Path) -> None:
+    """``--jobs 2``: the two cells run in spawned processes; their rows equal a serial run's (deterministic SL)."""
+    serial = compare.run_grid(TINY, tmp_path / "serial", progress=False)
+    parallel = compare.run_grid(TINY, tmp_path / "parallel", jobs=2, progress=False)
+    keys = ("cell", "status", "final_accuracy", "mb_up", "mb_down", "mb_to_target", "key")
+    assert [[r[k] for k in keys] for r in parallel] == [[r[k] for k in keys] for r in serial]
