@@ -330,11 +330,11 @@ def test_batchnorm_model_trains_and_k1_equals_centralized(k: int) -> None:
         batches_per_message=k,
     )
     strategy = _run(cfg)
-    ref_client, ref_server = centralized(cfg, steps_per_round=3, rounds=1)
     assert strategy.rows[0]["steps"] == 3
     tracked = [t for n, t in strategy.client_half.state_dict().items() if n.endswith("num_batches_tracked")]
     assert [int(t) for t in tracked] == [3]  # three batches, counted once each
-    if k == 1:
+    if k == 1:  # the centralized reference only for exact vanilla SL (k > 1 applies stale gradients)
+        ref_client, ref_server = centralized(cfg, steps_per_round=3, rounds=1)
         assert max_diff(strategy.client_half, ref_client) < 1e-5  # weights and BN running statistics
         assert max_diff(strategy.server_half, ref_server) < 1e-5
 
