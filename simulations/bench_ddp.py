@@ -34,8 +34,9 @@ from torch.multiprocessing import ProcessRaisedException
 from fl_split.codecs import codec_from_spec
 from fl_split.codecs.parts import encode_parts
 from fl_split.ddp.config import load_ddp_config
-from fl_split.ddp.train import read_rank_results, run_ddp
+from fl_split.ddp.train import run_ddp
 from fl_split.fl.client import build_model
+from fl_split.launch import read_rank_results
 
 #: (label, codec spec or None for plain DDP, error feedback) of the speed table.
 SPEED: list[tuple[str, str | None, bool]] = [

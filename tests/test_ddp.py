@@ -12,9 +12,10 @@ from ddp_worker import truncate_payloads_of_rank1
 from torch.multiprocessing import ProcessRaisedException
 
 from fl_split.ddp.config import load_ddp_config
-from fl_split.ddp.train import read_rank_results, run_ddp
+from fl_split.ddp.train import run_ddp
 from fl_split.fl.client import build_model
 from fl_split.fl.config import load_fl_config
+from fl_split.launch import read_rank_results
 from fl_split.metrics import read_metrics
 
 NUMEL = sum(t.numel() for t in build_model(load_fl_config("fl"), seed=0).parameters())

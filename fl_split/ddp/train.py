@@ -14,24 +14,22 @@ carry no bytes, since no payload is made to measure.
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import time
 from collections.abc import Callable
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from fl_split.codecs import seeded_codec_from_spec
 from fl_split.ddp.hook import CodecHookState, register_codec_hook
 from fl_split.fl.client import accuracy, build_model
+from fl_split.launch import launch, read_rank_results
 from fl_split.metrics import RunWriter
 from fl_split.sl.setup import batch_indices, batches_per_epoch, client_data, load_split, make_sgd
 
@@ -152,32 +150,6 @@ def train_rank(rank: int, world: int, config: dict[str, Any], on_state: StateCal
     return result
 
 
-def _spawned(rank: int, world: int, port: int, config: dict[str, Any], on_state: StateCallback | None) -> None:
-    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
-    _run_rank(rank, world, config, on_state)
-
-
-def _run_rank(rank: int, world: int, config: dict[str, Any], on_state: StateCallback | None = None) -> None:
-    """Initialise the group, train, write ``rank{r}.json`` (with ``error`` when this rank raised)."""
-    out = Path(config["out_dir"])
-    out.mkdir(parents=True, exist_ok=True)
-    result: dict[str, Any] = {"rank": rank}
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=float(config["timeout_s"])))
-    try:
-        result = train_rank(rank, world, config, on_state)
-    except Exception as exc:
-        result["error"] = f"{type(exc).__name__}: {exc}"
-        raise
-    finally:
-        (out / f"rank{rank}.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-        dist.destroy_process_group()
-
-
-def read_rank_results(out_dir: str | Path, world: int) -> list[dict[str, Any]]:
-    """The ``rank{r}.json`` files of a finished (or failed) run, in rank order."""
-    return [json.loads((Path(out_dir) / f"rank{r}.json").read_text(encoding="utf-8")) for r in range(world)]
-
-
 def run_ddp(config: dict[str, Any], on_state: StateCallback | None = None) -> list[dict[str, Any]] | None:
     """Run under ``torchrun`` (its environment) or spawn ``world_size`` local ranks and wait for them.
 
@@ -192,12 +164,7 @@ def run_ddp(config: dict[str, Any], on_state: StateCallback | None = None) -> li
     torch.multiprocessing.ProcessRaisedException
         A spawned rank raised (its message names the rank; ``rank{r}.json`` holds every rank's error).
     """
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
-        _run_rank(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), config, on_state)
-        return None
-    from simulations.deploy import free_port
-
     world = int(config["world_size"])
-    args = (world, free_port(), config, on_state)
-    mp.start_processes(_spawned, args=args, nprocs=world, join=True, start_method="spawn")
+    if not launch(train_rank, config, world, on_state):
+        return None  # this process was one torchrun rank
     return read_rank_results(config["out_dir"], world)

@@ -13,19 +13,18 @@ from __future__ import annotations
 import json
 import os
 import time
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from fl_split.codecs import codec_from_spec, seeded_codec_from_spec
 from fl_split.codecs.parts import decode_parts, encode_parts
 from fl_split.gossip.config import resolved_codec, resolved_l1
 from fl_split.gossip.node import LocalObjective, mix, soft_threshold
+from fl_split.launch import launch
 from fl_split.metrics import RunWriter
 
 
@@ -132,37 +131,8 @@ def node_main(rank: int, n: int, config: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def _run_rank(rank: int, n: int, config: dict[str, Any]) -> None:
-    out = Path(config["out_dir"])
-    out.mkdir(parents=True, exist_ok=True)
-    timeout = timedelta(seconds=float(config["timeout_s"]))
-    dist.init_process_group("gloo", rank=rank, world_size=n, timeout=timeout)
-    result: dict[str, Any] = {"rank": rank}
-    try:
-        result = node_main(rank, n, config)
-    except Exception as exc:
-        result["error"] = f"{type(exc).__name__}: {exc}"
-        raise
-    finally:
-        (out / f"rank{rank}.json").write_text(json.dumps(result) + "\n", encoding="utf-8")
-        dist.destroy_process_group()
-
-
-def _spawned(rank: int, n: int, port: int, config: dict[str, Any]) -> None:
-    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
-    _run_rank(rank, n, config)
-
-
 def run_distributed(config: dict[str, Any]) -> dict[str, Any]:
     """Spawn ``nodes`` local ranks (or be one rank under ``torchrun``); rank 0's summary (``{}`` on other ranks)."""
-    n = int(config["nodes"])
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
-        if int(os.environ["WORLD_SIZE"]) != n:
-            raise ValueError(f"torchrun started {os.environ['WORLD_SIZE']} processes but nodes = {n}: they must match")
-        _run_rank(int(os.environ["RANK"]), n, config)
-    else:
-        from simulations.deploy import free_port
-
-        mp.start_processes(_spawned, args=(n, free_port(), config), nprocs=n, join=True, start_method="spawn")
+    launch(node_main, config, int(config["nodes"]), world_must_match=True)
     summary = Path(config["out_dir"]) / "summary.json"
     return json.loads(summary.read_text(encoding="utf-8")) if summary.exists() else {}

@@ -1,0 +1,78 @@
+"""Starting ``torch.distributed`` ranks: spawned on this machine, or one per process under ``torchrun``.
+
+Used by ``fl-split ddp`` (one rank per data-parallel worker) and ``fl-split gossip`` with
+``transport = distributed`` (one rank per node). Each rank runs ``fn(rank, world, config, *args)``
+in an initialised gloo group (timeout ``config["timeout_s"]``) and writes what it returned to
+``out_dir/rank{r}.json`` — with ``error`` when it raised, so a caller can read every rank's failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+#: A rank's body: ``fn(rank, world, config, *args)`` returns the rank's result (JSON-ready).
+RankFn = Callable[..., dict[str, Any]]
+
+
+def run_rank(fn: RankFn, rank: int, world: int, config: dict[str, Any], *args: Any) -> None:
+    """Initialise the group, run ``fn``, write ``rank{r}.json`` (with ``error`` when ``fn`` raised), leave the group."""
+    out = Path(config["out_dir"])
+    out.mkdir(parents=True, exist_ok=True)
+    result: dict[str, Any] = {"rank": rank}
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=float(config["timeout_s"])))
+    try:
+        result = fn(rank, world, config, *args)
+    except Exception as exc:
+        result["error"] = f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        (out / f"rank{rank}.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+        dist.destroy_process_group()
+
+
+def _spawned(rank: int, fn: RankFn, world: int, port: int, config: dict[str, Any], args: tuple[Any, ...]) -> None:
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
+    run_rank(fn, rank, world, config, *args)
+
+
+def launch(fn: RankFn, config: dict[str, Any], world: int, *args: Any, world_must_match: bool = False) -> bool:
+    """Run ``fn`` on every rank; ``True`` here if this process spawned the ranks (and they all finished).
+
+    Under ``torchrun`` (``RANK`` and ``WORLD_SIZE`` set) this process is one rank of
+    ``WORLD_SIZE``; ``False`` is returned after it finished. Otherwise ``world`` local processes
+    are spawned on a free port and waited for.
+
+    Raises
+    ------
+    ValueError
+        ``world_must_match`` and torchrun's ``WORLD_SIZE`` differs from ``world``.
+    torch.multiprocessing.ProcessRaisedException
+        A spawned rank raised (its message names the rank; ``rank{r}.json`` holds every rank's error).
+    """
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        size = int(os.environ["WORLD_SIZE"])
+        if world_must_match and size != world:
+            raise ValueError(
+                f"torchrun started {size} processes but the config asks for {world} ranks "
+                "(nodes, world_size): they must match"
+            )
+        run_rank(fn, int(os.environ["RANK"]), size, config, *args)
+        return False
+    from simulations.deploy import free_port
+
+    spawn_args = (fn, world, free_port(), config, args)
+    mp.start_processes(_spawned, args=spawn_args, nprocs=world, join=True, start_method="spawn")
+    return True
+
+
+def read_rank_results(out_dir: str | Path, world: int) -> list[dict[str, Any]]:
+    """The ``rank{r}.json`` files of a finished (or failed) run, in rank order."""
+    return [json.loads((Path(out_dir) / f"rank{r}.json").read_text(encoding="utf-8")) for r in range(world)]
