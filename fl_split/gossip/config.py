@@ -108,16 +108,10 @@ def validate_gossip(config: dict[str, Any]) -> None:
         raise ConfigError(f"gossip needs at least 2 nodes, got nodes={config['nodes']}")
     if config["algorithm"] == "choco" and resolved_l1(config) > 0:
         raise ConfigError("choco solves the unregularized problem: set l1=0 (or algorithm=malcom for the L1 prox)")
-    from fl_split.gossip.topology import TopologyError, make_topology
+    from fl_split.gossip.topology import TopologyError, config_topology
 
     try:
-        make_topology(
-            str(config["topology"]),
-            int(config["nodes"]),
-            torus_shape=config["torus_shape"],
-            p=float(config["edge_probability"]),
-            seed=int(config["graph_seed"]),
-        )
+        config_topology(config)
     except TopologyError as exc:
         raise ConfigError(f"topology: {exc}") from exc
 

@@ -67,7 +67,7 @@ def node_main(rank: int, n: int, config: dict[str, Any]) -> dict[str, Any]:
     cpu = torch.device("cpu")
     out = Path(config["out_dir"])
     writer = RunWriter(out) if rank == 0 else None
-    evaluate = Evaluator(config, objective) if rank == 0 else None
+    evaluate = Evaluator(objective) if rank == 0 else None
     edge_bytes = torch.zeros(n, n, dtype=torch.int64)
     t0, loss_sum, sent, cum = time.perf_counter(), 0.0, 0, 0
     rounds, every = int(config["rounds"]), int(config["eval_every"])
@@ -99,13 +99,9 @@ def node_main(rank: int, n: int, config: dict[str, Any]) -> dict[str, Any]:
             k = t % every + 1  # rounds in this row
             loss_mean = float(totals[0]) / (n * k)
             samples = (t + 1) * n * int(config["batch_size"])
-            row = metrics_row(
-                t + 1, loss_mean, int(totals[1]), cum, x.unsqueeze(0), evaluate(x_bar), samples, t0, degrees
-            )
-            row |= {  # over all nodes (the row above saw this rank's model only)
-                "consensus_distance": float(dev[0]) ** 0.5,
-                "model_sparsity": float(totals[2]) / (n * d),
-            }
+            distance, sparsity = float(dev[0]) ** 0.5, float(totals[2]) / (n * d)  # over all nodes
+            test_acc = evaluate(x_bar)
+            row = metrics_row(t + 1, loss_mean, int(totals[1]), cum, test_acc, samples, t0, degrees, distance, sparsity)
             writer.write_round(row)
     # T8: every copy of x̂_j equals node j's own x̂_j, bit for bit
     all_hat = [torch.empty_like(x_hat) for _ in range(n)]

@@ -11,20 +11,14 @@ import torch
 from fl_split.fl.client import accuracy
 from fl_split.gossip.config import resolved_codec, resolved_l1
 from fl_split.gossip.node import LocalObjective
-from fl_split.gossip.topology import make_topology, mixing_matrix, spectral_gap
+from fl_split.gossip.topology import config_topology, mixing_matrix, spectral_gap
 from fl_split.metrics import RunWriter
 from fl_split.sl.setup import load_split
 
 
 def graph(config: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     """``(adjacency, mixing matrix)`` of the configured topology."""
-    adj = make_topology(
-        str(config["topology"]),
-        int(config["nodes"]),
-        torus_shape=config["torus_shape"],
-        p=float(config["edge_probability"]),
-        seed=int(config["graph_seed"]),
-    )
+    adj = config_topology(config)
     return adj, mixing_matrix(adj)
 
 
@@ -41,7 +35,7 @@ def model_sparsity(x: torch.Tensor) -> float:
 class Evaluator:
     """Test accuracy of a flat parameter vector (the average model)."""
 
-    def __init__(self, config: dict[str, Any], objective: LocalObjective) -> None:
+    def __init__(self, objective: LocalObjective) -> None:
         self.objective = objective
         self.xt, self.yt = load_split(objective.config, "test")
 
@@ -55,13 +49,15 @@ def metrics_row(
     train_loss: float,
     sent: int,
     cum: int,
-    x: torch.Tensor,
     acc: float,
     samples: int,
     t0: float,
     degrees: list[int],
+    distance: float,
+    sparsity: float,
 ) -> dict[str, Any]:
-    """One ``metrics.jsonl`` row for the rounds up to ``t`` (``sent``: bytes over all edges since the last row)."""
+    """One ``metrics.jsonl`` row for the rounds up to ``t`` (``sent``: bytes over all edges since the last row;
+    ``distance`` and ``sparsity``: :func:`consensus_distance` and :func:`model_sparsity` over all nodes)."""
     return {
         "round": t,
         "train_loss": train_loss,
@@ -75,8 +71,8 @@ def metrics_row(
         "samples": samples,
         "dropped": 0,
         "wall_s": round(time.perf_counter() - t0, 3),
-        "consensus_distance": consensus_distance(x),
-        "model_sparsity": model_sparsity(x),
+        "consensus_distance": distance,
+        "model_sparsity": sparsity,
         "edges": int(sum(degrees) // 2),
     }
 
@@ -96,7 +92,7 @@ def run_gossip(config: dict[str, Any]) -> dict[str, Any]:
     adj, w = graph(config)
     degrees = [int(d) for d in adj.sum(1)]
     sim = InProcessGossip(config, w, resolved_codec(config), resolved_l1(config))
-    evaluate = Evaluator(config, sim.objective)
+    evaluate = Evaluator(sim.objective)
     writer = RunWriter(config["out_dir"])
     edge_bytes = np.zeros((n, n), dtype=np.int64)
     t0, losses, sent, cum = time.perf_counter(), [], 0, 0
@@ -113,7 +109,19 @@ def run_gossip(config: dict[str, Any]) -> dict[str, Any]:
         x = sim.models()
         acc = evaluate(x.mean(0))
         samples = (t + 1) * n * int(config["batch_size"])
-        writer.write_round(metrics_row(t + 1, float(np.mean(losses)), sent, cum, x, acc, samples, t0, degrees))
+        row = metrics_row(
+            t + 1,
+            float(np.mean(losses)),
+            sent,
+            cum,
+            acc,
+            samples,
+            t0,
+            degrees,
+            consensus_distance(x),
+            model_sparsity(x),
+        )
+        writer.write_round(row)
         losses, sent = [], 0
     for i in range(n):  # the same files the distributed transport writes
         torch.save({"x": sim.x[i].clone(), "x_hat": sim.x_hat[i].clone()}, writer.out_dir / f"node{i}.pt")

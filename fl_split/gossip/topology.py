@@ -8,6 +8,8 @@ turns it into the symmetric doubly-stochastic ``W`` with Metropolis–Hastings w
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -100,6 +102,18 @@ def make_topology(
             raise TopologyError(f"erdos_renyi with n={n}, p={p} was not connected in 1000 draws: raise p")
     np.fill_diagonal(adj, False)
     return adj
+
+
+def config_topology(config: Mapping[str, Any]) -> np.ndarray:
+    """The adjacency matrix a gossip config describes (``topology``, ``nodes``, ``torus_shape``,
+    ``edge_probability``, ``graph_seed``); raises :class:`TopologyError` as :func:`make_topology`."""
+    return make_topology(
+        str(config["topology"]),
+        int(config["nodes"]),
+        torus_shape=config["torus_shape"],
+        p=float(config["edge_probability"]),
+        seed=int(config["graph_seed"]),
+    )
 
 
 def is_connected(adj: np.ndarray) -> bool:
