@@ -147,8 +147,10 @@ def test_complete_graph_without_compression_equals_centralized_sgd_on_a_convex_p
 def test_t8_distributed_equals_inprocess_bit_for_bit_and_replicas_agree(tmp_path: Path) -> None:
     """4 nodes on a ring, gloo, the same seed: the same models bit for bit, the same bytes; replicas agree."""
     common = {"nodes": 4, "rounds": 12, "eval_every": 6}
-    run_gossip(_cfg(**common, out_dir=str(tmp_path / "inproc")))
-    run_gossip(_cfg(**common, transport="distributed", out_dir=str(tmp_path / "dist")))
+    s_in = run_gossip(_cfg(**common, out_dir=str(tmp_path / "inproc")))
+    s_dist = run_gossip(_cfg(**common, transport="distributed", out_dir=str(tmp_path / "dist")))
+    assert set(s_in) == set(s_dist) and s_in["edge_bytes"] == s_dist["edge_bytes"]
+    assert s_in["final_model_sparsity"] == pytest.approx(s_dist["final_model_sparsity"], abs=1e-9)
     for i in range(4):
         a = torch.load(tmp_path / "inproc" / f"node{i}.pt", weights_only=True)
         b = torch.load(tmp_path / "dist" / f"node{i}.pt", weights_only=True)

@@ -28,7 +28,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from fl_split.codecs import seeded_codec_from_spec
 from fl_split.ddp.hook import CodecHookState, register_codec_hook
-from fl_split.fl.client import accuracy, build_model
+from fl_split.fl.client import accuracy, build_model, iid_shard_config
 from fl_split.launch import launch, read_rank_results
 from fl_split.metrics import RunWriter
 from fl_split.sl.setup import batch_indices, batches_per_epoch, client_data, load_split, make_sgd
@@ -38,10 +38,6 @@ StateCallback = Callable[[int, CodecHookState], None]
 
 #: Steps left out of the step-time statistics (allocation, DDP's bucket rebuild after step 1).
 WARMUP_STEPS = 3
-
-
-def _data_config(config: dict[str, Any]) -> dict[str, Any]:
-    return {**config, "partition": "iid", "dirichlet_alpha": 0.3, "shards_per_client": 2, "cut": "shallow"}
 
 
 def _row(step: int, totals: torch.Tensor, cum: list[int], acc: float, state: CodecHookState | None, t0: float) -> dict:
@@ -78,7 +74,7 @@ def train_rank(rank: int, world: int, config: dict[str, Any], on_state: StateCal
         ``test_accuracy`` and ``final_train_loss`` (this rank's last batch).
     """
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
-    cfg = _data_config(config)
+    cfg = iid_shard_config(config)
     out = Path(config["out_dir"])
     model = build_model(cfg, seed=int(config["seed"]))
     ddp = DDP(model, bucket_cap_mb=float(config["bucket_cap_mb"]))

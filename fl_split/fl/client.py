@@ -17,6 +17,12 @@ from fl_split.sl.setup import batch_indices, batches_per_epoch, build_halves, cl
 _MODEL_CACHE: dict[tuple[str, str], nn.Sequential] = {}
 
 
+def iid_shard_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` plus the data keys of IID shards of the whole model, for schemas without them
+    (``fl-split ddp``: one shard per rank; ``fl-split gossip``: one per node)."""
+    return {**config, "partition": "iid", "dirichlet_alpha": 0.3, "shards_per_client": 2, "cut": "shallow"}
+
+
 def build_model(config: Mapping[str, Any], seed: int | None = None) -> nn.Sequential:
     """The configured model, whole (the split model's two halves in one ``Sequential``)."""
     client, server = build_halves({**config, "cut": "shallow"}, seed=seed)

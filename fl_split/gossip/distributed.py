@@ -49,7 +49,7 @@ def _exchange(payload: bytes, neighbours: list[int], t: int) -> dict[int, bytes]
 
 def node_main(rank: int, n: int, config: dict[str, Any]) -> dict[str, Any]:
     """Node ``rank``'s whole run (the process group is initialised); this node's result."""
-    from fl_split.gossip.run import Evaluator, graph, metrics_row
+    from fl_split.gossip.run import Evaluator, graph, metrics_row, summary_extra
 
     threads = int(config["threads"]) or max(1, (os.cpu_count() or 1) // n)
     torch.set_num_threads(threads)
@@ -111,19 +111,8 @@ def node_main(rank: int, n: int, config: dict[str, Any]) -> dict[str, Any]:
     torch.save({"x": x, "x_hat": x_hat}, out / f"node{rank}.pt")
     result = {"rank": rank, "replicas_consistent": consistent, "neighbours": neighbours}
     if writer is not None:
-        summary_x = torch.stack(all_hat)  # estimates, only for the record; the models are in node{i}.pt
-        writer.write_summary(
-            config,
-            {
-                "title": f"{config['algorithm']} on a {config['topology']} of {n}, {spec} (torch.distributed)",
-                "mode": "gossip",
-                "codec": spec,
-                "l1": l1,
-                "edge_bytes": edge_bytes.tolist(),
-                "model_numel": d,
-                "estimate_spread": float(torch.linalg.vector_norm(summary_x - summary_x.mean(0)).item()),
-            },
-        )
+        extra = summary_extra(config, w, d, edge_bytes.tolist(), writer.rows[-1], "torch.distributed")
+        writer.write_summary(config, extra)
     return result
 
 

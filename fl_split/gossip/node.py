@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fl_split.fl.client import build_model
+from fl_split.fl.client import build_model, iid_shard_config
 from fl_split.sl.setup import batch_indices, batches_per_epoch, client_data
 
 
@@ -31,10 +31,6 @@ def soft_threshold(v: torch.Tensor, tau: float) -> torch.Tensor:
     if tau <= 0:
         return v
     return torch.sign(v) * torch.clamp(v.abs() - tau, min=0.0)
-
-
-def _data_config(config: Mapping[str, Any]) -> dict[str, Any]:
-    return {**config, "partition": "iid", "dirichlet_alpha": 0.3, "shards_per_client": 2, "cut": "shallow"}
 
 
 class LocalObjective:
@@ -52,7 +48,7 @@ class LocalObjective:
     """
 
     def __init__(self, config: Mapping[str, Any], nodes: int, model: nn.Module | None = None) -> None:
-        self.config = _data_config(config)
+        self.config = iid_shard_config(config)
         self.nodes = nodes
         self.model: nn.Module = model if model is not None else build_model(self.config, seed=int(config["seed"]))
         for p in self.model.parameters():

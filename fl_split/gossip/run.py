@@ -125,17 +125,23 @@ def run_gossip(config: dict[str, Any]) -> dict[str, Any]:
         losses, sent = [], 0
     for i in range(n):  # the same files the distributed transport writes
         torch.save({"x": sim.x[i].clone(), "x_hat": sim.x_hat[i].clone()}, writer.out_dir / f"node{i}.pt")
-    return writer.write_summary(
-        config,
-        {
-            "title": f"{config['algorithm']} on a {config['topology']} of {n}, {resolved_codec(config)}",
-            "mode": "gossip",
-            "codec": resolved_codec(config),
-            "l1": resolved_l1(config),
-            "spectral_gap": spectral_gap(w),
-            "model_numel": sim.d,
-            "edge_bytes": edge_bytes.tolist(),
-            "final_consensus_distance": consensus_distance(sim.models()),
-            "final_model_sparsity": model_sparsity(sim.models()),
-        },
-    )
+    extra = summary_extra(config, w, sim.d, edge_bytes.tolist(), writer.rows[-1], "in process")
+    return writer.write_summary(config, extra)
+
+
+def summary_extra(
+    config: dict[str, Any], w: np.ndarray, d: int, edge_bytes: list[list[int]], last: dict[str, Any], transport: str
+) -> dict[str, Any]:
+    """What a gossip ``summary.json`` adds to the common one (both transports; ``last``: the final metrics row)."""
+    return {
+        "title": f"{config['algorithm']} on a {config['topology']} of {w.shape[0]}, {resolved_codec(config)}"
+        f" ({transport})",
+        "mode": "gossip",
+        "codec": resolved_codec(config),
+        "l1": resolved_l1(config),
+        "spectral_gap": spectral_gap(w),
+        "model_numel": d,
+        "edge_bytes": edge_bytes,
+        "final_consensus_distance": last["consensus_distance"],
+        "final_model_sparsity": last["model_sparsity"],
+    }
