@@ -1,4 +1,5 @@
-"""The DDP codec hook with 2 gloo processes on the CPU (real torch.distributed, spawned ranks via ``run_ddp``)."""
+"""The DDP codec hook with 2 gloo processes on the CPU (real torch.distributed, spawned ranks: ``run_ddp``, or one
+spawn training several runs in turn)."""
 
 from __future__ import annotations
 
@@ -8,24 +9,41 @@ from typing import Any
 
 import pytest
 import torch
-from ddp_worker import truncate_payloads_of_rank1
+from ddp_worker import train_each, truncate_payloads_of_rank1
 from torch.multiprocessing import ProcessRaisedException
 
 from fl_split.ddp.config import load_ddp_config
 from fl_split.ddp.train import run_ddp
 from fl_split.fl.client import build_model
 from fl_split.fl.config import load_fl_config
-from fl_split.launch import read_rank_results
+from fl_split.launch import launch, read_rank_results
 from fl_split.metrics import read_metrics
 
 NUMEL = sum(t.numel() for t in build_model(load_fl_config("fl"), seed=0).parameters())
 
+#: The runs the tests below look at, each as ``fl-split ddp`` would run it (its own config and out_dir); all
+#: trained one after another in one spawn of 2 ranks (:func:`runs`), since starting the ranks costs more than
+#: most runs' training.
+RUNS: dict[str, dict[str, Any]] = {
+    "plain6": {"hook": False, "steps": 6, "log_every": 6, "bucket_cap_mb": 0.1},  # several buckets, small model
+    "none6": {"codec": "none", "error_feedback": False, "steps": 6, "log_every": 6, "bucket_cap_mb": 0.1},
+    "plain120": {"hook": False, "steps": 120, "log_every": 40, "bucket_cap_mb": 0.1},
+    "topk120": {"codec": "topk:keep=0.01", "error_feedback": True, "steps": 120, "log_every": 40, "bucket_cap_mb": 0.1},
+    "default40": {"steps": 40, "log_every": 20},
+    "powersgd6": {"codec": "powersgd:rank=2", "error_feedback": True, "steps": 6, "log_every": 6, "bucket_cap_mb": 0.1},
+}
 
-def _run(out: Path, **values: Any) -> list[dict[str, Any]]:
-    config = load_ddp_config(values={"out_dir": str(out), "timeout_s": 30.0, **values})
-    results = run_ddp(config)
-    assert results is not None and all("error" not in r for r in results), results
-    return results
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, list[dict[str, Any]]]]:
+    """Every run of :data:`RUNS`: its out_dir and each rank's result (``rank{r}.json``, as ``run_ddp`` returns)."""
+    root = tmp_path_factory.mktemp("ddp")
+    configs = [load_ddp_config(values={"out_dir": str(root / k), "timeout_s": 30.0, **v}) for k, v in RUNS.items()]
+    launch(train_each, load_ddp_config(values={"out_dir": str(root), "timeout_s": 30.0}), 2, configs)
+    done = {k: (root / k, read_rank_results(root / k, 2)) for k in RUNS}
+    for _, results in done.values():
+        assert all("error" not in r for r in results), results
+    return done
 
 
 def _params(out: Path, rank: int) -> torch.Tensor:
@@ -33,35 +51,31 @@ def _params(out: Path, rank: int) -> torch.Tensor:
     return torch.cat([v.flatten() for v in model.values()])
 
 
-def test_codec_none_equals_plain_ddp_and_bytes_per_step_are_the_payloads(tmp_path: Path) -> None:
-    small = {"steps": 6, "log_every": 6, "bucket_cap_mb": 0.1}  # several buckets for a small model
-    _run(tmp_path / "plain", hook=False, **small)
-    hooked = _run(tmp_path / "none", codec="none", error_feedback=False, **small)
-    p, h = _params(tmp_path / "plain", 0), _params(tmp_path / "none", 0)
-    assert (p - h).abs().max() < 1e-5 and torch.equal(p, _params(tmp_path / "plain", 1))
-    assert torch.equal(h, _params(tmp_path / "none", 1))  # both ranks hold the same model
+def test_codec_none_equals_plain_ddp_and_bytes_per_step_are_the_payloads(runs: dict) -> None:
+    (plain_dir, _), (none_dir, hooked) = runs["plain6"], runs["none6"]
+    p, h = _params(plain_dir, 0), _params(none_dir, 0)
+    assert (p - h).abs().max() < 1e-5 and torch.equal(p, _params(plain_dir, 1))
+    assert torch.equal(h, _params(none_dir, 1))  # both ranks hold the same model
     for r in hooked:  # float32 payloads: 4 bytes per gradient element plus a small header per bucket
         assert r["buckets"] >= 2 and 4 * NUMEL < r["step_bytes"] < 4 * NUMEL + 256 * r["buckets"]
         # DDP rebuilds its buckets after the first step: only the per-bucket headers differ across steps
         assert abs(r["bytes_sent"] - 6 * r["step_bytes"]) <= 64 * r["buckets"] and 6 <= r["calls"] <= 6 * r["buckets"]
         assert r["bytes_received"] == hooked[1 - r["rank"]]["bytes_sent"] and r["residual_bytes"] == 0
-    (row,) = read_metrics(tmp_path / "none" / "metrics.jsonl")
+    (row,) = read_metrics(none_dir / "metrics.jsonl")
     assert row["uplink_bytes"] == sum(r["bytes_sent"] for r in hooked) == row["downlink_bytes"]
-    (plain_row,) = read_metrics(tmp_path / "plain" / "metrics.jsonl")
+    (plain_row,) = read_metrics(plain_dir / "metrics.jsonl")
     assert plain_row["uplink_bytes"] is None and plain_row["steps"] == 6  # no payload, nothing measured
 
 
-def test_topk_one_percent_with_error_feedback_learns_within_three_points_of_plain_ddp(tmp_path: Path) -> None:
+def test_topk_one_percent_with_error_feedback_learns_within_three_points_of_plain_ddp(runs: dict) -> None:
     """Digits, 2 ranks, the same 120 steps: plain DDP and ``topk:keep=0.01`` + error feedback."""
-    common = {"steps": 120, "log_every": 40, "bucket_cap_mb": 0.1}
-    plain = _run(tmp_path / "plain", hook=False, **common)
-    topk = _run(tmp_path / "topk", codec="topk:keep=0.01", error_feedback=True, **common)
-    rows = read_metrics(tmp_path / "topk" / "metrics.jsonl")
+    (_, plain), (topk_dir, topk) = runs["plain120"], runs["topk120"]
+    rows = read_metrics(topk_dir / "metrics.jsonl")
     assert rows[-1]["train_loss"] < 0.5 * rows[0]["train_loss"], rows
     assert topk[0]["test_accuracy"] >= plain[0]["test_accuracy"] - 0.03, (plain[0], topk[0])
     for r in topk:  # about 1 % of the values (value + index each) and one float32 residual per gradient element
         assert r["step_bytes"] < 0.05 * 4 * NUMEL and r["residual_bytes"] == 4 * NUMEL and r["buckets"] >= 2
-    assert torch.equal(_params(tmp_path / "topk", 0), _params(tmp_path / "topk", 1))
+    assert torch.equal(_params(topk_dir, 0), _params(topk_dir, 1))
 
 
 def test_a_payload_that_does_not_decode_raises_on_every_rank_without_a_hang(tmp_path: Path) -> None:
@@ -91,11 +105,11 @@ def test_hook_state_round_trips_through_a_checkpoint() -> None:
         CodecHookState(codec_from_spec("qsgd")).load_state_dict(saved)
 
 
-def test_fl_split_ddp_trains_and_writes_measured_rows_and_checkpoints(tmp_path: Path) -> None:
+def test_fl_split_ddp_trains_and_writes_measured_rows_and_checkpoints(runs: dict) -> None:
     from fl_split.codecs import codec_from_spec
     from fl_split.ddp import CodecHookState
 
-    _run(tmp_path, steps=40, log_every=20)
+    tmp_path, _ = runs["default40"]
     r1, r2 = read_metrics(tmp_path / "metrics.jsonl")
     assert (r1["steps"], r2["steps"]) == (20, 40) and r2["train_loss"] < r1["train_loss"]
     # every row: 20 steps x 2 ranks x this rank's payload bytes per step (same bucket layout on both ranks)
@@ -111,9 +125,9 @@ def test_fl_split_ddp_trains_and_writes_measured_rows_and_checkpoints(tmp_path: 
     assert not torch.equal(ckpts[0]["hook"]["residuals"][0], restored.residuals[0])
 
 
-def test_shape_aware_codecs_encode_each_gradient_in_its_shape(tmp_path: Path) -> None:
+def test_shape_aware_codecs_encode_each_gradient_in_its_shape(runs: dict) -> None:
     """PowerSGD on a flat bucket would send it dense; per tensor it sends low-rank factors (and 1-D dense)."""
-    res = _run(tmp_path, codec="powersgd:rank=2", error_feedback=True, steps=6, log_every=6, bucket_cap_mb=0.1)
+    tmp_path, res = runs["powersgd6"]
     for r in res:
         assert r["buckets"] >= 2 and r["step_bytes"] < 0.5 * 4 * NUMEL and r["residual_bytes"] == 4 * NUMEL
     assert torch.equal(_params(tmp_path, 0), _params(tmp_path, 1))
