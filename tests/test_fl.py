@@ -187,11 +187,39 @@ def test_fl_over_flower_survives_a_bad_update_and_a_raising_client(tmp_path: Pat
 
 @pytest.mark.slow
 def test_topk_one_percent_with_error_feedback_stays_within_two_points_of_none(tmp_path: Path) -> None:
-    """Digits, 10 IID clients, 30 rounds (the default run) with ``none`` and with ``topk:keep=0.01`` + EF."""
-    acc = {}
+    """Digits, 10 IID clients, 30 rounds (the default run) with ``none`` and with ``topk:keep=0.01`` + EF.
+
+    Both runs go through one simulation (one Ray start and one set of actors): its ServerApp runs them
+    one after another, each with its own strategy, evaluation and metrics, as ``run_fl`` runs one.
+    ``none`` goes first: lossless, it leaves every node's error-feedback residual at exactly zero, which
+    is where the top-k run's residuals start in a run of its own.
+    """
+    from flwr.serverapp import Grid, ServerApp
+
+    from fl_split.metrics import RunWriter
+    from simulations.engine import run_flower_simulation
+    from simulations.fl import FLRun, _finish
+    from simulations.fl_client_app import make_fl_client_app
+
+    runs = {}
     for spec in ("none", "topk:keep=0.01"):
-        out = tmp_path / spec.replace(":", "_")
-        acc[spec] = run_fl(_config(uplink=spec, error_feedback=True, out_dir=str(out)))["final_test_accuracy"]
+        cfg = _config(uplink=spec, error_feedback=True, out_dir=str(tmp_path / spec.replace(":", "_")))
+        runs[spec] = FLRun(cfg, RunWriter(cfg["out_dir"]))
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        for run in runs.values():
+            run.start(grid)
+
+    flower = runs["none"].config["flower"]
+    run_flower_simulation(app, make_fl_client_app(), 10, num_cpus=flower["num_cpus"], num_gpus=flower["num_gpus"])
+    acc = {}
+    for spec, run in runs.items():
+        assert run.writer is not None
+        summary = _finish(run.config, run, run.writer, echo=False)
+        assert summary["status"] == "completed" and len(run.rows) == 30, spec
+        acc[spec] = summary["final_test_accuracy"]
     assert acc["none"] >= 0.95
     assert acc["topk:keep=0.01"] >= acc["none"] - 0.02, acc
 
