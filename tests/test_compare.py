@@ -20,10 +20,17 @@ TINY = {
 }
 
 
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict]]:
+    """One serial run of :data:`TINY`: its folder and rows (two tests look at it)."""
+    out = tmp_path_factory.mktemp("tiny")
+    return out, compare.run_grid(TINY, out, progress=False)
+
+
 def test_a_tiny_grid_writes_every_file_and_a_rerun_does_no_work(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny: tuple[Path, list[dict]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    rows = compare.run_grid(TINY, tmp_path, progress=False)
+    tmp_path, rows = tiny
     assert [r["status"] for r in rows] == ["completed", "completed"]
     for name in ("summary.csv", "summary.md", "accuracy_vs_mb.png", "mb_to_target.png", "codec_error.png"):
         assert (tmp_path / name).stat().st_size > 0, name
@@ -69,9 +76,11 @@ def test_grid_errors_name_the_problem() -> None:
         expand_grid({"base": {}})
 
 
-def test_jobs_run_cells_in_separate_processes_with_the_same_results(tmp_path: Path) -> None:
+def test_jobs_run_cells_in_separate_processes_with_the_same_results(
+    tiny: tuple[Path, list[dict]], tmp_path: Path
+) -> None:
     """``--jobs 2``: the two cells run in spawned processes; their rows equal a serial run's (deterministic SL)."""
-    serial = compare.run_grid(TINY, tmp_path / "serial", progress=False)
+    _, serial = tiny
     parallel = compare.run_grid(TINY, tmp_path / "parallel", jobs=2, progress=False)
     keys = ("cell", "status", "final_accuracy", "mb_up", "mb_down", "mb_to_target", "key")
     assert [[r[k] for k in keys] for r in parallel] == [[r[k] for k in keys] for r in serial]
