@@ -119,6 +119,10 @@ class FirstNodes:
         """Release through the inner transport."""
         self.inner.release(node_id)
 
+    def stats(self, round_: int) -> dict[str, Any]:
+        """The inner transport's counters."""
+        return self.inner.stats(round_)
+
 
 def cell_config(
     model: str,
@@ -221,9 +225,9 @@ def run_flower(
     from flwr.app import Context
     from flwr.serverapp import Grid, ServerApp
 
+    from fl_split.sl.transport.flower import FlowerTransport
     from simulations.client_app import make_client_app
     from simulations.engine import run_flower_simulation
-    from strategies.flower_transport import FlowerTransport
 
     out: list[dict[str, Any]] = []
     engine = "flower" if wait_ms == 100.0 else f"flower-wait{wait_ms:g}ms"

@@ -7,9 +7,7 @@ config holds every key of the split-learning config (``out-dir``, ``rounds``, ``
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import Any
+from collections.abc import Callable
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
@@ -17,24 +15,7 @@ from flwr.serverapp import Grid, ServerApp
 from fl_split.config import flat_fields, from_run_config
 from fl_split.fl.config import FL_SCHEMA, validate_fl
 from fl_split.sl.config import SL_SCHEMA, validate_sl
-from fl_split.sl.transport import Transport
-from strategies.flower_transport import FlowerTransport
 from strategies.split_learning import SplitLearningStrategy
-from strategies.stream_transport import StreamTransport
-
-
-@contextmanager
-def open_transport(grid: Grid, config: dict[str, Any], *, local: bool = False) -> Iterator[Transport]:
-    """The transport ``config["transport"]`` names over ``grid``; a stream server is stopped on exit.
-
-    ``local``: everything runs on this machine (simulation), so an ``auto`` stream host is 127.0.0.1.
-    """
-    flower = FlowerTransport.from_config(grid, config)
-    if config["transport"] == "messages":
-        yield flower
-        return
-    with StreamTransport.from_config(flower, config, local=local) as stream:
-        yield stream
 
 
 def make_server_app(strategy: SplitLearningStrategy, done: Callable[[], None] | None = None) -> ServerApp:
@@ -43,8 +24,7 @@ def make_server_app(strategy: SplitLearningStrategy, done: Callable[[], None] | 
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        with open_transport(grid, strategy.config, local=True) as transport:
-            strategy.start(transport)
+        strategy.start(grid, local=True)
         if done is not None:
             done()
 
@@ -63,7 +43,7 @@ def main(grid: Grid, context: Context) -> None:
     shared keys' defaults in ``pyproject.toml`` are the split-learning run's); any other mode runs
     split learning.
     """
-    from simulations.sl import run_with_transport
+    from simulations.sl import run_on_grid
 
     sl_keys, fl_keys = set(flat_fields(SL_SCHEMA)), set(flat_fields(FL_SCHEMA))
     if context.run_config.get("mode") == "fl":  # federated learning: the FL schema's keys, SL's are skipped
@@ -72,6 +52,4 @@ def main(grid: Grid, context: Context) -> None:
         fl_config = from_run_config(FL_SCHEMA, context.run_config, ignore=sl_keys, validate=validate_fl)
         run_fl_on_grid(fl_config, grid)
         return
-    config = from_run_config(SL_SCHEMA, context.run_config, ignore=fl_keys, validate=validate_sl)
-    with open_transport(grid, config) as transport:
-        run_with_transport(config, transport)
+    run_on_grid(from_run_config(SL_SCHEMA, context.run_config, ignore=fl_keys, validate=validate_sl), grid)

@@ -11,8 +11,10 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from flwr.serverapp import Grid
+
 from fl_split.metrics import RunWriter
-from fl_split.sl.transport import InProcessTransport, Transport
+from fl_split.sl.transport import InProcessTransport
 from strategies.split_learning import SplitLearningStrategy, TrainingFailed, describe
 
 log = logging.getLogger(__name__)
@@ -78,9 +80,9 @@ def _run(config: dict[str, Any], start: Callable[[SplitLearningStrategy], object
     return _finish(config, writer, progress, echo)
 
 
-def run_with_transport(config: dict[str, Any], transport: Transport) -> dict[str, Any]:
-    """Run the strategy over an existing transport (the ServerApp of ``flwr run``); return the summary."""
-    return _run(config, lambda strategy: strategy.start(transport), echo=True)
+def run_on_grid(config: dict[str, Any], grid: Grid) -> dict[str, Any]:
+    """Run the strategy over a ServerApp's grid (``flwr run``), print the table; return the summary."""
+    return _run(config, lambda strategy: strategy.start(grid), echo=True)
 
 
 def run_sl(config: dict[str, Any], *, echo: bool = False) -> dict[str, Any]:

@@ -12,10 +12,9 @@ from typing import Any
 
 import pytest
 import torch
-from sl_helpers import centralized, max_diff, small_config
+from sl_helpers import MODES, history_diff, inprocess_twin, oracle_config, run_on_flower, small_config
 
 from fl_split.sl.faults import CorruptUplink, RaiseOnStep
-from fl_split.sl.transport import InProcessTransport
 from simulations.client_app import make_client_app
 from simulations.engine import run_flower_simulation
 from simulations.server_app import make_server_app
@@ -42,24 +41,30 @@ def _flower(config: dict[str, Any], mods: tuple = ()) -> SplitLearningStrategy:
     return strategy
 
 
-def test_flower_sequential_equals_inprocess_and_centralized_round_by_round() -> None:
-    cfg = small_config(
-        engine="flower", uplink="none", mode="sequential", batch_size=64, rounds=2, max_steps_per_round=6
-    )
-    flower = _flower(cfg)
-    local = SplitLearningStrategy(cfg, keep_history=True)
-    local.start(InProcessTransport(1))
-    assert [r["steps"] for r in flower.rows] == [6, 6]
-    # the client half after each round, as returned through Flower, equals the in-process engine's
-    for got, want in zip(flower.client_history, local.client_history, strict=True):
-        assert max(float((a - b).abs().max()) for a, b in zip(got, want, strict=True)) < 1e-6
-    # it changed between rounds: the client state crossed the message boundaries
-    assert max(float((a - b).abs().max()) for a, b in zip(*flower.client_history, strict=True)) > 1e-3
-    ref_client, ref_server = centralized(cfg, steps_per_round=6, rounds=2)
-    assert max_diff(flower.client_half, ref_client) < 1e-5
-    assert max_diff(flower.server_half, ref_server) < 1e-5
-    for a, b in zip(flower.rows, local.rows, strict=True):  # same measured bytes on both engines
-        assert (a["uplink_bytes"], a["downlink_bytes"]) == (b["uplink_bytes"], b["downlink_bytes"])
+def test_flower_modes_with_three_clients_equal_the_inprocess_engine() -> None:
+    """3 clients, unequal partitions, 2 rounds, through Flower's runtime (one simulation, three runs).
+
+    ``sequential`` and ``splitfed1`` equal the in-process engine (itself equal to training by hand,
+    tests/test_sl_protocol.py) round by round; ``splitfed2``'s arrival order varies, so it keeps
+    its invariants: the same bytes, one server step per batch, every sample once per epoch.
+    """
+    configs = [oracle_config(m, engine="flower", flower={"engine_wait_ms": 2.0}) for m in MODES]
+    runs = dict(zip(MODES, run_on_flower(configs), strict=True))
+    for mode, flower in runs.items():
+        local = inprocess_twin(flower)
+        assert [r["steps"] for r in flower.rows] == [r["steps"] for r in local.rows] == [23, 23], mode
+        assert [r["samples"] for r in flower.rows] == [1437, 1437] and all(
+            r["failed_clients"] == 0 for r in flower.rows
+        )
+        for a, b in zip(flower.rows, local.rows, strict=True):  # the same measured bytes on both engines
+            assert (a["uplink_bytes"], a["downlink_bytes"]) == (b["uplink_bytes"], b["downlink_bytes"]), mode
+        if mode == "splitfed2":
+            assert [r["server_steps"] for r in flower.rows] == [23, 23]
+            continue
+        # the halves crossed the message boundaries each round and equal the in-process run's
+        assert history_diff(flower.client_history, local.client_history) < 1e-5, mode
+        assert history_diff(flower.server_history, local.server_history) < 1e-5, mode
+        assert history_diff(flower.client_history[:1], flower.client_history[1:]) > 1e-3
 
 
 def test_flower_run_survives_a_bad_payload_and_a_raising_client(caplog: pytest.LogCaptureFixture) -> None:

@@ -12,11 +12,10 @@ from typing import Any
 
 import pytest
 import torch
-from sl_helpers import centralized, max_diff, small_config
+from sl_helpers import MODES, history_diff, inprocess_twin, oracle_config, run_on_flower, small_config
 
 from fl_split.config import ConfigError
 from fl_split.sl.faults import BreakStream
-from fl_split.sl.transport import InProcessTransport
 from simulations.client_app import make_client_app
 from simulations.engine import run_flower_simulation
 from simulations.server_app import make_server_app
@@ -40,26 +39,25 @@ def _flower(config: dict[str, Any], **client: Any) -> SplitLearningStrategy:
     return strategy
 
 
-def test_stream_sequential_k1_equals_inprocess_and_centralized() -> None:
-    cfg = small_config(
-        engine="flower", transport="stream", uplink="none", mode="sequential", batch_size=64, rounds=2,
-        max_steps_per_round=6,
-    )  # fmt: skip
-    stream = _flower(cfg)
-    local = SplitLearningStrategy({**cfg, "engine": "inprocess", "transport": "messages"}, keep_history=True)
-    local.start(InProcessTransport(1))
-    assert [r["steps"] for r in stream.rows] == [6, 6]
-    for got, want in zip(stream.client_history, local.client_history, strict=True):
-        assert max(float((a - b).abs().max()) for a, b in zip(got, want, strict=True)) < 1e-5
-    assert max_diff(stream.server_half, local.server_half) < 1e-5
-    ref_client, ref_server = centralized(cfg, steps_per_round=6, rounds=2)
-    assert max_diff(stream.client_half, ref_client) < 1e-5
-    assert max_diff(stream.server_half, ref_server) < 1e-5
-    for a, b in zip(stream.rows, local.rows, strict=True):
-        # the same payloads, counted the same way; the stream's announcement is its 32-byte token
-        assert [a[k] for k in CATEGORIES] == [b[k] for k in CATEGORIES]
-        assert a["downlink_other_bytes"] == 32 and a["downlink_bytes"] == b["downlink_bytes"] + 32
-        assert a["stream_refused"] == a["stream_broken"] == 0 and a["stream_s"] > 0
+def test_stream_modes_with_three_clients_equal_the_inprocess_engine() -> None:
+    """The three modes over the stream (3 clients, unequal partitions, 2 rounds, one simulation):
+    ``sequential`` and ``splitfed1`` equal the in-process engine round by round; ``splitfed2`` keeps
+    its invariants. Same payloads, counted the same way; the stream's announcement adds its 32-byte
+    token per client and round."""
+    configs = [oracle_config(m, engine="flower", transport="stream") for m in MODES]
+    runs = dict(zip(MODES, run_on_flower(configs), strict=True))
+    for mode, stream in runs.items():
+        local = inprocess_twin(stream)
+        assert [(r["steps"], r["samples"], r["failed_clients"]) for r in stream.rows] == [(23, 1437, 0)] * 2, mode
+        for a, b in zip(stream.rows, local.rows, strict=True):
+            assert [a[k] for k in CATEGORIES] == [b[k] for k in CATEGORIES], mode
+            assert a["downlink_other_bytes"] == 3 * 32 and a["downlink_bytes"] == b["downlink_bytes"] + 3 * 32
+            assert a["stream_refused"] == a["stream_broken"] == 0 and a["stream_s"] > 0
+        if mode == "splitfed2":
+            assert [r["server_steps"] for r in stream.rows] == [23, 23]
+            continue
+        assert history_diff(stream.client_history, local.client_history) < 1e-5, mode
+        assert history_diff(stream.server_history, local.server_history) < 1e-5, mode
 
 
 def test_a_stream_that_breaks_mid_round_drops_that_client_and_the_run_goes_on(

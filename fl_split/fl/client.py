@@ -44,7 +44,9 @@ def local_train(
 
     ``delta`` holds every floating-point state tensor: local minus ``weights``. Batches follow
     :func:`~fl_split.sl.setup.batch_indices` with the epoch counter ``round_ * local_epochs + e``, so
-    a client's batch order is reproducible in any process.
+    a client's batch order is reproducible in any process. The SGD optimizer is fresh every call
+    (no momentum carried between rounds): the same policy as split learning's averaged halves
+    (:mod:`fl_split.sl.protocol`), so SL and FL are compared under one optimizer-state rule.
     """
     model = cached_model(config)
     model.load_state_dict(weights)

@@ -8,10 +8,14 @@ its batch (cheap: the shallow half) with the current weights.
 
 Protocol (one round trip per step, ``k = batches_per_message``)::
 
-    sl_begin (config, weights[, momentum])  ->  acts/labels of the next k batches
+    sl_begin (config, round, weights[, momentum], returns)  ->  acts/labels of the next k batches
     sl_step  (grads of the pending batches) ->  apply them, step; acts/labels of the next k
                                                ... or, when the round's batches are done,
-                                               done=True, weights[, momentum], counts
+                                               done=True, the fields ``returns`` named, counts
+
+The client never reads the server's mode: ``sl_begin`` says where to start (the weights, and the
+optimizer state: the momentum it carries, or fresh SGD state when it carries none) and what to
+return (``returns``: ``["weights"]`` or ``["weights", "momentum"]``).
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ from fl_split.sl.wire import (
     GRADIENTS,
     LABELS,
     MOMENTUM,
+    PARTITION,
+    RETURNS,
     WEIGHTS,
     decode_masked,
     decode_tensors,
@@ -68,6 +74,7 @@ class ClientState:
     samples: int = 0  #: samples whose gradient was applied this round
     steps: int = 0  #: optimizer steps this round
     skipped: int = 0  #: batches the server dropped this round
+    returns: list[str] = field(default_factory=lambda: [WEIGHTS])  #: what the done reply carries
 
     def to_fields(self) -> dict[str, Any]:
         """Plain fields (str, int, bytes and lists of them) for ``context.state``."""
@@ -245,10 +252,11 @@ def _timed(reply: dict[str, Any], rt: _Runtime, t0: float) -> dict[str, Any]:
 def _begin(
     fields: dict[str, Any], state: ClientState | None, partition_id: int, num_partitions: int, *, own: bool = False
 ) -> tuple[ClientState, _Runtime, dict[str, Any]]:
-    state = state or ClientState()
-    state.config = str(fields["config"])
+    if state is None or state.config != str(fields["config"]):
+        state = ClientState(config=str(fields["config"]))  # a node's first round of this run: a fresh cursor
+    state.returns = _returns(fields.get(RETURNS, [WEIGHTS]))
     rt = _Runtime(state, partition_id, num_partitions, own=own)
-    rt.load(list(fields[WEIGHTS]), list(fields.get(MOMENTUM, [])) or list(state.momentum))
+    rt.load(list(fields[WEIGHTS]), list(fields.get(MOMENTUM, [])))  # no momentum: fresh optimizer state
     nb = batches_per_epoch(len(rt.y), int(rt.config["batch_size"]))
     cap = int(rt.config["max_steps_per_round"])
     state.left = nb * int(rt.config["local_epochs"])
@@ -266,18 +274,27 @@ def _step(rt: _Runtime, grads: list[bytes]) -> dict[str, Any]:
     if rt.state.left > 0:
         return rt.send_next()
     rt.save()
-    return done_reply(rt.state, rt.config["mode"] == "sequential")
+    return done_reply(rt.state, rt.partition_id)
 
 
-def done_reply(state: ClientState, with_momentum: bool) -> dict[str, Any]:
-    """The round's last reply: the weights (and momentum, when the half is handed on) just saved, counts."""
+def _returns(value: Any) -> list[str]:
+    """The ``returns`` field of ``sl_begin``, checked: the weights, and optionally the momentum."""
+    names = list(value) if isinstance(value, list | tuple) else [value]
+    if WEIGHTS not in names or any(n not in (WEIGHTS, MOMENTUM) for n in names):
+        raise ValueError(f"sl_begin asks the client to return {names!r}; it can return {WEIGHTS!r} and {MOMENTUM!r}")
+    return [str(n) for n in names]
+
+
+def done_reply(state: ClientState, partition_id: int) -> dict[str, Any]:
+    """The round's last reply: what ``sl_begin`` asked for (weights[, momentum]) as just saved, and counts."""
     reply: dict[str, Any] = {
         "done": True,
         WEIGHTS: state.weights,
         "samples": state.samples,
         "steps": state.steps,
         "skipped": state.skipped,
+        PARTITION: partition_id,
     }
-    if with_momentum:
+    if MOMENTUM in state.returns:
         reply[MOMENTUM] = state.momentum
     return reply

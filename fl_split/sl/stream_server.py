@@ -34,7 +34,7 @@ from typing import Any
 import grpc
 
 from fl_split.sl.frames import FrameError, decode_frame, encode_frame
-from fl_split.sl.transport import Reply
+from fl_split.sl.transport.base import Reply
 from fl_split.sl.wire import field_nbytes
 
 log = logging.getLogger(__name__)

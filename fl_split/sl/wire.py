@@ -16,6 +16,8 @@ from fl_split.codecs import CodecError, create_codec
 
 #: Field names, grouped by what they count as in the metrics.
 ACTIVATIONS, LABELS, GRADIENTS, WEIGHTS, MOMENTUM = "acts", "labels", "grads", "weights", "momentum"
+#: ``sl_begin``: what the client returns when done (a list of field names); the done reply's partition id.
+RETURNS, PARTITION = "returns", "partition"
 #: Field → metrics category (``activation``, ``label``, ``gradient``, ``model``).
 CATEGORY = {ACTIVATIONS: "activation", LABELS: "label", GRADIENTS: "gradient", WEIGHTS: "model", MOMENTUM: "model"}
 

@@ -19,9 +19,9 @@ from typing import Any
 from fl_split.sl.client import BEGIN
 from fl_split.sl.frames import encode_frame
 from fl_split.sl.stream_server import ADDRESS, CA, MAX_BYTES, NODE, TIMEOUT, TOKEN, StreamServer, TlsFiles
-from fl_split.sl.transport import Reply
+from fl_split.sl.transport.base import Reply
+from fl_split.sl.transport.flower import FlowerTransport
 from fl_split.sl.wire import field_nbytes
-from strategies.flower_transport import FlowerTransport
 
 log = logging.getLogger(__name__)
 

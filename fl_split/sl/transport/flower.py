@@ -13,7 +13,7 @@ from flwr.app import Message
 from flwr.serverapp import Grid
 
 from fl_split.sl.records import from_record, to_record
-from fl_split.sl.transport import Reply
+from fl_split.sl.transport.base import Reply
 from fl_split.sl.wire import field_nbytes
 
 
@@ -62,6 +62,10 @@ class FlowerTransport:
 
     def release(self, node_id: int) -> None:
         """Nothing to release: a message holds no connection (a late reply is ignored by its round)."""
+
+    def stats(self, round_: int) -> dict[str, Any]:
+        """No counters of its own (Flower's messages are counted by the loop)."""
+        return {}
 
     @property
     def pending(self) -> int:
