@@ -176,3 +176,22 @@ def test_the_partitions_are_as_the_oracles_assume() -> None:
 
     cfg = oracle_config("splitfed2")
     assert [len(client_data(cfg, p, 3)[1]) for p in range(3)] == SIZES
+
+
+def test_the_names_external_harnesses_use_stay_importable() -> None:
+    """Issue 20's list: harnesses drive the loop through these names."""
+    from fl_split.sl.client import BEGIN as begin
+    from fl_split.sl.config import load_sl_config
+    from fl_split.sl.transport import InProcessTransport as InProcess
+    from fl_split.sl.wire import ACTIVATIONS, LABELS
+    from fl_split.sl.wire import WEIGHTS as weights
+    from strategies.split_learning import SplitLearningStrategy as Strategy
+
+    cfg = load_sl_config("sl", values={"engine": "inprocess", "progress": False, "clients": 1, "rounds": 1})
+    cfg["max_steps_per_round"] = 1
+    transport = InProcess(1)
+    strategy = Strategy(cfg)
+    transport.send(0, begin, strategy.begin_fields(1), 1)
+    (reply,) = transport.receive()
+    assert reply.fields is not None and set(reply.fields) >= {ACTIVATIONS, LABELS}
+    assert weights == "weights" and len(strategy.start(InProcess(1))) == 1
