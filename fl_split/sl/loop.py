@@ -39,7 +39,7 @@ from fl_split.data import dataset_info
 from fl_split.metrics import RunWriter
 from fl_split.sl.client import BEGIN, STEP
 from fl_split.sl.config import MASK
-from fl_split.sl.protocol import RoundProtocol, Session, SessionStatus, create_protocol
+from fl_split.sl.protocol import RoundProtocol, Session, SessionStatus, create_protocol, mergeable
 from fl_split.sl.server import ServerStep, StepInput, evaluate, server_step_batched
 from fl_split.sl.setup import build_halves, check_model_fits_data, load_split, make_sgd
 from fl_split.sl.transport import Reply, Transport
@@ -190,7 +190,7 @@ class SplitLearningLoop:
                     f"round {rnd}: no client finished ({counters.failed_clients} failed); first error: "
                     f"{counters.errors[0] if counters.errors else 'none reported'}"
                 )
-            if not any(s.status is SessionStatus.DONE and s.samples > 0 for s in sessions):
+            if not mergeable(sessions):
                 log.warning("round %d: no client trained a sample: the halves stay as they were", rnd)
             self.protocol.end_round(sessions)
             self._check_finite(rnd, counters)

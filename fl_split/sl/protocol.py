@@ -158,7 +158,7 @@ class RoundProtocol(ABC):
         """The round is over: merge what the done sessions returned."""
 
 
-def _done(sessions: Sequence[Session]) -> list[Session]:
+def mergeable(sessions: Sequence[Session]) -> list[Session]:
     """Sessions with something to merge, in ascending node order (a fixed FedAvg summation order)."""
     return sorted(
         (s for s in sessions if s.status is SessionStatus.DONE and s.samples > 0 and s.weights is not None),
@@ -191,32 +191,9 @@ class Sequential(RoundProtocol):
 
     def end_wave(self, sessions: Sequence[Session]) -> None:
         """Hand on the half the client returned (a failed client hands on nothing)."""
-        for s in _done(sessions):
+        for s in mergeable(sessions):
             fedavg_into(self.client_half, [s.weights or []], [1.0])
             self.momentum = s.momentum
-
-
-class SplitFed1(RoundProtocol):
-    """SplitFed v1: a server-half copy per client; both halves FedAvg'd by samples."""
-
-    name = "splitfed1"
-
-    def waves(self, sampled: Sequence[int]) -> list[list[int]]:
-        """Every sampled client at once."""
-        return [sorted(sampled)]
-
-    def session(self, node: int) -> Session:
-        """A copy of the server half with a fresh optimizer (it is averaged at the round's end)."""
-        server = copy.deepcopy(self.server_half)
-        return Session(node, server, self.make_optimizer(server))
-
-    def end_round(self, sessions: Sequence[Session]) -> None:
-        """Average client halves and server copies, weighted by samples trained."""
-        done = _done(sessions)
-        if done:
-            weights = [float(s.samples) for s in done]
-            fedavg_into(self.client_half, [s.weights or [] for s in done], weights)
-            fedavg_into(self.server_half, [list(s.server.state_dict().values()) for s in done], weights)
 
 
 class SplitFed2(RoundProtocol):
@@ -230,9 +207,28 @@ class SplitFed2(RoundProtocol):
 
     def end_round(self, sessions: Sequence[Session]) -> None:
         """Average the client halves, weighted by samples trained."""
-        done = _done(sessions)
+        done = mergeable(sessions)
         if done:
             fedavg_into(self.client_half, [s.weights or [] for s in done], [float(s.samples) for s in done])
+
+
+class SplitFed1(SplitFed2):
+    """SplitFed v1: SplitFed v2's waves, but a server-half copy per client, averaged like the client halves."""
+
+    name = "splitfed1"
+
+    def session(self, node: int) -> Session:
+        """A copy of the server half with a fresh optimizer (it is averaged at the round's end)."""
+        server = copy.deepcopy(self.server_half)
+        return Session(node, server, self.make_optimizer(server))
+
+    def end_round(self, sessions: Sequence[Session]) -> None:
+        """Average client halves and server copies, weighted by samples trained."""
+        super().end_round(sessions)
+        done = mergeable(sessions)
+        if done:
+            states = [list(s.server.state_dict().values()) for s in done]
+            fedavg_into(self.server_half, states, [float(s.samples) for s in done])
 
 
 #: mode name (the config's ``mode``) → protocol class
