@@ -50,10 +50,13 @@ def _list_keys(schema: Any) -> int:
 
 
 def _overrides(args: argparse.Namespace) -> list[str]:
-    """``--set`` values, plus ``out_dir`` from ``--out``."""
+    """``--set`` values, plus ``out_dir`` from ``--out`` and ``existing_out`` from ``--resume``/``--overwrite``."""
     overrides = list(args.set or [])
     if args.out:
         overrides.append(f"out_dir={args.out}")
+    existing = getattr(args, "existing_out", None)
+    if existing:
+        overrides.append(f"existing_out={existing}")
     return overrides
 
 
@@ -171,6 +174,21 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", metavar="DIR", help="output directory (the config key out_dir)")
 
 
+def _add_existing(p: argparse.ArgumentParser) -> None:
+    """``--resume`` / ``--overwrite``: what to do when ``--out`` already holds a run (default: refuse)."""
+    group = p.add_mutually_exclusive_group()
+    group.add_argument(
+        "--resume",
+        dest="existing_out",
+        action="store_const",
+        const="resume",
+        help="continue the run in --out from its checkpoint.pt (same config; rounds may be raised)",
+    )
+    group.add_argument(
+        "--overwrite", dest="existing_out", action="store_const", const="overwrite", help="replace the run in --out"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``fl-split`` console script."""
     parser = argparse.ArgumentParser(prog="fl-split", description="Communication-efficient split/federated learning")
@@ -179,9 +197,11 @@ def main(argv: list[str] | None = None) -> int:
     p_codecs.add_argument("--json", action="store_true", help="print JSON")
     p_sl = sub.add_parser("sl", help="split learning over Flower (or in process)")
     _add_common(p_sl)
+    _add_existing(p_sl)
     p_sl.add_argument("--list-keys", action="store_true", help="list every config key with its default and exit")
     p_fl = sub.add_parser("fl", help="federated learning with compressed updates over Flower")
     _add_common(p_fl)
+    _add_existing(p_fl)
     p_fl.add_argument("--list-keys", action="store_true", help="list every config key with its default and exit")
     # no -h of its own: `fl-split compare --help` reaches the runner's parser
     sub.add_parser("compare", help="SL vs FL grid at measured bytes (`fl-split compare --help`)", add_help=False)

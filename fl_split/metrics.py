@@ -15,6 +15,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from fl_split.durable import append_line, atomic_write_text
+
 ROUND_KEYS = (
     "round",
     "train_loss",
@@ -42,17 +44,52 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-class RunWriter:
-    """Writes one run's outputs under ``out_dir`` (created; an old ``metrics.jsonl`` is replaced)."""
+#: What a run does with an ``out_dir`` that already holds a run (the ``existing_out`` config key).
+EXISTING_OUT = ("refuse", "resume", "overwrite")
 
-    def __init__(self, out_dir: str | Path) -> None:
+
+class OutputExists(ValueError):
+    """``out_dir`` already holds a run and neither resuming nor overwriting was asked for."""
+
+
+class RunWriter:
+    """Writes one run's outputs under ``out_dir`` (created).
+
+    Parameters
+    ----------
+    out_dir:
+        The run's folder.
+    existing:
+        What to do when ``out_dir`` already holds a run (a non-empty ``metrics.jsonl`` or a
+        ``summary.json``): ``refuse`` (:class:`OutputExists`, nothing is touched), ``overwrite``
+        (start a fresh ``metrics.jsonl``) or ``resume`` (keep the rows up to ``resume_round``).
+    resume_round:
+        With ``resume``: the last round the checkpoint holds; later rows are dropped (they are
+        trained again).
+
+    Every row is appended, flushed and synced (:func:`fl_split.durable.append_line`);
+    ``summary.json`` is replaced atomically.
+    """
+
+    def __init__(self, out_dir: str | Path, existing: str = "refuse", resume_round: int = 0) -> None:
+        if existing not in EXISTING_OUT:
+            raise ValueError(f"existing must be one of {EXISTING_OUT}, got {existing!r}")
         self.out_dir = Path(out_dir).expanduser()
-        self.out_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.out_dir / "metrics.jsonl"
         self.summary_path = self.out_dir / "summary.json"
         self.plot_path = self.out_dir / "accuracy_vs_mb.png"
-        self.metrics_path.write_text("", encoding="utf-8")
+        held = (self.metrics_path.exists() and self.metrics_path.stat().st_size > 0) or self.summary_path.exists()
+        if held and existing == "refuse":
+            raise OutputExists(
+                f"{self.out_dir} already holds a run ({self.metrics_path.name} / {self.summary_path.name}); "
+                "pass --resume to continue it from its last checkpoint, --overwrite to replace it, or choose "
+                "another --out (config key existing_out: refuse, resume, overwrite)"
+            )
+        self.out_dir.mkdir(parents=True, exist_ok=True)
         self.rows: list[dict[str, Any]] = []
+        if existing == "resume" and self.metrics_path.exists():
+            self.rows = [r for r in read_metrics(self.metrics_path) if int(r["round"]) <= resume_round]
+        atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in self.rows))
 
     def write_round(self, row: Mapping[str, Any]) -> None:
         """Append one round's metrics (must hold every key of :data:`ROUND_KEYS`)."""
@@ -60,8 +97,7 @@ class RunWriter:
         if missing:
             raise ValueError(f"round metrics lack {missing}")
         self.rows.append(dict(row))
-        with self.metrics_path.open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps(dict(row)) + "\n")
+        append_line(self.metrics_path, json.dumps(dict(row)))
 
     def write_summary(self, config: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Write ``summary.json`` (config, final/best accuracy, byte totals, wall time, versions) and the plot."""
@@ -81,7 +117,7 @@ class RunWriter:
             "files": {"metrics": str(self.metrics_path), "plot": str(self.plot_path)},
         }
         summary.update(extra or {})
-        self.summary_path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        atomic_write_text(self.summary_path, json.dumps(summary, indent=2) + "\n")
         if rows:
             from fl_split.plots import plot_accuracy_vs_mb
 

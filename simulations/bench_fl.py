@@ -48,7 +48,14 @@ def scale_run(clients: int, fraction: float, rounds: int, out_dir: Path) -> dict
     """One multi-round run on ``clients`` virtual nodes; its timings, memory and residuals."""
     config = load_fl_config(
         "fl",
-        values={"clients": clients, "fraction": fraction, "rounds": rounds, "progress": False, "out_dir": str(out_dir)},
+        values={
+            "clients": clients,
+            "fraction": fraction,
+            "rounds": rounds,
+            "progress": False,
+            "out_dir": str(out_dir),
+            "existing_out": "overwrite",
+        },
     )
     with PeakRss() as rss:
         summary = run_fl(config)
@@ -83,6 +90,7 @@ def accuracy_table(rounds: int, out_dir: Path, partitions: list[str]) -> list[di
                     "rounds": rounds,
                     "progress": False,
                     "out_dir": str(cell_dir),
+                    "existing_out": "overwrite",
                 },
             )
             summary = run_fl(config)

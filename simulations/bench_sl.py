@@ -111,9 +111,9 @@ class FirstNodes:
         """Send through the inner transport."""
         return self.inner.send(node_id, kind, fields, round_)
 
-    def receive(self) -> list[Reply]:
+    def receive(self, timeout_s: float | None = None) -> list[Reply]:
         """Receive through the inner transport."""
-        return self.inner.receive()
+        return self.inner.receive(timeout_s)
 
     def release(self, node_id: int) -> None:
         """Release through the inner transport."""

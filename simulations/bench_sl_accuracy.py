@@ -41,7 +41,8 @@ def run(bench: dict[str, Any], out_dir: Path, groups: list[str] | None = None) -
                 values[vary_key] = value
             cells = []
             for seed in seeds:
-                values.update(seed=seed, out_dir=str(out_dir / f"{group}-{mode}-{label}-{value}-{seed}"))
+                cell_dir = out_dir / f"{group}-{mode}-{label}-{value}-{seed}"
+                values.update(seed=seed, out_dir=str(cell_dir), existing_out="overwrite")
                 cells.append(run_cell(load_sl_config("sl", values=values)))
             row = {"group": group, "mode": mode, "codec": codec, **({vary_key: value} if vary_key else {})}
             rows.append({**row, **aggregate(cells, seeds)})

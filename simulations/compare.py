@@ -49,7 +49,7 @@ def run_cell(cell: Cell, cell_dir: str) -> str:
     """Run one cell into ``cell_dir``; ``"completed"``, or ``"failed: ..."`` (the traceback in ``error.txt``)."""
     out = Path(cell_dir)
     out.mkdir(parents=True, exist_ok=True)
-    config = {**cell.config, "out_dir": str(out), "progress": False}
+    config = {**cell.config, "out_dir": str(out), "progress": False, "existing_out": "overwrite"}
     try:
         if cell.scheme == "sl":
             from simulations.sl import run_sl

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import sys
 import time
 from typing import Any
@@ -15,6 +16,8 @@ from typing import Any
 from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
+from fl_split.checkpoint import load_checkpoint, save_checkpoint, save_model
+from fl_split.errors import TrainingFailed
 from fl_split.fl.client import accuracy, build_model
 from fl_split.metrics import RunWriter
 from fl_split.sl.setup import check_model_fits_data, load_split
@@ -36,6 +39,7 @@ class FLRun:
         self.rows: list[dict[str, Any]] = []
         self._cum = [0, 0]
         self._t0 = time.perf_counter()
+        self.done_rounds = 0  #: rounds a resumed run had done before
         self._bar = None
         if config["progress"]:
             from tqdm import tqdm
@@ -43,12 +47,38 @@ class FLRun:
             self._bar = tqdm(total=int(config["rounds"]), desc="FL", unit="round", file=sys.stderr, dynamic_ncols=True)
 
     def evaluate(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        """Flower's ``evaluate_fn``: test accuracy of the global model; after round >= 1, write the row."""
+        """Flower's ``evaluate_fn``: test accuracy of the global model; after round >= 1, write the row
+        and (every ``checkpoint_every`` rounds) the checkpoint."""
         self.model.load_state_dict(arrays.to_torch_state_dict())
         acc = accuracy(self.model, self.x_test, self.y_test, int(self.config["eval_batch_size"]) or 512)
         if server_round >= 1:
-            self._write(server_round, acc)
+            rnd = server_round + self.done_rounds
+            self._write(rnd, acc)
+            every = int(self.config["checkpoint_every"])
+            if self.writer is not None and every and (rnd % every == 0 or rnd == int(self.config["rounds"])):
+                save_checkpoint(self.writer.out_dir, "fl", rnd, self.config, self.state_dict())
         return MetricRecord({"test-accuracy": acc})
+
+    def state_dict(self) -> dict[str, Any]:
+        """What resuming needs: the global model, the strategy's state, byte totals, wall time and
+        Python's ``random`` state (Flower samples nodes with it)."""
+        return {
+            "model": self.model.state_dict(),
+            "strategy": self.strategy.state_dict(),
+            "cum_bytes": list(self._cum),
+            "wall_s": time.perf_counter() - self._t0,
+            "random": list(random.getstate()),
+        }
+
+    def load_state_dict(self, state: dict[str, Any], round_: int) -> None:
+        """Continue after round ``round_`` (see :meth:`state_dict`)."""
+        self.model.load_state_dict(state["model"])
+        self.strategy.load_state_dict(state["strategy"], round_)
+        self._cum = [int(n) for n in state["cum_bytes"]]
+        self._t0 = time.perf_counter() - float(state["wall_s"])
+        version, internal, gauss = state["random"]
+        random.setstate((version, tuple(internal), gauss))
+        self.done_rounds = round_
 
     def _write(self, server_round: int, acc: float) -> None:
         r = self.strategy.round_row()
@@ -60,7 +90,7 @@ class FLRun:
             "test_accuracy_dense": acc,  # FL evaluates the global model itself: nothing is compressed
             "cum_uplink_bytes": self._cum[0],
             "cum_downlink_bytes": self._cum[1],
-            "steps": r["clients"] - r["failed_clients"] - r["dropped"],
+            "steps": r["aggregated"],
             "wall_s": round(time.perf_counter() - self._t0, 3),
             **r,
         }
@@ -72,17 +102,41 @@ class FLRun:
             self._bar.update(1)
 
     def start(self, grid: Grid) -> None:
-        """Run every round on ``grid`` (Flower's ``FedAvg.start`` loop)."""
+        """Wait (bounded) for the nodes, then run every round on ``grid`` (Flower's ``FedAvg.start`` loop).
+
+        Raises
+        ------
+        TrainingFailed
+            If fewer than ``clients`` nodes connect within ``flower.wait_for_nodes_s``.
+        """
+        wait_for_nodes(grid, int(self.config["clients"]), float(self.config["flower"]["wait_for_nodes_s"]))
         initial = ArrayRecord(torch_state_dict=self.model.state_dict())
         self.strategy.start(
             grid,
             initial,
-            num_rounds=int(self.config["rounds"]),
+            num_rounds=int(self.config["rounds"]) - self.done_rounds,
             timeout=float(self.config["flower"]["timeout_s"]),
             evaluate_fn=self.evaluate,
         )
         if self._bar is not None:
             self._bar.close()
+
+
+def wait_for_nodes(grid: Grid, needed: int, timeout_s: float, poll_s: float = 0.5) -> list[int]:
+    """The connected nodes once ``needed`` are; ``TrainingFailed`` saying how many came after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        nodes = sorted(grid.get_node_ids())
+        if len(nodes) >= needed:
+            return nodes
+        if time.monotonic() >= deadline:
+            raise TrainingFailed(
+                f"only {len(nodes)} of the {needed} nodes the config asks for (clients={needed}) connected within "
+                f"flower.wait_for_nodes_s={timeout_s:g} s: start more SuperNodes, or run with clients={len(nodes)} "
+                f'(flwr run . -c "clients={max(len(nodes), 1)}"; fl-split fl --set clients={max(len(nodes), 1)})'
+            )
+        log.info("waiting for nodes: %d of %d connected", len(nodes), needed)
+        time.sleep(poll_s)
 
 
 def make_fl_server_app(run: FLRun) -> ServerApp:
@@ -96,37 +150,81 @@ def make_fl_server_app(run: FLRun) -> ServerApp:
     return app
 
 
+def _build(config: dict[str, Any]) -> tuple[FLRun, RunWriter]:
+    """The run (resumed from ``out_dir``'s checkpoint with ``existing_out=resume``) and its writer."""
+    run = FLRun(config)
+    done = 0
+    if config["existing_out"] == "resume":
+        done, state = load_checkpoint(config["out_dir"], "fl", config)
+        run.load_state_dict(state, done)
+        log.info("resuming %s after round %d", config["out_dir"], done)
+    run.writer = RunWriter(config["out_dir"], config["existing_out"], done)
+    return run, run.writer
+
+
 def run_fl(config: dict[str, Any], *, echo: bool = False, mods: tuple = ()) -> dict[str, Any]:
     """Run federated learning as ``config`` says (Flower's simulation engine); return ``summary.json``'s content."""
     from simulations.engine import run_flower_simulation
     from simulations.fl_client_app import make_fl_client_app
 
-    writer = RunWriter(config["out_dir"])
-    run = FLRun(config, writer)
+    run, writer = _build(config)
     flower = config["flower"]
-    run_flower_simulation(
-        make_fl_server_app(run),
-        make_fl_client_app(mods),
-        int(config["clients"]),
-        num_cpus=flower["num_cpus"],
-        num_gpus=flower["num_gpus"],
-    )
+    try:
+        run_flower_simulation(
+            make_fl_server_app(run),
+            make_fl_client_app(mods),
+            int(config["clients"]),
+            num_cpus=flower["num_cpus"],
+            num_gpus=flower["num_gpus"],
+        )
+    except TrainingFailed as exc:
+        return _finish(config, run, writer, echo, exc)
     return _finish(config, run, writer, echo)
 
 
 def run_fl_on_grid(config: dict[str, Any], grid: Grid) -> dict[str, Any]:
     """Run federated learning on an existing grid (the ServerApp of ``flwr run .`` with ``mode = "fl"``)."""
-    writer = RunWriter(config["out_dir"])
-    run = FLRun(config, writer)
-    run.start(grid)
-    return _finish(config, run, writer, echo=True)
+    run, writer = _build(config)
+    try:
+        run.start(grid)
+    except TrainingFailed as exc:
+        _finish(config, run, writer, True, exc)
+        raise
+    summary = _finish(config, run, writer, echo=True)
+    if summary["status"] != "completed":
+        raise TrainingFailed(summary["error"])
+    return summary
 
 
-def _finish(config: dict[str, Any], run: FLRun, writer: RunWriter, echo: bool) -> dict[str, Any]:
-    """Write ``summary.json`` (with ``s_per_round``, ``start_s``) and the plot; print the table when ``echo``."""
+def _finish(
+    config: dict[str, Any], run: FLRun, writer: RunWriter, echo: bool, error: BaseException | None = None
+) -> dict[str, Any]:
+    """Write ``summary.json`` (status, failures by reason, ``s_per_round``, ``start_s``) and the plot;
+    print the table when ``echo``.
+
+    The run failed if it raised, completed fewer rounds than configured, or never aggregated an
+    update (every round kept the initial model): ``status: failed`` and ``error`` say so.
+    """
     title = json.dumps({k: config[k] for k in ("clients", "fraction", "uplink", "error_feedback", "partition")})
-    status = "completed" if len(run.rows) == int(config["rounds"]) else "failed"
-    walls = [r["wall_s"] for r in run.rows]
+    if error is None and len(writer.rows) < int(config["rounds"]):
+        error = TrainingFailed(f"completed {len(writer.rows)} of {config['rounds']} rounds; see the log above")
+    if error is None and not any(r["aggregated"] for r in writer.rows):
+        first = run.strategy.failures[0]["error"] if run.strategy.failures else "no reply arrived"
+        error = TrainingFailed(f"no round aggregated an update: the model never changed; first failure: {first}")
+    status = "completed" if error is None else "failed"
+    if error is None:
+        save_model(writer.out_dir, {"model": run.model.state_dict()})
+    reasons: dict[str, int] = {}
+    for r in writer.rows:
+        for k, n in r["failure_reasons"].items():
+            reasons[k] = reasons.get(k, 0) + n
+    faults = {
+        "failed_clients": sum(r["failed_clients"] for r in writer.rows),
+        "failure_reasons": dict(sorted(reasons.items())),
+        "rounds_without_update": sum(1 for r in writer.rows if not r["aggregated"]),
+        "failures": run.strategy.failures,
+    }
+    walls = [r["wall_s"] for r in writer.rows]
     per_round = (walls[-1] - walls[0]) / (len(walls) - 1) if len(walls) > 1 else None
     timing = {
         # rounds after the first (the first also starts Ray, its actors and their imports)
@@ -134,7 +232,17 @@ def _finish(config: dict[str, Any], run: FLRun, writer: RunWriter, echo: bool) -
         # start-up: round 1's wall time less one steady round (Ray, actors, node registration, imports)
         "start_s": None if per_round is None else round(walls[0] - per_round, 3),
     }
-    summary = writer.write_summary(config, {"title": title, "status": status, "mode": "fl", **timing})
+    summary = writer.write_summary(
+        config,
+        {
+            "title": title,
+            "status": status,
+            "error": None if error is None else str(error),
+            "mode": "fl",
+            **faults,
+            **timing,
+        },
+    )
     if echo:
         from simulations.sl import format_summary
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from flwr.serverapp import Grid
 
+from fl_split.checkpoint import CHECKPOINT, MODEL, load_checkpoint, save_model
 from fl_split.metrics import RunWriter
 from fl_split.sl.transport import InProcessTransport
 from strategies.split_learning import SplitLearningStrategy, TrainingFailed, describe
@@ -48,20 +49,43 @@ class _Progress:
 
 
 def _build(config: dict[str, Any]) -> tuple[SplitLearningStrategy, RunWriter, _Progress]:
+    """The strategy (resumed from ``out_dir``'s checkpoint with ``existing_out=resume``), its writer and bar."""
     strategy = SplitLearningStrategy(config)  # validates model/data/codecs before anything starts
-    writer = RunWriter(config["out_dir"])
+    resume_round = 0
+    if config["existing_out"] == "resume":
+        resume_round, state = load_checkpoint(config["out_dir"], "sl", config)
+        strategy.load_state_dict(state)
+        log.info("resuming %s after round %d", config["out_dir"], resume_round)
+    writer = RunWriter(config["out_dir"], config["existing_out"], resume_round)
     progress = _Progress(config)
     strategy.writer, strategy.on_round = writer, progress
     return strategy, writer, progress
 
 
 def _finish(
-    config: dict[str, Any], writer: RunWriter, progress: _Progress, echo: bool, error: BaseException | None = None
+    config: dict[str, Any],
+    writer: RunWriter,
+    progress: _Progress,
+    echo: bool,
+    error: BaseException | None = None,
+    strategy: SplitLearningStrategy | None = None,
 ) -> dict[str, Any]:
-    """Close the bar and write ``summary.json`` (also after a failure: ``status`` says what happened)."""
+    """Close the bar and write ``summary.json`` (also after a failure: ``status`` says what happened).
+
+    The summary counts the clients that left a round, by reason (``failure_reasons``), and lists
+    them (``failures``: round, client, reason, error).
+    """
     progress.close()
     status = {"status": "completed" if error is None else "failed", "error": None if error is None else str(error)}
-    summary = writer.write_summary(config, {"title": describe(config), **status})
+    failures = strategy.failures if strategy is not None else []
+    reasons: dict[str, int] = {}
+    for f in failures:
+        reasons[f["reason"]] = reasons.get(f["reason"], 0) + 1
+    faults = {"failed_clients": len(failures), "failure_reasons": dict(sorted(reasons.items())), "failures": failures}
+    if error is None and strategy is not None:
+        halves = {"client_half": strategy.client_half.state_dict(), "server_half": strategy.server_half.state_dict()}
+        save_model(writer.out_dir, halves)
+    summary = writer.write_summary(config, {"title": describe(config), **status, **faults})
     if error is not None:
         raise error
     if not writer.rows:
@@ -76,8 +100,8 @@ def _run(config: dict[str, Any], start: Callable[[SplitLearningStrategy], object
     try:
         start(strategy)
     except TrainingFailed as exc:
-        return _finish(config, writer, progress, echo, exc)
-    return _finish(config, writer, progress, echo)
+        return _finish(config, writer, progress, echo, exc, strategy)
+    return _finish(config, writer, progress, echo, strategy=strategy)
 
 
 def run_on_grid(config: dict[str, Any], grid: Grid) -> dict[str, Any]:
@@ -139,6 +163,7 @@ def format_summary(summary: dict[str, Any], writer: RunWriter) -> str:
         f"wrote {writer.metrics_path}",
         f"      {writer.summary_path}",
         f"      {writer.plot_path}",
+        *(f"      {p}" for p in (writer.out_dir / MODEL, writer.out_dir / CHECKPOINT) if p.exists()),
     ]
     return "\n".join(lines)
 

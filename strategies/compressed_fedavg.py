@@ -6,11 +6,14 @@ weighted by ``num-examples``; this subclass only adds what compression needs aro
 - ``configure_train`` puts the uplink codec spec, error feedback and the run's config into the
   ``"config"`` record, and measures the downlink (the global weights' bytes, per message);
 - ``aggregate_train`` decodes each reply's payloads (:func:`fl_split.fl.update.decode_update`) into
-  the delta ``ArrayRecord`` Flower's ``FedAvg`` expects — a reply that does not decode is dropped,
-  logged and counted — lets ``FedAvg.aggregate_train`` average the deltas, and returns
-  ``global + server_lr * mean delta`` as the next global model.
+  the delta ``ArrayRecord`` Flower's ``FedAvg`` expects, lets ``FedAvg.aggregate_train`` average
+  the deltas, and returns ``global + server_lr * mean delta`` as the next global model.
 
-Per round it keeps the measured counters :meth:`round_row` reads.
+Every reply is checked before it is used (:mod:`fl_split.validate`): an error reply, a payload that
+does not decode, a non-finite update, a missing, non-integer, zero or larger-than-the-training-set
+``num-examples``, a non-finite ``train-loss`` or a bad byte count drops that client for the round,
+logged and counted by reason; a sampled client that never replied (Flower's timeout) is counted as
+failed (``timed_out``). Per round it keeps the measured counters :meth:`round_row` reads.
 """
 
 from __future__ import annotations
@@ -25,10 +28,13 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
+from fl_split import validate
 from fl_split.codecs import CodecError
 from fl_split.config import ConfigError, config_digest
 from fl_split.fl.client import build_model
 from fl_split.fl.update import DOWN_RECORD, UPDATE_RECORD, decode_update, encode_update
+from fl_split.sl.setup import load_split
+from fl_split.validate import reason_of
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +53,10 @@ class RoundCounters:
     loss_sum: float = 0.0
     residual_bytes: int = 0
     view_bytes: int = 0
+    aggregated: int = 0
     errors: list[str] = field(default_factory=list)
+    #: failed clients per reason (:data:`fl_split.validate.REASONS`)
+    reasons: dict[str, int] = field(default_factory=dict)
 
 
 def array_bytes(record: ArrayRecord) -> int:
@@ -65,18 +74,25 @@ class CompressedFedAvg(FedAvg):
     """
 
     def __init__(self, config: dict[str, Any]) -> None:
-        clients = int(config["clients"])
         super().__init__(
             fraction_train=float(config["fraction"]),
             fraction_evaluate=0.0,  # the server evaluates the global model itself (evaluate_fn)
             min_train_nodes=1,
             min_evaluate_nodes=0,
-            min_available_nodes=clients,
+            # FLRun.start waits (bounded) for `clients` nodes; after that a node that leaves must not
+            # make Flower's sampling wait for it forever: sample from whoever is connected
+            min_available_nodes=1,
         )
         self.config = config
         self._config_json = config_digest(config)
         self._global: dict[str, torch.Tensor] = {}
         self.counters = RoundCounters()
+        #: a resumed run's rounds done before (Flower's loop counts from 1 again)
+        self.round_offset = 0
+        #: every client that left a round: ``{"round", "client", "reason", "error"}``
+        self.failures: list[dict[str, Any]] = []
+        #: a client's ``num-examples`` can be no more than the training set
+        self.max_examples = len(load_split(config, "train")[1])
         #: last ``residual-bytes`` / ``view-bytes`` each node reported: client memory over all clients
         self.residual_by_node: dict[int, int] = {}
         self.view_by_node: dict[int, int] = {}
@@ -95,6 +111,7 @@ class CompressedFedAvg(FedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Flower's sampling and messages, with the codec settings in the config; downlink measured."""
+        server_round += self.round_offset
         self._global = arrays.to_torch_state_dict()
         self.counters = RoundCounters()
         config["uplink"] = str(self.config["uplink"])
@@ -142,6 +159,7 @@ class CompressedFedAvg(FedAvg):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Decode every reply's update, let ``FedAvg`` average the deltas, step the global model."""
+        server_round += self.round_offset
         c = self.counters
         decoded: list[Message] = []
         for msg in replies:
@@ -149,25 +167,39 @@ class CompressedFedAvg(FedAvg):
             node = msg.metadata.src_node_id
             if msg.has_error():
                 self._synced.pop(node, None)  # it may not hold this round's model: full model next time
-                c.failed_clients += 1
-                c.errors.append(f"client {node}: {msg.error.reason}")
-                log.error("round %d: client %d failed: %s", server_round, node, msg.error.reason)
+                self._fail(server_round, node, "raised", str(msg.error.reason))
                 continue
             try:
                 delta, metrics, nbytes = self._decode(msg)
-            except (CodecError, KeyError, TypeError, ValueError) as exc:
+                examples = validate.count(
+                    validate.field(metrics, "num-examples"), "num-examples", low=1, high=self.max_examples
+                )
+                loss = validate.number(metrics.get("train-loss", 0.0), "train-loss")
+                residual = validate.count(metrics.get("residual-bytes", 0), "residual-bytes")
+                view = validate.count(metrics.get("view-bytes", 0), "view-bytes")
+                validate.finite(delta.values(), "the update")
+            except (CodecError, KeyError, TypeError, ValueError, OverflowError) as exc:
+                self._synced.pop(node, None)
                 c.dropped += 1
-                c.errors.append(f"client {node}: {exc}")
-                log.error("round %d: dropped the update of client %d: %s", server_round, node, exc)
+                self._fail(server_round, node, reason_of(exc), f"dropped its update: {exc}")
                 continue
             c.uplink_bytes += nbytes
-            examples = int(_number(metrics["num-examples"]))
             c.samples += examples
-            c.loss_sum += _number(metrics.get("train-loss", 0.0)) * examples
-            self.residual_by_node[node] = int(_number(metrics.get("residual-bytes", 0)))
-            self.view_by_node[node] = int(_number(metrics.get("view-bytes", 0)))
+            c.loss_sum += loss * examples
+            self.residual_by_node[node] = residual
+            self.view_by_node[node] = view
             msg.content = RecordDict({"arrays": ArrayRecord(torch_state_dict=delta), "metrics": metrics})
             decoded.append(msg)
+        missing = c.sampled - c.replies
+        if missing > 0:
+            c.failed_clients += missing
+            c.reasons["timed_out"] = c.reasons.get("timed_out", 0) + missing
+            c.errors.append(f"{missing} sampled client(s) did not reply within flower.timeout_s")
+            log.error("round %d: %d sampled client(s) did not reply in time", server_round, missing)
+            self.failures.append(
+                {"round": server_round, "client": None, "reason": "timed_out", "error": f"{missing} did not reply"}
+            )
+        c.aggregated = len(decoded)
         c.residual_bytes = sum(self.residual_by_node.values())
         c.view_bytes = sum(self.view_by_node.values())
         if not decoded:
@@ -180,6 +212,34 @@ class CompressedFedAvg(FedAvg):
         delta = mean.to_torch_state_dict()
         new = {k: (v + step * delta[k].to(v.dtype)) if k in delta else v for k, v in self._global.items()}
         return ArrayRecord(torch_state_dict=new), agg_metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        """The server-side state a resumed run needs besides the global model: the downlink view, the
+        clients' reported memory, the failure log (the clients' own state stays with them)."""
+        return {
+            "view": self._view,
+            "residual_by_node": {str(k): v for k, v in self.residual_by_node.items()},
+            "view_by_node": {str(k): v for k, v in self.view_by_node.items()},
+            "failures": list(self.failures),
+        }
+
+    def load_state_dict(self, state: dict[str, Any], round_: int) -> None:
+        """Continue after round ``round_``: no node is taken to hold the view (each gets the full model once)."""
+        self._view = state["view"]
+        self.residual_by_node = {int(k): int(v) for k, v in state["residual_by_node"].items()}
+        self.view_by_node = {int(k): int(v) for k, v in state["view_by_node"].items()}
+        self.failures = list(state["failures"])
+        self._synced = {}
+        self.round_offset = round_
+
+    def _fail(self, server_round: int, node: int, reason: str, error: str) -> None:
+        """Count a client that leaves the round (nothing of it is aggregated)."""
+        c = self.counters
+        c.failed_clients += 1
+        c.reasons[reason] = c.reasons.get(reason, 0) + 1
+        c.errors.append(f"client {node}: {error}")
+        self.failures.append({"round": server_round, "client": node, "reason": reason, "error": error[:500]})
+        log.error("round %d: client %d %s (%s); it leaves this round", server_round, node, error, reason)
 
     def _decode(self, msg: Message) -> tuple[dict[str, torch.Tensor], MetricRecord, int]:
         record = msg.content.config_records[UPDATE_RECORD]
@@ -207,13 +267,8 @@ class CompressedFedAvg(FedAvg):
             "samples": c.samples,
             "dropped": c.dropped,
             "failed_clients": c.failed_clients,
+            "failure_reasons": dict(sorted(c.reasons.items())),
+            "aggregated": c.aggregated,
             "residual_bytes": c.residual_bytes,
             "view_bytes": c.view_bytes,
         }
-
-
-def _number(value: object) -> float:
-    """A metric value that must be a number (``TypeError`` otherwise: the reply is malformed)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"expected a number in the reply's metrics, got {value!r}")
-    return float(value)

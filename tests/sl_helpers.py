@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import tempfile
 from typing import Any
 
 import torch
@@ -18,7 +19,7 @@ def oracle_config(mode: str, **values: Any) -> dict[str, Any]:
     """The multi-client oracles' run: 3 clients with unequal partitions (digits, Dirichlet α = 1:
     561, 498 and 378 samples), whole epochs of batch 64 (partial last batches), 2 rounds, codec ``none``."""
     base = {"clients": 3, "partition": "dirichlet", "dirichlet_alpha": 1.0, "batch_size": 64, "rounds": 2}
-    return small_config(mode=mode, uplink="none", **{**base, **values})
+    return small_config(mode=mode, **{"uplink": "none", **base, **values})
 
 
 def run_on_flower(configs: list[dict[str, Any]], mods: tuple = (), **client: Any) -> list[Any]:
@@ -71,7 +72,13 @@ def history_diff(a: list[list[torch.Tensor]], b: list[list[torch.Tensor]]) -> fl
 
 def small_config(**values: Any) -> dict[str, Any]:
     """A quick digits config (in process, no progress bar, outputs under ``out_dir``)."""
-    base: dict[str, Any] = {"engine": "inprocess", "progress": False, "rounds": 1, "clients": 1}
+    base: dict[str, Any] = {
+        "engine": "inprocess",
+        "progress": False,
+        "rounds": 1,
+        "clients": 1,
+        "out_dir": tempfile.mkdtemp(prefix="fl-split-test-"),  # runs never share (or refuse) a folder
+    }
     base.update(values)
     return load_sl_config("sl", values=base)
 

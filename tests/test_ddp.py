@@ -31,6 +31,8 @@ RUNS: dict[str, dict[str, Any]] = {
     "topk120": {"codec": "topk:keep=0.01", "error_feedback": True, "steps": 120, "log_every": 40, "bucket_cap_mb": 0.1},
     "default40": {"steps": 40, "log_every": 20},
     "powersgd6": {"codec": "powersgd:rank=2", "error_feedback": True, "steps": 6, "log_every": 6, "bucket_cap_mb": 0.1},
+    # BatchNorm (ResNet18): evaluated after every step, it must go on training with batch statistics
+    "bn4": {"model": "resnet18", "codec": "none", "steps": 4, "log_every": 1, "batch_size": 8},
 }
 
 
@@ -189,3 +191,13 @@ def test_bench_reports_a_failed_run_and_goes_on(tmp_path: Path, monkeypatch: pyt
     monkeypatch.setattr(bench_ddp, "run_ddp", diverging)
     row = bench_ddp.cell("bird+EF", "bird:keep=0.1", True, 4, tmp_path)
     assert row["status"] == "failed" and "input magnitude" in row["error"]
+
+
+def test_ddp_goes_back_to_train_mode_after_evaluating_a_batchnorm_model(runs: dict) -> None:
+    out, _ = runs["bn4"]
+    for rank in (0, 1):
+        model = torch.load(out / f"checkpoint_rank{rank}.pt", weights_only=True)["model"]
+        tracked = {k: int(v) for k, v in model.items() if k.endswith("num_batches_tracked")}
+        # a BatchNorm layer counts the batches it saw in train mode: all 4 (1 if evaluation left it in eval mode)
+        assert tracked and set(tracked.values()) == {4}, tracked
+    assert len(read_metrics(out / "metrics.jsonl")) == 4

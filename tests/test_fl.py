@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import struct
+import tempfile
 import time
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from fl_split.codecs import CodecError, codec_from_spec
 from fl_split.config import ConfigError
 from fl_split.fl.client import build_model, local_train
 from fl_split.fl.config import load_fl_config
-from fl_split.fl.faults import CorruptUpdate, RaiseInTrain
+from fl_split.fl.faults import CorruptUpdate, RaiseInTrain, TamperMetric
 from fl_split.fl.mods import compress_update
 from fl_split.fl.update import (
     DOWN_RECORD,
@@ -32,7 +34,7 @@ from strategies.compressed_fedavg import CompressedFedAvg
 
 
 def _config(**values: object) -> dict:
-    return load_fl_config("fl", values={"progress": False, **values})
+    return load_fl_config("fl", values={"progress": False, "out_dir": tempfile.mkdtemp(prefix="fl-test-"), **values})
 
 
 def _reply(node: int, content: RecordDict) -> Message:
@@ -96,7 +98,9 @@ def test_a_reply_that_does_not_decode_is_dropped_and_the_others_are_averaged(cap
         replies.append(_reply(i, content))
     with caplog.at_level(logging.ERROR):
         got, _ = ours.aggregate_train(1, replies)
-    assert got is not None and ours.round_row()["dropped"] == 1 and "dropped the update of client 1" in caplog.text
+    row = ours.round_row()
+    assert got is not None and (row["dropped"], row["failed_clients"], row["aggregated"]) == (1, 1, 1)
+    assert row["failure_reasons"] == {"malformed": 1} and "client 1 dropped its update" in caplog.text
 
 
 def test_decode_update_refuses_what_the_model_does_not_expect() -> None:
@@ -175,14 +179,83 @@ def test_unknown_codec_option_or_key_is_a_config_error_before_training() -> None
     assert codec_from_spec(_config()["uplink"]).name == "ms"
 
 
-def test_fl_over_flower_survives_a_bad_update_and_a_raising_client(tmp_path: Path) -> None:
+def test_fl_over_flower_survives_a_bad_update_a_raising_client_and_a_lying_one(tmp_path: Path) -> None:
     cfg = _config(clients=4, rounds=2, out_dir=str(tmp_path))
-    summary = run_fl(cfg, mods=(CorruptUpdate(partition_id=1), RaiseInTrain(partition_id=2)))
+    mods = (CorruptUpdate(partition_id=1), RaiseInTrain(partition_id=2), TamperMetric(3, "num-examples", float("inf")))
+    summary = run_fl(cfg, mods=mods)
     r1, r2 = read_metrics(tmp_path / "metrics.jsonl")
-    assert (r1["clients"], r1["dropped"], r1["failed_clients"], r1["steps"]) == (4, 1, 1, 2)
+    assert (r1["clients"], r1["dropped"], r1["failed_clients"], r1["steps"], r1["aggregated"]) == (4, 2, 3, 1, 1)
+    assert r1["failure_reasons"] == {"malformed": 1, "non_finite": 1, "raised": 1}
     assert (r2["dropped"], r2["failed_clients"], r2["steps"]) == (0, 0, 4)
     assert r1["uplink_bytes"] > 0 and r2["uplink_bytes"] > r1["uplink_bytes"]  # 4 updates vs 2 decoded
     assert r2["residual_bytes"] > 0 and summary["status"] == "completed"
+    assert summary["failure_reasons"] == r1["failure_reasons"] and summary["rounds_without_update"] == 0
+
+
+def test_fl_run_in_which_no_update_is_ever_aggregated_fails(tmp_path: Path) -> None:
+    from fl_split.cli import main
+
+    out = tmp_path / "fl"
+    cfg = _config(clients=2, rounds=1, out_dir=str(out))
+    summary = run_fl(cfg, mods=(RaiseInTrain(partition_id=0), RaiseInTrain(partition_id=1)))
+    assert summary["status"] == "failed" and "no round aggregated an update" in summary["error"]
+    assert (summary["rounds_without_update"], summary["failure_reasons"]) == (1, {"raised": 2})
+    # the CLI exits non-zero on such a run (here: a learning rate so large that no client's update is usable)
+    rc = main(["fl", "--set", "clients=2", "rounds=1", "progress=false", "optimizer.lr=1.0e+30", "uplink=none",
+               f"out_dir={tmp_path / 'cli'}"])  # fmt: skip
+    cli = json.loads((tmp_path / "cli" / "summary.json").read_text())
+    assert rc == 1 and cli["status"] == "failed" and cli["rounds_without_update"] == 1
+
+
+def _update_reply(node: int, cfg: dict, global_sd: dict, metrics: dict) -> Message:
+    names, payloads, _ = encode_update({k: torch.zeros_like(v) + 0.01 for k, v in global_sd.items()}, "none")
+    content = RecordDict(
+        {UPDATE_RECORD: ConfigRecord({"names": names, "payloads": payloads}), "metrics": MetricRecord(metrics)}
+    )
+    return _reply(node, content)
+
+
+@pytest.mark.parametrize(
+    ("metrics", "reason"),
+    [
+        ({}, "malformed"),  # no num-examples
+        ({"num-examples": float("inf")}, "non_finite"),
+        ({"num-examples": 0}, "out_of_range"),
+        ({"num-examples": 10**9}, "out_of_range"),  # more than the training set: a bid for a larger weight
+        ({"num-examples": 2.5}, "malformed"),
+        ({"num-examples": 10, "train-loss": float("nan")}, "non_finite"),
+        ({"num-examples": 10, "residual-bytes": -5}, "out_of_range"),
+    ],
+)
+def test_every_fl_reply_field_is_checked_and_a_bad_one_is_never_averaged(metrics: dict, reason: str) -> None:
+    cfg = _config(uplink="none", dense_below=0)
+    global_sd = build_model(cfg, seed=0).state_dict()
+    ours = CompressedFedAvg(cfg)
+    ours._global = {k: v.clone() for k, v in global_sd.items()}
+    ours.counters.sampled = 3  # as configure_train would have set: one of the three never replies
+    good = _update_reply(0, cfg, global_sd, {"num-examples": 10, "train-loss": 0.5})
+    got, _ = ours.aggregate_train(1, [good, _update_reply(1, cfg, global_sd, metrics)])
+    row = ours.round_row()
+    assert row["failure_reasons"] == {reason: 1, "timed_out": 1} and row["failed_clients"] == 2
+    assert row["aggregated"] == 1 and row["samples"] == 10
+    assert got is not None  # the good update alone: global + 0.01 everywhere (floating-point tensors)
+    new = got.to_torch_state_dict()
+    assert all(torch.allclose(new[k], v + 0.01) for k, v in global_sd.items() if v.is_floating_point())
+
+
+def test_waiting_for_nodes_is_bounded_and_says_how_many_came() -> None:
+    from fl_split.errors import TrainingFailed
+    from simulations.fl import wait_for_nodes
+
+    class _Grid:
+        def get_node_ids(self) -> list[int]:
+            return [7, 3]
+
+    assert wait_for_nodes(_Grid(), 2, 1.0) == [3, 7]  # type: ignore[arg-type]
+    t0 = time.monotonic()
+    with pytest.raises(TrainingFailed, match=r"only 2 of the 5 nodes .*\(clients=5\) .* clients=2"):
+        wait_for_nodes(_Grid(), 5, 0.3, poll_s=0.05)  # type: ignore[arg-type]
+    assert time.monotonic() - t0 < 2.0
 
 
 @pytest.mark.slow

@@ -64,6 +64,9 @@ def test_bad_topologies_are_clear_errors() -> None:
         load_gossip_config(values={"algorithm": "choco", "l1": 0.001})
     with pytest.raises(ConfigError, match="topology"):
         load_gossip_config(values={"topology": "hypercube"})
+    # gossip mixes parameters only: BatchNorm statistics would stay each node's own
+    with pytest.raises(ConfigError, match=r"model 'resnet18' has buffers .*running_mean.*BatchNorm"):
+        load_gossip_config(values={"model": "resnet18"})
 
 
 def test_cli_reports_a_topology_that_does_not_fit(capsys: pytest.CaptureFixture[str]) -> None:

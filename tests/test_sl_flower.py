@@ -14,7 +14,7 @@ import pytest
 import torch
 from sl_helpers import MODES, history_diff, inprocess_twin, oracle_config, run_on_flower, small_config
 
-from fl_split.sl.faults import CorruptUplink, RaiseOnStep
+from fl_split.sl.faults import CorruptUplink, PoisonWeights, RaiseOnStep
 from simulations.client_app import make_client_app
 from simulations.engine import run_flower_simulation
 from simulations.server_app import make_server_app
@@ -67,28 +67,35 @@ def test_flower_modes_with_three_clients_equal_the_inprocess_engine() -> None:
         assert history_diff(flower.client_history[:1], flower.client_history[1:]) > 1e-3
 
 
-def test_flower_run_survives_a_bad_payload_and_a_raising_client(caplog: pytest.LogCaptureFixture) -> None:
+def test_flower_run_survives_a_bad_payload_a_raising_client_and_poisoned_weights(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """Also runs, through the real runtime, the engine with the shortened wait (``flower.engine_wait_ms``)
-    and server batching: a batch that does not decode drops out of its group, the others are stepped."""
+    and server batching: a client whose batch does not decode leaves the round, the others in its
+    group are stepped; a client whose done reply carries NaN weights is not merged."""
     cfg = small_config(
         engine="flower",
-        clients=3,
+        clients=4,
         mode="splitfed2",
         rounds=2,
         max_steps_per_round=4,
         server_batching=True,
         flower={"engine_wait_ms": 2.0},
     )
+    mods = (CorruptUplink(partition_id=1, nth=2), RaiseOnStep(partition_id=2, nth=2), PoisonWeights(partition_id=3))
     with caplog.at_level(logging.ERROR):
-        strategy = _flower(cfg, mods=(CorruptUplink(partition_id=1, nth=2), RaiseOnStep(partition_id=2, nth=2)))
+        strategy = _flower(cfg, mods=mods)
     r1, r2 = strategy.rows
-    assert r1["dropped"] == 2 and r1["failed_clients"] == 1
-    # partition 0: 4 steps; partition 1: 4 sent, 1 dropped; partition 2: 2 batches stepped before it raised
-    assert r1["steps"] == 4 + 3 + 2
-    assert r2["dropped"] == 0 and r2["failed_clients"] == 0 and r2["steps"] == 12
+    assert r1["failed_clients"] == 3 and r1["failure_reasons"] == {"malformed": 1, "non_finite": 1, "raised": 1}
+    # partition 0: 4 steps; partition 1: 2 (the reply to its 2nd sl_step, batch 3, did not decode: it
+    # left); partition 2: 2 batches stepped before it raised; partition 3: 4 steps, then NaN weights
+    assert r1["steps"] == 4 + 2 + 2 + 4 and r1["dropped"] == 3
+    assert all(bool(torch.isfinite(t).all()) for t in strategy.client_history[0])
+    assert r2["dropped"] == 0 and r2["failed_clients"] == 0 and r2["steps"] == 16
     # replies that arrive in one pull share a server step: never more server steps than batches
-    assert 4 <= r2["server_steps"] <= 12 and r1["server_steps"] <= r1["steps"]
-    assert "dropped a step" in caplog.text and "injected fault in partition 2" in caplog.text
+    assert 4 <= r2["server_steps"] <= 16 and r1["server_steps"] <= r1["steps"]
+    assert "cannot use" in caplog.text and "injected fault in partition 2" in caplog.text
+    assert "NaN/Inf" in caplog.text
 
 
 def test_ray_start_is_retried_when_it_times_out(monkeypatch: pytest.MonkeyPatch) -> None:

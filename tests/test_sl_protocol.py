@@ -39,8 +39,8 @@ class Recording(InProcessTransport):
             self.begins.append((node_id, round_, fields))
         return super().send(node_id, kind, fields, round_)
 
-    def receive(self) -> list[Reply]:
-        replies = super().receive()
+    def receive(self, timeout_s: float | None = None) -> list[Reply]:
+        replies = super().receive(timeout_s)
         self.done += [(r.node_id, r.fields) for r in replies if r.fields and r.fields.get("done")]
         return replies
 
@@ -158,8 +158,8 @@ def test_momentum_returned_by_a_sequential_client_is_checked() -> None:
     """A momentum list that does not fit the client half makes that client leave the round."""
 
     class BadMomentum(InProcessTransport):
-        def receive(self) -> list[Reply]:
-            replies = super().receive()
+        def receive(self, timeout_s: float | None = None) -> list[Reply]:
+            replies = super().receive(timeout_s)
             for r in replies:
                 if r.fields and r.fields.get("done") and r.node_id == 1:
                     r.fields[MOMENTUM] = r.fields[MOMENTUM][:-1]

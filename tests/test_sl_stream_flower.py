@@ -15,7 +15,7 @@ import torch
 from sl_helpers import MODES, history_diff, inprocess_twin, oracle_config, run_on_flower, small_config
 
 from fl_split.config import ConfigError
-from fl_split.sl.faults import BreakStream
+from fl_split.sl.faults import BreakStream, PoisonWeights
 from simulations.client_app import make_client_app
 from simulations.engine import run_flower_simulation
 from simulations.server_app import make_server_app
@@ -63,15 +63,20 @@ def test_stream_modes_with_three_clients_equal_the_inprocess_engine() -> None:
 def test_a_stream_that_breaks_mid_round_drops_that_client_and_the_run_goes_on(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """A client that vanishes mid-round, and one whose done reply (a Flower reply here) holds NaN weights."""
     cfg = small_config(
         engine="flower", transport="stream", clients=3, mode="splitfed2", rounds=2, max_steps_per_round=4
     )
     with caplog.at_level(logging.WARNING):
-        strategy = _flower(cfg, stream_fault=BreakStream(partition_id=1, step=2, round_=1))
+        strategy = _flower(
+            cfg, mods=(PoisonWeights(partition_id=2),), stream_fault=BreakStream(partition_id=1, step=2, round_=1)
+        )
     r1, r2 = strategy.rows
-    # partition 1 sent 2 batches (both stepped by the server) and vanished when its 2nd gradient came
-    assert (r1["failed_clients"], r1["dropped"], r1["steps"]) == (1, 1, 4 + 2 + 4)
-    assert r1["stream_broken"] >= 1
+    # partition 1 sent 2 batches (both stepped by the server) and vanished when its 2nd gradient came;
+    # partition 2 trained 4 and returned NaN weights: not merged
+    assert (r1["failed_clients"], r1["dropped"], r1["steps"]) == (2, 2, 4 + 2 + 4)
+    assert r1["failure_reasons"].get("non_finite") == 1 and sum(r1["failure_reasons"].values()) == 2
+    assert r1["stream_broken"] >= 1 and all(bool(torch.isfinite(t).all()) for t in strategy.client_history[0])
     # the next round samples every node again, and all train
     assert (r2["failed_clients"], r2["dropped"], r2["steps"], r2["clients"]) == (0, 0, 12, 3)
     assert "connection was lost" in caplog.text or "without the client's last frame" in caplog.text

@@ -19,7 +19,7 @@ from typing import Any
 from fl_split.config import ConfigError
 
 #: Keys of a cell's config that do not change its result.
-_NOT_KEYED = ("out_dir", "progress")
+_NOT_KEYED = ("out_dir", "progress", "existing_out", "checkpoint_every")
 
 
 @dataclass(frozen=True)

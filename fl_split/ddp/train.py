@@ -86,7 +86,7 @@ def train_rank(rank: int, world: int, config: dict[str, Any], on_state: StateCal
             on_state(rank, state)
     sgd = make_sgd(ddp.parameters(), config)
     x, y = client_data(cfg, rank, world)
-    writer = RunWriter(out) if rank == 0 else None
+    writer = RunWriter(out, existing="overwrite") if rank == 0 else None
     xt, yt = load_split(cfg, "test")
     bs, nb = int(config["batch_size"]), batches_per_epoch(len(y), int(config["batch_size"]))
     steps, log_every = int(config["steps"]), int(config["log_every"])

@@ -74,10 +74,16 @@ def local_train(
 
 @torch.no_grad()
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> float:
-    """Top-1 accuracy of ``model`` on ``(x, y)`` in eval mode."""
+    """Top-1 accuracy of ``model`` on ``(x, y)`` in eval mode; the model is left in the mode it was in
+    (a training loop that evaluates in between keeps training BatchNorm with batch statistics)."""
+    was_training = model.training
     model.eval()
-    correct = sum(
-        int((model(x[i : i + batch_size]).argmax(1) == y[i : i + batch_size]).sum())
-        for i in range(0, len(y), batch_size)
-    )
+    try:
+        with torch.no_grad():
+            correct = sum(
+                int((model(x[i : i + batch_size]).argmax(1) == y[i : i + batch_size]).sum())
+                for i in range(0, len(y), batch_size)
+            )
+    finally:
+        model.train(was_training)
     return correct / max(len(y), 1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from fl_split.checkpoint import output_fields
 from fl_split.config import (
     ConfigError,
     Field,
@@ -59,13 +60,19 @@ FL_SCHEMA: Schema = {
         "weight_decay": Field(5e-4, (float,), "local SGD weight decay", check=non_negative),
     },
     "eval_batch_size": Field(512, (int,), "test batch size of the server's evaluation (0: 512)", check=non_negative),
-    "out_dir": Field("runs/fl", (str,), "where metrics.jsonl, summary.json and the plot go"),
+    **output_fields("runs/fl"),
     "progress": Field(True, (bool,), "show a progress bar"),
     "flower": {
         "num_cpus": Field(1.0, (float,), "Ray CPUs per virtual client", check=positive),
         "num_gpus": Field(0.0, (float,), "Ray GPU fraction per virtual client", check=non_negative),
         "timeout_s": Field(
             600.0, (float,), "give up on the replies of a round after this many seconds", check=positive
+        ),
+        "wait_for_nodes_s": Field(
+            300.0,
+            (float,),
+            "at the start, wait this long for `clients` nodes to connect, then stop with an error",
+            check=positive,
         ),
     },
 }

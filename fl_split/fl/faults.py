@@ -51,3 +51,19 @@ class RaiseInTrain:
         if _hit(msg, context, self.partition_id, self.round_):
             raise RuntimeError(f"injected fault in partition {self.partition_id}")
         return call_next(msg, context)
+
+
+@dataclass(frozen=True)
+class TamperMetric:
+    """Set metric ``key`` of partition ``partition_id``'s reply in round ``round_`` to ``value`` (a lying client)."""
+
+    partition_id: int
+    key: str
+    value: float | int
+    round_: int = 1
+
+    def __call__(self, msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        reply = call_next(msg, context)
+        if _hit(msg, context, self.partition_id, self.round_) and "metrics" in reply.content.metric_records:
+            reply.content.metric_records["metrics"][self.key] = self.value
+        return reply

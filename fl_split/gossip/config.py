@@ -96,18 +96,34 @@ def resolved_l1(config: dict[str, Any]) -> float:
     return MALCOM_L1 if config["algorithm"] == "malcom" else 0.0
 
 
+def _refuse_buffers(config: dict[str, Any]) -> None:
+    """Gossip mixes parameters only: a model with buffers (BatchNorm statistics) would keep them unmixed."""
+    from fl_split.fl.client import build_model, iid_shard_config
+
+    model = build_model(iid_shard_config(config), seed=0)
+    buffers = [name for name, _ in model.named_buffers()]
+    if buffers:
+        raise ConfigError(
+            f"gossip mixes model parameters only, and model {config['model']!r} has buffers that would never be "
+            f"gossiped ({', '.join(buffers[:3])}{', ...' if len(buffers) > 3 else ''}: BatchNorm statistics); "
+            "use a model without BatchNorm (model=auto: digits_cnn / mnist1d_cnn)"
+        )
+
+
 def validate_gossip(config: dict[str, Any]) -> None:
     """Cross-key checks.
 
     Raises
     ------
     ConfigError
-        CHOCO-SGD with an L1 weight, fewer than 2 nodes, or a topology that does not fit ``nodes``.
+        CHOCO-SGD with an L1 weight, fewer than 2 nodes, a topology that does not fit ``nodes``, or a
+        model with buffers (BatchNorm), which gossip would leave unmixed.
     """
     if config["nodes"] < 2:
         raise ConfigError(f"gossip needs at least 2 nodes, got nodes={config['nodes']}")
     if config["algorithm"] == "choco" and resolved_l1(config) > 0:
         raise ConfigError("choco solves the unregularized problem: set l1=0 (or algorithm=malcom for the L1 prox)")
+    _refuse_buffers(config)
     from fl_split.gossip.topology import TopologyError, config_topology
 
     try:

@@ -66,7 +66,7 @@ def node_main(rank: int, n: int, config: dict[str, Any]) -> dict[str, Any]:
     lr, gamma = float(config["lr"]), float(config["gamma"])
     cpu = torch.device("cpu")
     out = Path(config["out_dir"])
-    writer = RunWriter(out) if rank == 0 else None
+    writer = RunWriter(out, existing="overwrite") if rank == 0 else None
     evaluate = Evaluator(objective) if rank == 0 else None
     edge_bytes = torch.zeros(n, n, dtype=torch.int64)
     t0, loss_sum, sent, cum = time.perf_counter(), 0.0, 0, 0

@@ -93,7 +93,7 @@ def run_gossip(config: dict[str, Any]) -> dict[str, Any]:
     degrees = [int(d) for d in adj.sum(1)]
     sim = InProcessGossip(config, w, resolved_codec(config), resolved_l1(config))
     evaluate = Evaluator(sim.objective)
-    writer = RunWriter(config["out_dir"])
+    writer = RunWriter(config["out_dir"], existing="overwrite")
     edge_bytes = np.zeros((n, n), dtype=np.int64)
     t0, losses, sent, cum = time.perf_counter(), [], 0, 0
     rounds, every = int(config["rounds"]), int(config["eval_every"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from fl_split.checkpoint import output_fields
 from fl_split.config import (
     ConfigError,
     Field,
@@ -58,6 +59,12 @@ SL_SCHEMA: Schema = {
     "max_steps_per_round": Field(0, (int,), "cap on a client's batches per round (0: no cap)", check=non_negative),
     "batch_size": Field(32, (int,), "samples per batch (one codec call per batch)", check=at_least_one),
     "batches_per_message": Field(1, (int,), "k batches per Flower message (1: exact vanilla SL)", check=at_least_one),
+    "round_timeout_s": Field(
+        3600.0,
+        (float,),
+        "a round's deadline, seconds: clients still training then leave the round (0: no deadline)",
+        check=non_negative,
+    ),
     "dataset": Field("digits", (str,), "dataset name", dataset_choices),
     "data_dir": Field(None, (str, type(None)), "folder with torchvision datasets (cifar10, mnist, ...)"),
     "model": Field("auto", (str,), "model name (auto: the dataset's default)", model_choices),
@@ -82,7 +89,7 @@ SL_SCHEMA: Schema = {
         "splitfed2: one server forward/backward over the batches that arrive together (changes the step order)",
     ),
     "eval_batch_size": Field(0, (int,), "test batch size (0: batch_size, so the codec sees training-sized batches)"),
-    "out_dir": Field("runs/sl", (str,), "where metrics.jsonl, summary.json and the plot go"),
+    **output_fields("runs/sl"),
     "progress": Field(True, (bool,), "show a progress bar"),
     "transport": Field(
         "messages",

@@ -11,7 +11,10 @@ from flwr.app import Context, Message
 from flwr.clientapp.typing import ClientAppCallable
 
 from fl_split.sl.records import RECORD
-from fl_split.sl.wire import ACTIVATIONS
+from fl_split.sl.wire import ACTIVATIONS, WEIGHTS
+
+#: a float32 NaN, little-endian (a codec refuses to encode one; a hostile client writes it by hand)
+_NAN = b"\x00\x00\xc0\x7f"
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,30 @@ class CorruptUplink:
             acts = record.get(ACTIVATIONS)
             if isinstance(acts, list) and acts and isinstance(acts[0], bytes):
                 record[ACTIVATIONS] = [acts[0][: len(acts[0]) // 2], *acts[1:]]
+        return reply
+
+
+@dataclass(frozen=True)
+class PoisonWeights:
+    """Write a NaN into the client-half weights of partition ``partition_id``'s done reply in round ``round_``.
+
+    With the ``stream`` transport the done reply is the Flower reply to ``sl_begin``: the same mod works.
+    """
+
+    partition_id: int
+    round_: int = 1
+
+    def __call__(self, msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        reply = call_next(msg, context)
+        if (
+            int(context.node_config.get("partition-id", -1)) == self.partition_id
+            and msg.metadata.group_id == str(self.round_)
+            and reply.has_content()
+        ):
+            record = reply.content.config_records[RECORD]
+            weights = record.get(WEIGHTS)
+            if record.get("done") is True and isinstance(weights, list) and weights and isinstance(weights[0], bytes):
+                record[WEIGHTS] = [weights[0][:-4] + _NAN, *weights[1:]]
         return reply
 
 

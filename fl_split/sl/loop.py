@@ -33,15 +33,18 @@ from typing import Any
 
 import torch
 
+from fl_split import validate
+from fl_split.checkpoint import MAY_CHANGE, save_checkpoint
 from fl_split.codecs import Codec, CodecError, codec_from_spec
 from fl_split.config import ConfigError, config_digest
 from fl_split.data import dataset_info
+from fl_split.errors import TrainingFailed
 from fl_split.metrics import RunWriter
 from fl_split.sl.client import BEGIN, STEP
 from fl_split.sl.config import MASK
 from fl_split.sl.protocol import RoundProtocol, Session, SessionStatus, create_protocol, mergeable
 from fl_split.sl.server import ServerStep, StepInput, evaluate, server_step_batched
-from fl_split.sl.setup import build_halves, check_model_fits_data, load_split, make_sgd
+from fl_split.sl.setup import batches_per_epoch, build_halves, check_model_fits_data, load_split, make_sgd
 from fl_split.sl.transport import Reply, Transport
 from fl_split.sl.wire import (
     ACTIVATIONS,
@@ -53,12 +56,14 @@ from fl_split.sl.wire import (
     decode_tensors,
     decode_weights,
 )
+from fl_split.validate import BadReply, reason_of
+
+#: what reading a reply may raise besides :class:`BadReply` (all mean: the reply is unusable)
+_READ_ERRORS = (CodecError, KeyError, TypeError, ValueError, OverflowError)
 
 log = logging.getLogger(__name__)
 
-
-class TrainingFailed(RuntimeError):
-    """The run cannot go on: the weights went non-finite, or every client of a round failed."""
+__all__ = ["RoundCounters", "SplitLearningLoop", "TrainingFailed", "describe", "server_device"]
 
 
 @dataclass
@@ -73,6 +78,8 @@ class RoundCounters:
     dropped: int = 0
     failed_clients: int = 0
     errors: list[str] = field(default_factory=list)
+    #: failed clients per reason (:data:`fl_split.validate.REASONS`)
+    reasons: dict[str, int] = field(default_factory=dict)
     messages: int = 0
     #: seconds: server_compute, server_codec, client (handler wall, summed over clients),
     #: client_codec, transport (inside send/receive: waiting on Flower, or the in-process client)
@@ -111,6 +118,10 @@ class SplitLearningLoop:
     keep_history:
         Keep a copy of both halves after every round in :attr:`client_history` and
         :attr:`server_history` (tests compare engines with them).
+
+    With a ``writer`` and ``checkpoint_every > 0``, the loop replaces ``checkpoint.pt`` in the
+    writer's folder every ``checkpoint_every`` rounds and after the last (:meth:`state_dict`);
+    :meth:`load_state_dict` resumes from one.
     """
 
     def __init__(
@@ -143,11 +154,23 @@ class SplitLearningLoop:
             self.rng,
         )
         self.rows: list[dict[str, Any]] = []
+        #: every client that left a round: ``{"round", "client", "reason", "error"}``
+        self.failures: list[dict[str, Any]] = []
         self.client_history: list[list[torch.Tensor]] = []
         self.server_history: list[list[torch.Tensor]] = []
         #: node id → the partition id its done replies reported
         self.partitions: dict[int, int] = {}
-        self._config_json = config_digest(config)
+        # what the clients get: the config without the keys a resumed run may change, so a resumed run's
+        # clients see the run they were in (a client restarts its data cursor when the config changes)
+        self._config_json = config_digest({k: v for k, v in config.items() if k not in MAY_CHANGE})
+        #: resuming: the first round to train, totals so far, and the clients' state to restore
+        self.first_round = 1
+        self._cum = [0, 0]
+        self._wall = 0.0
+        self._transport_state: dict[str, Any] | None = None
+        #: most batches a client may send in a round: what a client holding the whole training set
+        #: would plan (``local_epochs`` passes, capped by ``max_steps_per_round``)
+        self.max_batches = local_epochs_batches(config, len(load_split(config, "train")[1]))
 
     # ------------------------------------------------------------------ helpers
     def sample(self, nodes: list[int]) -> list[int]:
@@ -163,8 +186,18 @@ class SplitLearningLoop:
     # ------------------------------------------------------------------ the loop
     def start(self, transport: Transport) -> list[dict[str, Any]]:
         """Run every round over ``transport``; return the per-round metrics rows."""
-        t0 = time.perf_counter()
-        cum_up = cum_down = 0
+        t0 = time.perf_counter() - self._wall
+        cum_up, cum_down = self._cum
+        if self._transport_state is not None:
+            load = getattr(transport, "load_state_dict", None)
+            if load is None:
+                log.warning(
+                    "resuming over %s: the clients' own state (data cursor) is not in the checkpoint's reach; "
+                    "each client starts its data order afresh",
+                    type(transport).__name__,
+                )
+            else:
+                load(self._transport_state)
         nodes = transport.node_ids()
         if not nodes:
             raise RuntimeError("no clients are connected: nothing to train")
@@ -175,21 +208,20 @@ class SplitLearningLoop:
                 self.config["clients"],
                 len(nodes),
             )
-        for rnd in range(1, int(self.config["rounds"]) + 1):
+        for rnd in range(self.first_round, int(self.config["rounds"]) + 1):
             counters = RoundCounters()
             sampled = self.sample(nodes)
             sessions: list[Session] = []
             t_train = time.perf_counter()
+            limit = float(self.config["round_timeout_s"])
+            deadline = time.monotonic() + limit if limit > 0 else None
             for wave in self.protocol.waves(sampled):
-                ended = self.run_wave(transport, wave, rnd, counters)
+                ended = self.run_wave(transport, wave, rnd, counters, deadline)
                 self.protocol.end_wave(ended)
                 sessions += ended
             train_s = time.perf_counter() - t_train
             if not any(s.status is SessionStatus.DONE for s in sessions):
-                raise TrainingFailed(
-                    f"round {rnd}: no client finished ({counters.failed_clients} failed); first error: "
-                    f"{counters.errors[0] if counters.errors else 'none reported'}"
-                )
+                raise TrainingFailed(self._no_client_finished(rnd, counters))
             if not mergeable(sessions):
                 log.warning("round %d: no client trained a sample: the halves stay as they were", rnd)
             self.protocol.end_round(sessions)
@@ -216,6 +248,7 @@ class SplitLearningLoop:
                 "wall_s": round(time.perf_counter() - t0, 3),
                 "clients": len(sampled),
                 "failed_clients": counters.failed_clients,
+                "failure_reasons": dict(sorted(counters.reasons.items())),
                 "train_s": round(train_s, 4),
                 "messages": counters.messages,
                 **{f"{k}_s": round(v, 4) for k, v in sorted(counters.seconds.items())},
@@ -228,9 +261,58 @@ class SplitLearningLoop:
                 self.server_history.append([t.detach().cpu().clone() for t in self.server_half.state_dict().values()])
             if self.writer is not None:
                 self.writer.write_round(row)
+                every = int(self.config["checkpoint_every"])
+                if every and (rnd % every == 0 or rnd == int(self.config["rounds"])):
+                    self._cum, self._wall = [cum_up, cum_down], time.perf_counter() - t0
+                    save_checkpoint(self.writer.out_dir, "sl", rnd, self.config, self.state_dict(transport))
             if self.on_round is not None:
                 self.on_round(row)
         return self.rows
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self, transport: Transport | None = None) -> dict[str, Any]:
+        """What resuming needs: both halves, the server optimizer, the protocol's hand-on state, the
+        sampling generator, torch's RNG, byte totals and wall time, and (in process) the clients' state."""
+        clients = getattr(transport, "state_dict", None)
+        return {
+            "client_half": self.client_half.state_dict(),
+            "server_half": {k: v.cpu() for k, v in self.server_half.state_dict().items()},
+            "server_optimizer": self.server_optimizer.state_dict(),
+            "protocol": self.protocol.state_dict(),
+            "rng": list(self.rng.getstate()),
+            "torch_rng": torch.get_rng_state(),
+            "cum_bytes": list(self._cum),
+            "wall_s": self._wall,
+            "round": self.rows[-1]["round"] if self.rows else self.first_round - 1,
+            "clients": clients() if clients is not None else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue after the round ``state`` was saved at (see :meth:`state_dict`)."""
+        self.client_half.load_state_dict(state["client_half"])
+        self.server_half.load_state_dict(state["server_half"])
+        self.server_optimizer.load_state_dict(state["server_optimizer"])
+        self.protocol.load_state_dict(state["protocol"])
+        version, internal, gauss = state["rng"]
+        self.rng.setstate((version, tuple(internal), gauss))
+        torch.set_rng_state(state["torch_rng"])
+        self._cum, self._wall = [int(n) for n in state["cum_bytes"]], float(state["wall_s"])
+        self.first_round = int(state["round"]) + 1
+        self._transport_state = state["clients"]
+
+    def _no_client_finished(self, rnd: int, counters: RoundCounters) -> str:
+        """Why a round ended with no valid client (the run's error)."""
+        reasons = ", ".join(f"{n} {r}" for r, n in sorted(counters.reasons.items()))
+        message = (
+            f"round {rnd}: no client finished ({counters.failed_clients} failed: {reasons or 'none reported'}); "
+            f"first error: {counters.errors[0] if counters.errors else 'none reported'}"
+        )
+        if counters.reasons and set(counters.reasons) == {"non_finite"}:
+            message += (
+                f"; every client's values went non-finite, so training has probably diverged: lower optimizer.lr "
+                f"(now {self.config['optimizer']['lr']}) or use a gentler codec"
+            )
+        return message
 
     def _check_finite(self, rnd: int, counters: RoundCounters) -> None:
         """Stop with a clear message once training has diverged (NaN/Inf weights)."""
@@ -245,23 +327,42 @@ class SplitLearningLoop:
     def _eval_batch(self) -> int:
         return int(self.config["eval_batch_size"]) or int(self.config["batch_size"])
 
-    def run_wave(self, transport: Transport, nodes: list[int], rnd: int, counters: RoundCounters) -> list[Session]:
-        """Run one wave: ``sl_begin`` to every node, then steps until each session is done or failed."""
+    def run_wave(
+        self,
+        transport: Transport,
+        nodes: list[int],
+        rnd: int,
+        counters: RoundCounters,
+        deadline: float | None = None,
+    ) -> list[Session]:
+        """Run one wave: ``sl_begin`` to every node, then steps until each session is done or failed.
+
+        ``deadline`` (``time.monotonic()`` seconds) ends the wave: clients still active then leave
+        the round (reason ``round_deadline``); a wave that starts after it sends nothing.
+        """
         sessions = {n: self.protocol.session(n) for n in nodes}
+        if deadline is not None and time.monotonic() >= deadline:
+            for node in nodes:
+                why = "the round's deadline passed before its turn"
+                self._leave(sessions[node], counters, rnd, "round_deadline", why, dropped=False)
+            return list(sessions.values())
         begin = self.begin_fields(rnd)
         for node in nodes:
             self._send(transport, node, BEGIN, begin, rnd, counters)
         while any(s.active for s in sessions.values()):
             t0 = time.perf_counter()
+            remaining = None if deadline is None else deadline - time.monotonic()
             try:
-                replies = transport.receive()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError(f"round_timeout_s={self.config['round_timeout_s']} passed")
+                replies = transport.receive(remaining)
             except TimeoutError as exc:
                 pending = sorted(n for n, s in sessions.items() if s.active)
+                late = deadline is not None and time.monotonic() >= deadline
                 log.error("round %d: no reply from clients %s (%s); they leave this round", rnd, pending, exc)
                 for node in pending:
-                    sessions[node].fail(f"timed out: {exc}")
-                    counters.errors.append(f"client {node}: timed out")
-                    counters.failed_clients += 1
+                    reason = "round_deadline" if late else "timed_out"
+                    self._leave(sessions[node], counters, rnd, reason, f"timed out: {exc}", dropped=False)
                     transport.release(node)
                 break
             counters.add_time("transport", time.perf_counter() - t0)
@@ -280,12 +381,26 @@ class SplitLearningLoop:
                 elif self.config["server_batching"]:
                     arrived.append((session, *batches))
                 else:  # step and answer this client before the next one's batches
-                    grads = [self._step([(session, a, y)], rnd, counters)[0] for a, y in zip(*batches, strict=True)]
-                    self._send(transport, session.node, STEP, {GRADIENTS: grads}, rnd, counters)
+                    grads: list[bytes] = []
+                    for a, y in zip(*batches, strict=True):
+                        (g,) = self._step([(session, a, y)], rnd, counters)
+                        if g is None:  # the client left the round
+                            break
+                        grads.append(g)
+                    self._answer(transport, session, grads, rnd, counters)
             if arrived:
                 for (session, _, _), grads in zip(arrived, self._step_together(arrived, rnd, counters), strict=True):
-                    self._send(transport, session.node, STEP, {GRADIENTS: grads}, rnd, counters)
+                    self._answer(transport, session, grads, rnd, counters)
         return list(sessions.values())
+
+    def _answer(
+        self, transport: Transport, session: Session, grads: list[bytes], rnd: int, counters: RoundCounters
+    ) -> None:
+        """Send a session its gradients, or release it if it left the round while they were computed."""
+        if session.active:
+            self._send(transport, session.node, STEP, {GRADIENTS: grads}, rnd, counters)
+        else:
+            transport.release(session.node)
 
     def _step_together(
         self, arrived: list[tuple[Session, list[bytes], list[bytes]]], rnd: int, counters: RoundCounters
@@ -293,55 +408,89 @@ class SplitLearningLoop:
         """Server batching: the j-th batches of all arrived clients make one server step, j = 1, 2, ..."""
         grads: list[list[bytes]] = [[] for _ in arrived]
         for j in range(max(len(acts) for _, acts, _ in arrived)):
-            members = [i for i, (_, acts, _) in enumerate(arrived) if j < len(acts)]
+            members = [i for i, (s, acts, _) in enumerate(arrived) if j < len(acts) and s.active]
+            if not members:
+                break
             batch = [(arrived[i][0], arrived[i][1][j], arrived[i][2][j]) for i in members]
             for i, payload in zip(members, self._step(batch, rnd, counters), strict=True):
-                grads[i].append(payload)
+                if payload is not None:
+                    grads[i].append(payload)
         return grads
 
     def _handle_reply(
         self, session: Session, reply: Reply, rnd: int, counters: RoundCounters
     ) -> tuple[list[bytes], list[bytes]] | None:
-        """Read one reply: its (activation, label) payloads to step, or ``None`` when the session has ended
-        (the client is done, or failed)."""
+        """Check one reply: its (activation, label) payloads to step, or ``None`` when the session has ended
+        (the client is done, or failed: anything malformed, non-finite or out of range makes it leave)."""
         fields = reply.fields
-        if fields is not None:
-            counters.add_time("client", float(fields.get("t_client", 0.0)))
-            counters.add_time("client_codec", float(fields.get("t_codec", 0.0)))
         if reply.error is not None or fields is None:
-            self._leave(session, counters, rnd, f"failed: {reply.error}", str(reply.error))
+            self._leave(session, counters, rnd, "raised", str(reply.error))
             return None
         try:
-            if fields.get("done"):
+            t_client = validate.seconds(fields.get("t_client", 0.0), "t_client")
+            t_codec = validate.seconds(fields.get("t_codec", 0.0), "t_codec")
+            counters.add_time("client", t_client)
+            counters.add_time("client_codec", t_codec)
+            done = fields.get("done", False)
+            if not isinstance(done, bool):
+                raise BadReply("malformed", f"'done' must be true or false, got {done!r:.40}")
+            if done:
                 self._finish(session, fields)
                 return None
-            acts, labels = list(fields[ACTIVATIONS]), list(fields[LABELS])
-            if len(acts) != len(labels) or not acts:
-                raise CodecError(f"{len(acts)} activation payloads with {len(labels)} label payloads")
-        except (CodecError, KeyError, TypeError, ValueError) as exc:
-            self._leave(session, counters, rnd, f"sent a malformed reply ({exc})", f"malformed reply: {exc}")
+            k = int(self.config["batches_per_message"])
+            acts = validate.payloads(validate.field(fields, ACTIVATIONS), "activation payloads", low=1, high=k)
+            labels = validate.payloads(validate.field(fields, LABELS), "label payloads", low=len(acts), high=len(acts))
+            if session.batches + len(acts) > self.max_batches:
+                raise BadReply(
+                    "out_of_range",
+                    f"sent {session.batches + len(acts)} batches this round; no client plans more than "
+                    f"{self.max_batches} (local_epochs over the whole training set, max_steps_per_round)",
+                )
+            session.batches += len(acts)
+        except _READ_ERRORS as exc:
+            self._leave(session, counters, rnd, reason_of(exc), f"sent a bad reply ({exc})")
             return None
         return acts, labels
 
     def _finish(self, session: Session, fields: dict[str, Any]) -> None:
-        """A done reply: check what the begin asked for, then DONE (``CodecError``/``KeyError`` when malformed)."""
-        weights = decode_weights(list(fields[WEIGHTS]), list(self.client_half.state_dict().values()), "weights")
+        """A done reply: check it against what the begin asked for and what the server counted, then DONE.
+
+        Raises ``BadReply`` (or another of ``_READ_ERRORS``) when anything is malformed, non-finite, or
+        disagrees with the server's counts: the FedAvg weight is the server's count of samples it
+        stepped for this client, so a client cannot inflate its say.
+        """
+        samples = validate.count(validate.field(fields, "samples"), "samples")
+        steps = validate.count(validate.field(fields, "steps"), "steps")
+        validate.count(fields.get("skipped", 0), "skipped", high=session.batches)
+        if (samples, steps) != (session.trained, session.steps):
+            raise BadReply(
+                "out_of_range",
+                f"reports {samples} samples in {steps} steps; the server stepped {session.trained} samples in "
+                f"{session.steps} steps for it",
+            )
+        like = list(self.client_half.state_dict().values())
+        weights = decode_weights(validate.payloads(validate.field(fields, WEIGHTS), "weights"), like, "weights")
+        validate.finite(weights, "client-half weights")
         momentum: list[bytes] = []
         if MOMENTUM in self.protocol.returns:
-            momentum = list(fields[MOMENTUM])
-            decode_tensors(momentum, list(self.client_half.parameters()), "momentum", allow_missing=True)
+            momentum = validate.payloads(validate.field(fields, MOMENTUM), "momentum payloads")
+            params = list(self.client_half.parameters())
+            validate.finite(decode_tensors(momentum, params, "momentum", allow_missing=True), "momentum")
         if PARTITION in fields:
-            self.partitions[session.node] = int(fields[PARTITION])
-        session.finish(weights, momentum, int(fields["samples"]))
+            self.partitions[session.node] = validate.count(fields[PARTITION], "partition")
+        session.finish(weights, momentum, session.trained)
 
-    @staticmethod
-    def _leave(session: Session, counters: RoundCounters, rnd: int, why: str, error: str) -> None:
-        """A client leaves the round (its half is not merged); its lost step counts as dropped."""
-        log.error("round %d: client %d %s; it leaves this round", rnd, session.node, why)
+    def _leave(
+        self, session: Session, counters: RoundCounters, rnd: int, reason: str, error: str, *, dropped: bool = True
+    ) -> None:
+        """A client leaves the round (its half is not merged); with ``dropped``, its lost step counts as dropped."""
+        log.error("round %d: client %d %s (%s); it leaves this round", rnd, session.node, error, reason)
         counters.errors.append(f"client {session.node}: {error}")
-        session.fail(error)
+        counters.reasons[reason] = counters.reasons.get(reason, 0) + 1
+        self.failures.append({"round": rnd, "client": session.node, "reason": reason, "error": error[:500]})
+        session.fail(error, reason)
         counters.failed_clients += 1
-        counters.dropped += 1
+        counters.dropped += int(dropped)
 
     def _send(
         self, transport: Transport, node: int, kind: str, fields: dict[str, Any], rnd: int, counters: RoundCounters
@@ -351,11 +500,11 @@ class SplitLearningLoop:
         counters.add_time("transport", time.perf_counter() - t0)
         counters.messages += 1
 
-    def _step(self, batch: list[Batch], rnd: int, counters: RoundCounters) -> list[bytes]:
+    def _step(self, batch: list[Batch], rnd: int, counters: RoundCounters) -> list[bytes | None]:
         """One server step over ``(session, activations, labels)`` batches sharing a server half.
 
-        Returns the gradient payload per batch: ``b""`` (the client skips the batch) for one whose
-        payload does not decode.
+        Returns the gradient payload per batch, ``None`` for one that could not be used (its payload
+        does not decode, holds NaN/Inf, or gave a non-finite loss): that client leaves the round.
         """
         session = batch[0][0]
         inputs = [
@@ -373,25 +522,26 @@ class SplitLearningLoop:
         t0 = time.perf_counter()
         try:
             results = server_step_batched(session.server, session.optimizer, inputs, self.device)
-        except ValueError as exc:  # NonFiniteLoss, or a gradient a codec refuses (NaN, |g| > 2**64)
+        except ValueError as exc:  # the server half diverged, or a gradient a codec refuses (NaN, |g| > 2**64)
             clients = ", ".join(str(s.node) for s, _, _ in batch)
             raise TrainingFailed(
                 f"training diverged in round {rnd} on a batch of client {clients}: {exc}; lower optimizer.lr "
                 f"(now {self.config['optimizer']['lr']}) or use a gentler codec"
             ) from exc
         elapsed = time.perf_counter() - t0
-        payloads = []
+        payloads: list[bytes | None] = []
         for (sess, _, _), out in zip(batch, results, strict=True):
             if not isinstance(out, ServerStep):
-                log.error("round %d: dropped a step of client %d: %s", rnd, sess.node, out)
-                counters.dropped += 1
-                payloads.append(b"")
+                self._leave(sess, counters, rnd, reason_of(out), f"sent a batch the server cannot use ({out})")
+                payloads.append(None)
                 continue
             counters.add_time("server_codec", out.codec_s)
             elapsed -= out.codec_s
             counters.loss_sum += out.loss * out.samples
             counters.samples += out.samples
             counters.steps += 1
+            sess.steps += 1
+            sess.trained += out.samples
             payloads.append(out.grad_payload)
         if any(isinstance(out, ServerStep) for out in results):  # something decoded: the half stepped
             counters.server_steps += 1
@@ -413,6 +563,14 @@ def server_device(name: str) -> torch.device:
                 f"server_device={name!r}, but this machine has {torch.cuda.device_count()} CUDA device(s)"
             )
     return device
+
+
+def local_epochs_batches(config: dict[str, Any], samples: int) -> int:
+    """Batches a client holding ``samples`` plans per round: ``local_epochs`` passes, capped by
+    ``max_steps_per_round``."""
+    planned = batches_per_epoch(samples, int(config["batch_size"])) * int(config["local_epochs"])
+    cap = int(config["max_steps_per_round"])
+    return min(planned, cap) if cap else planned
 
 
 def describe(config: dict[str, Any]) -> str:

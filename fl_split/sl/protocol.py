@@ -72,8 +72,11 @@ class Session:
     """One client's part in the current round.
 
     ``server``/``optimizer`` are the server half this client's batches train (shared or a copy).
-    ``weights`` (client-half tensors), ``momentum`` (``none``-codec payloads, ``b""`` where no step
-    made a buffer yet) and ``samples`` are set when the client is done.
+    ``batches``, ``steps`` and ``trained`` are the server's own counts of what the client sent and
+    what was stepped; its done reply must agree with them. ``weights`` (client-half tensors),
+    ``momentum`` (``none``-codec payloads, ``b""`` where no step made a buffer yet) and ``samples``
+    (the server's count, the FedAvg weight) are set when the client is done; ``error`` and
+    ``reason`` (one of :data:`fl_split.validate.REASONS`) when it failed.
     """
 
     node: int
@@ -83,7 +86,11 @@ class Session:
     weights: list[torch.Tensor] | None = None
     momentum: list[bytes] = field(default_factory=list)
     samples: int = 0
+    batches: int = 0
+    steps: int = 0
+    trained: int = 0
     error: str | None = None
+    reason: str | None = None
 
     @property
     def active(self) -> bool:
@@ -95,10 +102,10 @@ class Session:
         self._leave(SessionStatus.DONE)
         self.weights, self.momentum, self.samples = weights, momentum, samples
 
-    def fail(self, error: str) -> None:
+    def fail(self, error: str, reason: str = "raised") -> None:
         """The client is out of this round: ACTIVE → FAILED."""
         self._leave(SessionStatus.FAILED)
-        self.error = error
+        self.error, self.reason = error, reason
 
     def _leave(self, status: SessionStatus) -> None:
         if not self.active:
@@ -157,6 +164,13 @@ class RoundProtocol(ABC):
     def end_round(self, sessions: Sequence[Session]) -> None:  # noqa: B027 - a hook, empty by default
         """The round is over: merge what the done sessions returned."""
 
+    def state_dict(self) -> dict[str, Any]:
+        """What the mode carries from round to round besides the halves (for checkpoints)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: B027 - nothing by default
+        """Restore :meth:`state_dict`."""
+
 
 def mergeable(sessions: Sequence[Session]) -> list[Session]:
     """Sessions with something to merge, in ascending node order (a fixed FedAvg summation order)."""
@@ -188,6 +202,14 @@ class Sequential(RoundProtocol):
         if self.momentum:
             fields[MOMENTUM] = self.momentum
         return fields
+
+    def state_dict(self) -> dict[str, Any]:
+        """The handed-on client momentum."""
+        return {"momentum": list(self.momentum)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the handed-on client momentum."""
+        self.momentum = list(state["momentum"])
 
     def end_wave(self, sessions: Sequence[Session]) -> None:
         """Hand on the half the client returned (a failed client hands on nothing)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -12,10 +13,18 @@ from torch.nn import functional as F
 
 from fl_split.codecs import Codec, CodecError
 from fl_split.sl.wire import decode_labels, encode_masked
+from fl_split.validate import BadReply
 
 
 class NonFiniteLoss(ValueError):
-    """The server half's loss is NaN or Inf: training has diverged (no step was taken)."""
+    """The server half's loss is NaN or Inf (no step was taken).
+
+    ``bad`` holds the indices of the batches whose loss is not finite.
+    """
+
+    def __init__(self, message: str, bad: Sequence[int] = ()) -> None:
+        super().__init__(message)
+        self.bad = list(bad)
 
 
 @dataclass(frozen=True)
@@ -75,9 +84,11 @@ def server_step(
     Raises
     ------
     CodecError
-        If either payload is malformed or does not fit the model: the caller drops the step.
+        If either payload is malformed or does not fit the model, or the batch's loss is not finite
+        at finite weights (a :class:`~fl_split.validate.BadReply`): the caller drops the client.
     NonFiniteLoss
-        If the loss is NaN/Inf (training diverged); nothing was stepped.
+        If the loss is NaN/Inf because the server half's own weights are (training diverged);
+        nothing was stepped.
     """
     step = StepInput(act_payload, label_payload, uplink, downlink, num_classes, sample_shape, max_batch)
     (out,) = server_step_batched(half, optimizer, [step], device)
@@ -100,12 +111,16 @@ def server_step_batched(
     -------
     list
         Per input, its :class:`ServerStep`, or the ``CodecError`` that made it drop out (the
-        others are trained without it). ``codec_s`` of each is its own decode and encode time.
+        others are trained without it): a payload that does not decode, activations with NaN/Inf,
+        or a batch whose loss is not finite while the server half's weights are (a
+        :class:`~fl_split.validate.BadReply` with reason ``non_finite``). ``codec_s`` of each is
+        its own decode and encode time.
 
     Raises
     ------
     NonFiniteLoss
-        If the loss is NaN/Inf; nothing was stepped.
+        If a loss is NaN/Inf and the server half's weights are too (training diverged); nothing
+        was stepped.
     """
     dev = torch.device(device)
     out: dict[int, ServerStep | CodecError] = {}
@@ -118,12 +133,21 @@ def server_step_batched(
             out[i] = exc
             continue
         decoded.append((i, a, y, time.perf_counter() - t0))
-    if decoded:
-        grads, losses = train_on(half, optimizer, [d[1] for d in decoded], [d[2] for d in decoded])
+    while decoded:
+        try:
+            grads, losses = train_on(half, optimizer, [d[1] for d in decoded], [d[2] for d in decoded])
+        except NonFiniteLoss as exc:
+            if not all(bool(torch.isfinite(t).all()) for t in half.state_dict().values()):
+                raise  # the server half itself diverged: no client is to blame
+            for j in exc.bad:  # finite weights: these batches caused it; train the others without them
+                out[decoded[j][0]] = BadReply("non_finite", f"the server's loss on this batch is not finite ({exc})")
+            decoded = [d for j, d in enumerate(decoded) if j not in set(exc.bad)]
+            continue
         for (i, a, _, decode_s), grad, loss in zip(decoded, grads, losses, strict=True):
             t0 = time.perf_counter()
             payload = encode_gradient(steps[i], grad)
             out[i] = ServerStep(payload, loss, int(a.shape[0]), decode_s + time.perf_counter() - t0)
+        break
     return [out[i] for i in range(len(steps))]
 
 
@@ -133,7 +157,8 @@ def decode_step(step: StepInput, device: torch.device) -> tuple[torch.Tensor, to
     Raises
     ------
     CodecError
-        If a payload is malformed or does not fit the server half.
+        If a payload is malformed or does not fit the server half; a
+        :class:`~fl_split.validate.BadReply` (``non_finite``) if the activations hold NaN/Inf.
     """
     per_sample = 1
     for d in step.sample_shape:
@@ -144,6 +169,8 @@ def decode_step(step: StepInput, device: torch.device) -> tuple[torch.Tensor, to
             f"activations of shape {tuple(a.shape)}; the server half expects "
             f"[N, {', '.join(map(str, step.sample_shape))}]"
         )
+    if not bool(torch.isfinite(a).all()):
+        raise BadReply("non_finite", f"the activations hold {int((~torch.isfinite(a)).sum())} NaN/Inf value(s)")
     y = decode_labels(step.label_payload, step.num_classes, count=a.shape[0]).to(device)
     return a, y
 
@@ -156,7 +183,7 @@ def train_on(
     Raises
     ------
     NonFiniteLoss
-        If a loss is NaN/Inf; nothing was stepped.
+        If a batch's loss is NaN/Inf (its ``bad`` names which); nothing was stepped.
     """
     a = acts[0] if len(acts) == 1 else torch.cat(list(acts))
     y = labels[0] if len(labels) == 1 else torch.cat(list(labels))
@@ -168,16 +195,18 @@ def train_on(
     else:
         per_sample = F.cross_entropy(logits, y, reduction="none")
         per_batch = [chunk.mean() for chunk in per_sample.split([len(t) for t in labels])]
+    values = [float(v.detach()) for v in per_batch]
+    bad = [j for j, v in enumerate(values) if not math.isfinite(v)]
+    if bad:
+        raise NonFiniteLoss(f"the server half's loss is {values[bad[0]]} on a batch of {len(labels[bad[0]])}", bad)
     loss = per_batch[0] if len(per_batch) == 1 else torch.stack(per_batch).sum()
-    if not bool(torch.isfinite(loss)):
-        raise NonFiniteLoss(f"the server half's loss is {float(loss.detach())} on a batch of {a.shape[0]}")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
     grad = a.grad
     assert grad is not None
     grads = [grad] if len(acts) == 1 else list(grad.split([len(t) for t in acts]))
-    return grads, [float(v.detach()) for v in per_batch]
+    return grads, values
 
 
 def encode_gradient(step: StepInput, grad: torch.Tensor) -> bytes:

@@ -34,8 +34,12 @@ class Transport(Protocol):
         """Send one message; return the measured bytes per category put into it."""
         ...
 
-    def receive(self) -> list[Reply]:
-        """Block until at least one reply is in (``TimeoutError`` after the configured limit)."""
+    def receive(self, timeout_s: float | None = None) -> list[Reply]:
+        """Block until at least one reply is in.
+
+        ``TimeoutError`` after the configured limit, or after ``timeout_s`` seconds if that is sooner
+        (the round's deadline).
+        """
         ...
 
     def release(self, node_id: int) -> None:

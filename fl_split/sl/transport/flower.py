@@ -85,17 +85,17 @@ class FlowerTransport:
             replies.append(Reply(node, fields, None, field_nbytes(fields), rnd))
         return replies
 
-    def receive(self) -> list[Reply]:
-        """Poll until at least one reply arrives; each becomes a :class:`Reply`."""
+    def receive(self, timeout_s: float | None = None) -> list[Reply]:
+        """Poll until at least one reply arrives (each becomes a :class:`Reply`), for at most
+        ``min(self.timeout_s, timeout_s)`` seconds."""
         if not self._pending:
             raise TimeoutError("no message is awaiting a reply")
-        deadline = time.monotonic() + self.timeout_s
+        limit = self.timeout_s if timeout_s is None else min(self.timeout_s, timeout_s)
+        deadline = time.monotonic() + limit
         while True:
             replies = self.poll()
             if replies:
                 return replies
             if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"no reply within {self.timeout_s:.0f} s from nodes {sorted(set(self._pending.values()))}"
-                )
+                raise TimeoutError(f"no reply within {limit:.0f} s from nodes {sorted(set(self._pending.values()))}")
             time.sleep(self.poll_s)

@@ -57,8 +57,8 @@ class InProcessTransport:
     def release(self, node_id: int) -> None:
         """Nothing to release: a client here holds nothing between calls."""
 
-    def receive(self) -> list[Reply]:
-        """All queued replies, in the order they were produced."""
+    def receive(self, timeout_s: float | None = None) -> list[Reply]:
+        """All queued replies, in the order they were produced (the clients already ran: nothing to wait for)."""
         if not self._replies:
             raise TimeoutError("no client reply is pending (the server loop waited on nothing)")
         out = list(self._replies)
@@ -68,3 +68,15 @@ class InProcessTransport:
     def stats(self, round_: int) -> dict[str, Any]:
         """No counters of its own."""
         return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Every client's :class:`ClientState` (its data cursor and last weights), for checkpoints."""
+        return {str(n): None if st is None else st.to_fields() for n, st in self.states.items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (the same node ids)."""
+        if sorted(state) != sorted(str(n) for n in self.states):
+            raise ValueError(f"the checkpoint's clients {sorted(state)} are not this transport's {sorted(self.states)}")
+        self.states = {
+            n: None if state[str(n)] is None else ClientState.from_fields(state[str(n)]) for n in self.states
+        }

@@ -124,11 +124,13 @@ class StreamTransport:
         """Close ``node_id``'s stream if it is still open (the strategy dropped it): its client stops waiting."""
         self.server.close_stream(node_id)
 
-    def receive(self) -> list[Reply]:
-        """Stream frames as they arrive; Flower's replies every :data:`FLOWER_POLL_S` seconds."""
+    def receive(self, timeout_s: float | None = None) -> list[Reply]:
+        """Stream frames as they arrive; Flower's replies every :data:`FLOWER_POLL_S` seconds (for at most
+        ``min(flower.timeout_s, timeout_s)`` seconds)."""
         if not self.flower.pending and self.server.inbound.empty():
             raise TimeoutError("no message or stream is awaiting a reply")
-        deadline = time.monotonic() + self.flower.timeout_s
+        limit = self.flower.timeout_s if timeout_s is None else min(self.flower.timeout_s, timeout_s)
+        deadline = time.monotonic() + limit
         while True:
             replies = self.server.drain(FLOWER_POLL_S)
             now = time.monotonic()
@@ -141,7 +143,7 @@ class StreamTransport:
             if replies:
                 return replies
             if now > deadline:
-                raise TimeoutError(f"no stream frame or Flower reply within {self.flower.timeout_s:.0f} s")
+                raise TimeoutError(f"no stream frame or Flower reply within {limit:.0f} s")
 
     def stats(self, round_: int) -> dict[str, Any]:
         """Stream counters for a round's metrics row: seconds from its first to its last stream reply."""

@@ -1,0 +1,98 @@
+"""Checkpoints to resume a run, and the final model every command saves.
+
+A checkpoint is one file, ``checkpoint.pt`` in the run's ``out_dir``, replaced atomically after
+every ``checkpoint_every`` rounds: the command, the last round it holds, the run's config and the
+command's state (weights, optimizer state, RNG states, byte totals, ...). It loads with
+``torch.load(weights_only=True)``. ``--resume`` continues from it with the same config; only the
+keys in :data:`MAY_CHANGE` may differ (``rounds`` can be raised to train longer).
+
+The final model goes to ``model.pt``: a dict of ``state_dict`` s (``{"model": ...}`` for FL,
+gossip and DDP; ``{"client_half": ..., "server_half": ...}`` for split learning).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fl_split.config import ConfigError, Field, non_negative
+from fl_split.durable import atomic_torch_save, from_safe, to_safe
+from fl_split.metrics import EXISTING_OUT
+
+CHECKPOINT, MODEL = "checkpoint.pt", "model.pt"
+FORMAT = 1
+#: config keys a resumed run may change: where and how it reports, how long it runs, how it checkpoints
+MAY_CHANGE = ("out_dir", "existing_out", "progress", "rounds", "steps", "checkpoint_every")
+
+
+def output_fields(default_out: str) -> dict[str, Field]:
+    """The schema keys of a command's outputs: ``out_dir``, ``existing_out``, ``checkpoint_every``."""
+    return {
+        "out_dir": Field(
+            default_out, (str,), "where metrics.jsonl, summary.json, model.pt, checkpoint.pt and the plot go"
+        ),
+        "existing_out": Field(
+            "refuse",
+            (str,),
+            "out_dir already holds a run: refuse, resume (from checkpoint.pt) or overwrite",
+            EXISTING_OUT,
+        ),
+        "checkpoint_every": Field(
+            1,
+            (int,),
+            "replace out_dir/checkpoint.pt every this many rounds and after the last (0: never)",
+            check=non_negative,
+        ),
+    }
+
+
+def save_checkpoint(out_dir: str | Path, command: str, round_: int, config: Mapping[str, Any], state: Any) -> Path:
+    """Replace ``out_dir/checkpoint.pt`` with ``state`` after round ``round_`` of ``command``."""
+    path = Path(out_dir) / CHECKPOINT
+    blob = {"format": FORMAT, "command": command, "round": round_, "config": json.dumps(config), "state": state}
+    atomic_torch_save(to_safe(blob), path)
+    return path
+
+
+def load_checkpoint(out_dir: str | Path, command: str, config: Mapping[str, Any]) -> tuple[int, Any]:
+    """``(round, state)`` of ``out_dir``'s checkpoint, checked against ``command`` and ``config``.
+
+    Raises
+    ------
+    ConfigError
+        If there is no checkpoint, it is another command's or format's, or the config differs in a
+        key outside :data:`MAY_CHANGE` (naming the keys), or ``rounds`` is below the round it holds.
+    """
+    path = Path(out_dir) / CHECKPOINT
+    if not path.exists():
+        raise ConfigError(
+            f"--resume: {path} does not exist (the run saved no checkpoint: checkpoint_every=0, or it stopped "
+            "before its first one); run again with --overwrite"
+        )
+    try:
+        blob = from_safe(torch.load(path, weights_only=True))
+    except Exception as exc:  # a truncated or foreign file
+        raise ConfigError(f"--resume: {path} is not a readable checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT or blob.get("command") != command:
+        raise ConfigError(f"--resume: {path} is not a checkpoint of `fl-split {command}` (format {FORMAT})")
+    saved = json.loads(blob["config"])
+    changed = sorted(k for k in set(saved) | set(config) if k not in MAY_CHANGE and saved.get(k) != config.get(k))
+    if changed:
+        diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {config.get(k)!r}" for k in changed[:5])
+        raise ConfigError(f"--resume: the config differs from the checkpoint's in {diffs}; resume with the same config")
+    round_ = int(blob["round"])
+    total = config.get("rounds", config.get("steps"))
+    if total is not None and int(total) < round_:
+        raise ConfigError(f"--resume: the checkpoint holds round {round_}, past rounds={total}")
+    return round_, blob["state"]
+
+
+def save_model(out_dir: str | Path, state_dicts: Mapping[str, Mapping[str, torch.Tensor]]) -> Path:
+    """Write the final model (``{name: state_dict}``, tensors on the CPU) to ``out_dir/model.pt`` atomically."""
+    path = Path(out_dir) / MODEL
+    atomic_torch_save({k: {n: t.detach().cpu() for n, t in sd.items()} for k, sd in state_dicts.items()}, path)
+    return path

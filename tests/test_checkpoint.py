@@ -1,0 +1,184 @@
+"""Nothing is lost: checkpoints, resume, the final model, and run folders that are never silently reused.
+
+The resume oracle is an uninterrupted run of the same config: an interrupted run, resumed, must give
+the same metrics rows (timings aside) and the same final weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from sl_helpers import oracle_config
+
+from fl_split.checkpoint import load_checkpoint
+from fl_split.config import ConfigError
+from fl_split.durable import from_safe, to_safe
+from fl_split.metrics import OutputExists, RunWriter, read_metrics
+from fl_split.sl.transport import InProcessTransport, Reply
+from simulations import sl
+
+#: metrics fields that are measured times, not results
+TIMING = ("wall_s", "train_s", "transport_s", "server_compute_s", "server_codec_s", "client_s", "client_codec_s")
+
+
+def _results(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+
+
+class _PowerCut(InProcessTransport):
+    """Raises on the first message of round ``at`` (the process dies mid-round)."""
+
+    def __init__(self, n: int, at: int) -> None:
+        super().__init__(n)
+        self.at = at
+
+    def send(self, node_id: int, kind: str, fields: dict, round_: int) -> dict[str, int]:
+        if round_ == self.at:
+            raise KeyboardInterrupt("power cut")
+        return super().send(node_id, kind, fields, round_)
+
+
+def _sl_run(config: dict[str, Any], transport: InProcessTransport | None = None) -> None:
+    strategy, writer, progress = sl._build(config)
+    strategy.start(transport or InProcessTransport(int(config["clients"])))
+    sl._finish(config, writer, progress, echo=False, strategy=strategy)
+
+
+@pytest.mark.parametrize("mode", ["sequential", "splitfed2"])
+def test_sl_interrupted_after_round_2_of_4_and_resumed_equals_an_uninterrupted_run(mode: str, tmp_path: Path) -> None:
+    cfg = {"max_steps_per_round": 4, "rounds": 4, "uplink": "ms:keep=0.05,bits=2"}
+    whole = oracle_config(mode, out_dir=str(tmp_path / "whole"), **cfg)
+    _sl_run(whole)
+    cut = oracle_config(mode, out_dir=str(tmp_path / "cut"), **cfg)
+    with pytest.raises(KeyboardInterrupt):
+        _sl_run(cut, _PowerCut(3, at=3))
+    assert [r["round"] for r in read_metrics(tmp_path / "cut" / "metrics.jsonl")] == [1, 2]
+    assert not (tmp_path / "cut" / "summary.json").exists()
+    _sl_run({**cut, "existing_out": "resume"})
+    a, b = read_metrics(tmp_path / "whole" / "metrics.jsonl"), read_metrics(tmp_path / "cut" / "metrics.jsonl")
+    assert _results(a) == _results(b)
+    assert b[-1]["wall_s"] >= b[1]["wall_s"]  # wall time goes on from the checkpoint
+    ma = torch.load(tmp_path / "whole" / "model.pt", weights_only=True)
+    mb = torch.load(tmp_path / "cut" / "model.pt", weights_only=True)
+    for half in ("client_half", "server_half"):
+        assert all(torch.equal(ma[half][k], mb[half][k]) for k in ma[half]), half
+    # and the resumed run really trained: its weights moved from the checkpoint's
+    _, state = load_checkpoint(tmp_path / "cut", "sl", cut)
+    assert int(state["round"]) == 4
+    summary = json.loads((tmp_path / "cut" / "summary.json").read_text())
+    assert summary["rounds_completed"] == 4 and summary["status"] == "completed"
+
+
+def test_a_rerun_into_a_used_folder_refuses_unless_asked(tmp_path: Path) -> None:
+    cfg = oracle_config("splitfed2", max_steps_per_round=1, out_dir=str(tmp_path))
+    _sl_run(cfg)
+    before = (tmp_path / "metrics.jsonl").read_text()
+    with pytest.raises(OutputExists, match=r"already holds a run .* --resume .* --overwrite"):
+        _sl_run(cfg)
+    assert (tmp_path / "metrics.jsonl").read_text() == before  # nothing was touched
+    _sl_run({**cfg, "existing_out": "overwrite"})
+    assert len(read_metrics(tmp_path / "metrics.jsonl")) == 2
+    with pytest.raises(ConfigError, match=r"config differs from the checkpoint's in seed: 0 -> 5"):
+        _sl_run({**cfg, "existing_out": "resume", "seed": 5})
+    with pytest.raises(ConfigError, match="does not exist"):
+        _sl_run({**cfg, "existing_out": "resume", "out_dir": str(tmp_path / "empty")})
+
+
+def test_run_writer_appends_and_resume_drops_rows_past_the_checkpoint(tmp_path: Path) -> None:
+    w = RunWriter(tmp_path)
+    for r in range(1, 4):
+        w.write_round({k: r for k in ("round", "train_loss", "test_accuracy", "test_accuracy_dense")} | _zeros())
+    resumed = RunWriter(tmp_path, "resume", resume_round=2)  # round 3 is trained again
+    assert [r["round"] for r in resumed.rows] == [1, 2]
+    assert [r["round"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1, 2]
+    resumed.write_summary({"x": 1})
+    assert json.loads((tmp_path / "summary.json").read_text())["rounds_completed"] == 2
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # atomic writes leave no temp files
+
+
+def _zeros() -> dict[str, int]:
+    keys = ("uplink_bytes", "downlink_bytes", "cum_uplink_bytes", "cum_downlink_bytes", "steps", "samples")
+    return {k: 0 for k in keys} | {"dropped": 0, "wall_s": 0}
+
+
+def test_checkpoint_payloads_round_trip_through_weights_only_load(tmp_path: Path) -> None:
+    obj = {"a": b"\x00\x01", "b": [b"", b"xyz"], "c": (1, 2.5, None), "t": torch.ones(2)}
+    torch.save(to_safe(obj), tmp_path / "x.pt")
+    back = from_safe(torch.load(tmp_path / "x.pt", weights_only=True))
+    assert back["a"] == b"\x00\x01" and back["b"] == [b"", b"xyz"] and back["c"] == (1, 2.5, None)
+
+
+def test_fl_interrupted_and_resumed_equals_an_uninterrupted_run(tmp_path: Path) -> None:
+    """FL over Flower's simulation engine, codec ``none`` (the clients hold no state of their own)."""
+    from fl_split.fl.config import load_fl_config
+    from simulations.fl import run_fl
+
+    def cfg(out: str, rounds: int, **extra: Any) -> dict[str, Any]:
+        values = {"clients": 3, "rounds": rounds, "uplink": "none", "progress": False, "out_dir": str(tmp_path / out)}
+        return load_fl_config("fl", values=values | extra)
+
+    run_fl(cfg("whole", 3))
+    run_fl(cfg("cut", 1))  # the run stopped after round 1 ...
+    summary = run_fl(cfg("cut", 3, existing_out="resume"))  # ... and is resumed to 3 rounds
+    a, b = read_metrics(tmp_path / "whole" / "metrics.jsonl"), read_metrics(tmp_path / "cut" / "metrics.jsonl")
+    keep = ("round", "samples", "uplink_bytes", "cum_uplink_bytes", "aggregated", "failed_clients")
+    assert [{k: r[k] for k in keep} for r in a] == [{k: r[k] for k in keep} for r in b]
+    # replies arrive (and are summed) in Ray's order: equal up to float32 summation order
+    assert all(abs(x["train_loss"] - y["train_loss"]) < 1e-5 for x, y in zip(a, b, strict=True))
+    assert all(abs(x["test_accuracy"] - y["test_accuracy"]) <= 1 / 360 for x, y in zip(a, b, strict=True))
+    ma = torch.load(tmp_path / "whole" / "model.pt", weights_only=True)["model"]
+    mb = torch.load(tmp_path / "cut" / "model.pt", weights_only=True)["model"]
+    assert max(float((ma[k] - mb[k]).abs().max()) for k in ma) < 1e-6
+    assert summary["status"] == "completed" and summary["rounds_completed"] == 3
+
+
+def test_an_interrupted_fl_split_sl_is_resumed_from_the_cli(tmp_path: Path) -> None:
+    """The real thing: `fl-split sl` killed (SIGKILL) after its second round, then `--resume`."""
+    out, ref = tmp_path / "run", tmp_path / "ref"
+    args = ["--set", "engine=inprocess", "rounds=5", "clients=3", "max_steps_per_round=20", "progress=false"]
+    exe = [sys.executable, "-m", "fl_split.cli", "sl", *args]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    assert subprocess.run([*exe, "--out", str(ref)], env=env, capture_output=True, timeout=600).returncode == 0
+    proc = subprocess.Popen([*exe, "--out", str(out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (out / "metrics.jsonl").exists() and len(read_metrics(out / "metrics.jsonl")) >= 2:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    done = len(read_metrics(out / "metrics.jsonl"))
+    assert 2 <= done < 5, done  # it was interrupted mid-run
+    again = subprocess.run([*exe, "--out", str(out)], env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 2 and "--resume" in again.stderr  # a used folder is refused
+    resumed = subprocess.run([*exe, "--out", str(out), "--resume"], env=env, capture_output=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = read_metrics(ref / "metrics.jsonl"), read_metrics(out / "metrics.jsonl")
+    assert _results(a) == _results(b)
+
+
+def test_a_failed_run_keeps_its_last_checkpoint_and_writes_no_model(tmp_path: Path) -> None:
+    class _DiesInRound2(InProcessTransport):
+        def receive(self, timeout_s: float | None = None) -> list[Reply]:
+            replies = super().receive(timeout_s)
+            return [Reply(r.node_id, None, "RuntimeError: gone", round=r.round) if r.round == 2 else r for r in replies]
+
+    cfg = oracle_config("splitfed2", max_steps_per_round=1, out_dir=str(tmp_path))
+    strategy, writer, progress = sl._build(cfg)
+    with pytest.raises(sl.TrainingFailed):
+        try:
+            strategy.start(_DiesInRound2(3))
+        except sl.TrainingFailed as exc:
+            sl._finish(cfg, writer, progress, echo=False, error=exc, strategy=strategy)
+    assert not (tmp_path / "model.pt").exists()
+    assert load_checkpoint(tmp_path, "sl", cfg)[0] == 1
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "failed"
