@@ -120,6 +120,9 @@ SL_SCHEMA: Schema = {
         "ssl_ca_certfile": Field(
             "", (str,), "TLS: the CA certificate sent to clients to verify the server (empty: ssl_certfile)"
         ),
+        "insecure": Field(
+            False, (bool,), "accept a plaintext stream on a non-loopback address (without TLS it is refused)"
+        ),
     },
     "flower": {
         "num_cpus": Field(1.0, (float,), "Ray CPUs per virtual client", check=positive),

@@ -5,7 +5,7 @@ Called by the ClientApp when ``sl_begin`` carries a stream address. The steps ar
 :class:`~fl_split.sl.client.ClientRound` that keeps the half live for the round, so the two
 transports differ only in what carries the bytes::
 
-    sl_begin (Flower)                      -> dial, hello, frame: acts/labels of the first k batches
+    sl_begin (Flower)                      -> dial (token in the call metadata); frame: acts/labels of the first k
     frame: grads          <- server        -> apply, step; frame: acts/labels of the next k
     ...
     frame: last grads     <- server        -> apply, step; frame: bye; close the stream
@@ -27,7 +27,7 @@ import grpc
 
 from fl_split.sl.client import ClientRound, ClientState
 from fl_split.sl.frames import decode_frame, encode_frame
-from fl_split.sl.stream_server import ADDRESS, CA, MAX_BYTES, METHOD, NODE, TIMEOUT, TOKEN, hello_frame
+from fl_split.sl.stream_server import ADDRESS, CA, MAX_BYTES, METHOD, NODE, TIMEOUT, TOKEN, auth_metadata
 
 _END = object()
 #: ``fault(partition_id, round, step) -> True`` breaks the stream there (tests: a client vanishing mid-round).
@@ -47,9 +47,19 @@ class StreamChannel:
         Largest frame accepted from the server.
     connect_timeout_s:
         Give up dialing after this long (``ConnectionError`` naming the address and port).
+    metadata:
+        The call's metadata: :func:`~fl_split.sl.stream_server.auth_metadata` (the server admits
+        the stream on it before reading any frame).
     """
 
-    def __init__(self, address: str, ca: bytes | None, max_receive_bytes: int, connect_timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        address: str,
+        ca: bytes | None,
+        max_receive_bytes: int,
+        connect_timeout_s: float = 30.0,
+        metadata: tuple[tuple[str, str | bytes], ...] = (),
+    ) -> None:
         self.address = address
         options = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", int(max_receive_bytes))]
         if ca:
@@ -68,7 +78,7 @@ class StreamChannel:
             ) from None
         self._out: queue.Queue[bytes | None] = queue.Queue()
         self._in: queue.Queue[Any] = queue.Queue()
-        self.call = self.channel.stream_stream(METHOD)(iter(self._out.get, None))
+        self.call = self.channel.stream_stream(METHOD)(iter(self._out.get, None), metadata=metadata)
         self._reader = threading.Thread(target=self._read, name="sl-stream-reader", daemon=True)
         self._reader.start()
 
@@ -140,9 +150,8 @@ def stream_round(
     reply = round_.first_reply
     if reply.get("done"):
         return round_.state, reply
-    channel = StreamChannel(address, ca, max_bytes, connect_timeout_s)
+    channel = StreamChannel(address, ca, max_bytes, connect_timeout_s, auth_metadata(node, rnd, bytes(fields[TOKEN])))
     try:
-        channel.send(hello_frame(node, rnd, bytes(fields[TOKEN])))
         channel.send(encode_frame(reply))
         step = 0
         while True:

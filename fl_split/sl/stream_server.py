@@ -5,12 +5,19 @@ client dials the address announced in ``sl_begin`` and exchanges per-batch frame
 (:mod:`fl_split.sl.frames`) here, in lock step: one frame of activations in, one frame of gradients
 out. The exchange is one generic gRPC method over raw bytes (no protobuf, no pickle).
 
-Admission: the first frame of a stream is a *hello* — the client's node id, the round and a token,
-``HMAC-SHA256(round secret, "round:node")``. The round secret is fresh each round and never leaves
-this process; each node gets its own token in its ``sl_begin`` message. A hello with a wrong token
-or round is refused (``PERMISSION_DENIED``) before any other frame is read. Frames larger than
+Admission happens before any message of the call is read: the client's node id, the round and its
+token, ``HMAC-SHA256(round secret, "round:node")`` (exactly 32 bytes), travel in the call's
+metadata (:func:`auth_metadata`), and a server interceptor checks them when the call starts. The
+round secret is fresh each round and never leaves this process; each node gets its own token in its
+``sl_begin`` message (over Flower's channel, so the stream's trust rests on that channel: use a TLS
+SuperLink, and TLS here). A token admits one stream: it is spent when its stream is admitted, so a
+replayed call is refused even after the first one closed. A call with a missing, malformed or wrong
+token is refused (``PERMISSION_DENIED``) and counted; no worker thread waits on it. An admitted
+stream must send its first frame within ``first_frame_timeout_s``; at most ``max_streams`` calls
+run at once (gRPC refuses more with ``RESOURCE_EXHAUSTED``). Frames larger than
 ``max_message_bytes`` are refused by gRPC itself (``RESOURCE_EXHAUSTED``) before they reach a
-decoder. With TLS files the server speaks only TLS.
+decoder, and a frame the protocol does not expect (anything but a batch, or ``bye`` once) ends the
+stream (``INVALID_ARGUMENT``). With TLS files the server speaks only TLS.
 
 A stream that ends without the client's ``bye`` frame (a disconnect, a crash, a cancelled call)
 becomes an error :class:`~fl_split.sl.transport.Reply` for that node, so the strategy drops its
@@ -33,7 +40,7 @@ from typing import Any
 
 import grpc
 
-from fl_split.sl.frames import FrameError, decode_frame, encode_frame
+from fl_split.sl.frames import FrameError, decode_frame
 from fl_split.sl.transport.base import Reply
 from fl_split.sl.wire import field_nbytes
 
@@ -42,8 +49,12 @@ log = logging.getLogger(__name__)
 SERVICE = "flsplit.SplitLearningStream"
 #: The one RPC: ``stream bytes -> stream bytes``.
 METHOD = f"/{SERVICE}/Exchange"
-#: A hello frame is a few dozen bytes; anything bigger is refused unread.
-HELLO_MAX_BYTES = 512
+#: Call metadata carrying the admission (``-bin``: binary values).
+META_NODE, META_ROUND, META_TOKEN = "fl-split-node", "fl-split-round", "fl-split-token-bin"
+#: An HMAC-SHA256 token.
+TOKEN_BYTES = 32
+#: Fields an inbound batch frame may hold (the client's reply to a gradient, minus ``done``).
+BATCH_FIELDS = frozenset({"acts", "labels", "done", "t_client", "t_codec"})
 #: Fields of ``sl_begin`` that announce the stream (the client's side reads them).
 ADDRESS, NODE, TOKEN, CA, TIMEOUT, MAX_BYTES = (
     "stream_address",
@@ -62,9 +73,44 @@ def make_token(secret: bytes, round_: int, node: int) -> bytes:
     return hmac.new(secret, f"{round_}:{node}".encode(), hashlib.sha256).digest()
 
 
-def hello_frame(node: int, round_: int, token: bytes) -> bytes:
-    """The first frame a client sends on a stream."""
-    return encode_frame({"node": node, "round": round_, "token": token})
+def auth_metadata(node: int, round_: int, token: bytes) -> tuple[tuple[str, str | bytes], ...]:
+    """The call metadata a client opens its stream with."""
+    return ((META_NODE, str(node)), (META_ROUND, str(round_)), (META_TOKEN, bytes(token)))
+
+
+def read_auth(metadata: Any) -> tuple[int, int, bytes]:
+    """``(node, round, token)`` from call metadata; ``ValueError`` saying what is missing or malformed."""
+    items: dict[str, Any] = {}
+    for item in metadata or ():
+        items.setdefault(item[0], item[1])
+    try:
+        node, rnd, token = int(items[META_NODE]), int(items[META_ROUND]), items[META_TOKEN]
+    except KeyError as exc:
+        raise ValueError(f"no {exc.args[0]} in the call metadata") from None
+    except (TypeError, ValueError):
+        raise ValueError("the node id and round in the call metadata must be integers") from None
+    if not isinstance(token, bytes) or len(token) != TOKEN_BYTES:
+        size = len(token) if isinstance(token, bytes | str) else type(token).__name__
+        raise ValueError(f"malformed token ({size} bytes; a token is exactly {TOKEN_BYTES})")
+    return node, rnd, token
+
+
+class _Admission(grpc.ServerInterceptor):  # type: ignore[misc]
+    """Checks a call's token before its handler runs (no message of the call has been read then)."""
+
+    def __init__(self, server: StreamServer) -> None:
+        self.server = server
+
+    def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
+        why = self.server._admit(details.invocation_metadata)
+        if why is None:
+            return continuation(details)
+
+        def deny(requests: Any, context: grpc.ServicerContext) -> Iterator[bytes]:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, f"stream refused: {why}")
+            yield b""  # pragma: no cover - abort raises
+
+        return grpc.stream_stream_rpc_method_handler(deny)
 
 
 @dataclass(frozen=True)
@@ -109,8 +155,10 @@ class StreamServer:
         How long a stream waits for the strategy's answer before giving up on it.
     tls:
         Serve TLS with these files; ``None``: plaintext (the token still admits clients).
-    max_workers:
-        Threads serving streams: one per connected client (idle threads are not created).
+    max_streams:
+        Calls served at once (gRPC refuses more); about the number of clients.
+    first_frame_timeout_s:
+        An admitted stream that sends no frame within this long is ended.
     """
 
     def __init__(
@@ -121,7 +169,8 @@ class StreamServer:
         max_message_bytes: int = 64 << 20,
         timeout_s: float = 300.0,
         tls: TlsFiles | None = None,
-        max_workers: int = 512,
+        max_streams: int = 64,
+        first_frame_timeout_s: float = 30.0,
     ) -> None:
         self.max_message_bytes = int(max_message_bytes)
         self.timeout_s = float(timeout_s)
@@ -133,13 +182,17 @@ class StreamServer:
         self._round = 0
         self._secret = secrets.token_bytes(32)
         self._outbound: dict[int, queue.Queue[Any]] = {}
-        #: counters: streams refused at hello, streams that broke, frames in and out
+        self._spent: set[tuple[int, int]] = set()  # (round, node) whose token admitted a stream
+        self.first_frame_timeout_s = float(first_frame_timeout_s)
+        #: counters: calls refused at admission, streams that broke, frames in and out
         self.refused = 0
         self.broken = 0
         self.frames_in = 0
         self.frames_out = 0
         self._server = grpc.server(
-            ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="sl-stream"),
+            ThreadPoolExecutor(max_workers=max_streams + 2, thread_name_prefix="sl-stream"),
+            interceptors=[_Admission(self)],
+            maximum_concurrent_rpcs=max_streams,
             options=[
                 ("grpc.max_receive_message_length", self.max_message_bytes),
                 ("grpc.max_send_message_length", -1),
@@ -173,6 +226,7 @@ class StreamServer:
                 return
             self._round, self._secret = round_, secrets.token_bytes(32)
             stale, self._outbound = self._outbound, {}
+            self._spent = {k for k in self._spent if k[0] >= round_}
         for q in stale.values():
             q.put(_CLOSED)
 
@@ -218,48 +272,51 @@ class StreamServer:
         self._server.stop(grace_s).wait(grace_s + 5.0)
 
     # ------------------------------------------------------------------ gRPC side
-    def _admit(self, first: bytes, context: grpc.ServicerContext) -> tuple[int, int, queue.Queue[Any]]:
-        """Check the hello; register the node's outbound queue; abort the RPC when refused."""
-        why = None
-        node = rnd = -1
-        if len(first) > HELLO_MAX_BYTES:
-            why = f"a first frame of {len(first)} bytes is not a hello (at most {HELLO_MAX_BYTES})"
+    def _admit(self, metadata: Any) -> str | None:
+        """Check a call's metadata and spend its token: ``None`` (admitted, its queue registered) or why not."""
+        try:
+            node, rnd, token = read_auth(metadata)
+        except ValueError as exc:
+            why = str(exc)
         else:
-            try:
-                hello = decode_frame(first)
-                node, rnd, token = int(hello["node"]), int(hello["round"]), bytes(hello["token"])
-            except (FrameError, KeyError, TypeError, ValueError) as exc:
-                why = f"malformed hello ({exc})"
-        if why is None:
             with self._lock:
                 expected = make_token(self._secret, self._round, node)
                 if rnd != self._round or not hmac.compare_digest(token, expected):
                     why = f"wrong token for node {node} in round {rnd} (the server is in round {self._round})"
-                elif node in self._outbound:
-                    why = f"node {node} already has a stream open in round {rnd}"
+                elif (rnd, node) in self._spent:
+                    why = f"node {node}'s token for round {rnd} was already used (a stream is admitted once)"
                 else:
-                    q: queue.Queue[Any] = queue.Queue()
-                    self._outbound[node] = q
-                    return node, rnd, q
-        self.refused += 1
-        log.warning("refused a split-learning stream from %s: %s", context.peer(), why)
-        context.abort(grpc.StatusCode.PERMISSION_DENIED, f"stream refused: {why}")
-        raise AssertionError("unreachable: context.abort raises")
+                    self._spent.add((rnd, node))
+                    self._outbound[node] = queue.Queue()
+                    return None
+        with self._lock:
+            self.refused += 1
+        log.warning("refused a split-learning stream: %s", why)
+        return why
 
     def _exchange(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
-        try:
-            first = next(requests)
-        except (StopIteration, grpc.RpcError):
+        node, rnd, _ = read_auth(context.invocation_metadata())  # admitted: well formed
+        with self._lock:
+            q = self._outbound.get(node)
+        if q is None:  # the round moved on between admission and now
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, "stream refused: its round is over")
             return
-        node, rnd, q = self._admit(first, context)
         context.add_callback(lambda: q.put(_GONE))  # the RPC ended (also: the client vanished)
         outcome = "ended without the client's last frame"
+        first = threading.Timer(self.first_frame_timeout_s, context.cancel)  # no frame: the call ends
+        first.daemon = True
+        first.start()
+        said_bye = got = False
         try:
             for data in requests:
+                first.cancel()
+                got = True
                 fields = decode_frame(data)  # gRPC already refused frames over max_message_bytes
                 self.frames_in += 1
+                if said_bye or (set(fields) - BATCH_FIELDS and set(fields) != {"bye"}) or fields.get("done"):
+                    raise FrameError(f"a frame the protocol does not expect here (fields {sorted(fields)})")
                 if fields.get("bye"):
-                    outcome = ""
+                    said_bye, outcome = True, ""
                     continue
                 self.inbound.put(Reply(node, fields, None, field_nbytes(fields), rnd))
                 try:
@@ -283,6 +340,9 @@ class StreamServer:
             code = exc.code().name if callable(getattr(exc, "code", None)) else ""
             outcome = f"broke{' ' + code if code else ''} (the client cancelled the call or its connection was lost)"
         finally:
+            first.cancel()
+            if not got and first.finished.is_set():
+                outcome = f"sent no frame within {self.first_frame_timeout_s:g} s of being admitted"
             with self._lock:
                 if self._outbound.get(node) is q:
                     del self._outbound[node]

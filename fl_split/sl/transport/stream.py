@@ -10,12 +10,14 @@ same fields, encoded as frames (:mod:`fl_split.sl.frames`) and measured with the
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import socket
 import time
 from types import TracebackType
 from typing import Any
 
+from fl_split.config import ConfigError
 from fl_split.sl.client import BEGIN
 from fl_split.sl.frames import encode_frame
 from fl_split.sl.stream_server import ADDRESS, CA, MAX_BYTES, NODE, TIMEOUT, TOKEN, StreamServer, TlsFiles
@@ -41,6 +43,16 @@ def outward_ip() -> str:
             return str(s.getsockname()[0])
         except OSError:
             return "127.0.0.1"
+
+
+def is_loopback(bind: str) -> bool:
+    """Whether ``bind`` is this machine only (``127.0.0.0/8``, ``::1``, ``localhost``)."""
+    if bind == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(bind).is_loopback
+    except ValueError:
+        return False
 
 
 def tls_from_config(stream: dict[str, Any]) -> TlsFiles | None:
@@ -81,12 +93,21 @@ class StreamTransport:
         if host == "auto":
             host = "127.0.0.1" if local else outward_ip()
             bind = "127.0.0.1" if local else bind
+        tls = tls_from_config(stream)
+        if tls is None and not is_loopback(bind) and not stream["insecure"]:
+            raise ConfigError(
+                f"the split-learning stream would listen on {bind} in plaintext: anyone on the network could read "
+                "the activations and labels. Give it TLS (stream.ssl_certfile, stream.ssl_keyfile; `fl-split certs` "
+                "makes a set), bind it to 127.0.0.1, or set stream.insecure=true to accept plaintext"
+            )
         server = StreamServer(
             bind,
             int(stream["port"]),
             max_message_bytes=int(float(stream["max_message_mb"]) * (1 << 20)),
             timeout_s=float(stream["timeout_s"]),
-            tls=tls_from_config(stream),
+            tls=tls,
+            # one stream per client and round, a refused replay or two, never hundreds of idle calls
+            max_streams=2 * int(config["clients"]) + 8,
         )
         transport = cls(flower, server, host)
         log.info(
