@@ -29,8 +29,16 @@ FORMAT = 1
 MAY_CHANGE = ("out_dir", "existing_out", "progress", "rounds", "steps", "checkpoint_every")
 
 
-def output_fields(default_out: str) -> dict[str, Field]:
-    """The schema keys of a command's outputs: ``out_dir``, ``existing_out``, ``checkpoint_every``."""
+def output_fields(default_out: str, *, resumable: bool = True) -> dict[str, Field]:
+    """The schema keys of a command's outputs: ``out_dir``, ``existing_out`` and, for a command that
+    checkpoints and resumes, ``checkpoint_every``."""
+    if not resumable:
+        return {
+            "out_dir": Field(default_out, (str,), "where metrics.jsonl, summary.json, model.pt and the plot go"),
+            "existing_out": Field(
+                "refuse", (str,), "out_dir already holds a run: refuse or overwrite", ("refuse", "overwrite")
+            ),
+        }
     return {
         "out_dir": Field(
             default_out, (str,), "where metrics.jsonl, summary.json, model.pt, checkpoint.pt and the plot go"

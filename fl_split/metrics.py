@@ -52,6 +52,17 @@ class OutputExists(ValueError):
     """``out_dir`` already holds a run and neither resuming nor overwriting was asked for."""
 
 
+def refuse_used(out_dir: str | Path) -> None:
+    """:class:`OutputExists` if ``out_dir`` holds a run (a non-empty ``metrics.jsonl`` or a ``summary.json``)."""
+    out = Path(out_dir).expanduser()
+    metrics, summary = out / "metrics.jsonl", out / "summary.json"
+    if (metrics.exists() and metrics.stat().st_size > 0) or summary.exists():
+        raise OutputExists(
+            f"{out} already holds a run ({metrics.name} / {summary.name}); pass --resume to continue it from its "
+            "last checkpoint (sl, fl), --overwrite to replace it, or choose another --out (config key existing_out)"
+        )
+
+
 class RunWriter:
     """Writes one run's outputs under ``out_dir`` (created).
 
@@ -78,13 +89,8 @@ class RunWriter:
         self.metrics_path = self.out_dir / "metrics.jsonl"
         self.summary_path = self.out_dir / "summary.json"
         self.plot_path = self.out_dir / "accuracy_vs_mb.png"
-        held = (self.metrics_path.exists() and self.metrics_path.stat().st_size > 0) or self.summary_path.exists()
-        if held and existing == "refuse":
-            raise OutputExists(
-                f"{self.out_dir} already holds a run ({self.metrics_path.name} / {self.summary_path.name}); "
-                "pass --resume to continue it from its last checkpoint, --overwrite to replace it, or choose "
-                "another --out (config key existing_out: refuse, resume, overwrite)"
-            )
+        if existing == "refuse":
+            refuse_used(self.out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.rows: list[dict[str, Any]] = []
         if existing == "resume" and self.metrics_path.exists():

@@ -58,6 +58,7 @@ def model_numel() -> int:
 def cell(label: str, spec: str | None, ef: bool, steps: int, out: Path, seed: int = 0) -> dict[str, Any]:
     """One 2-rank run; rank 0's timings, the largest step time over ranks, and the measured bytes."""
     values: dict[str, Any] = {"steps": steps, "log_every": steps, "out_dir": str(out), "seed": seed}
+    values["existing_out"] = "overwrite"  # the benchmark owns its folders
     values |= {"hook": False} if spec is None else {"codec": spec, "error_feedback": ef}
     row: dict[str, Any] = {"codec": label, "spec": spec, "error_feedback": ef}
     try:

@@ -45,6 +45,7 @@ def cell(
         "rounds": args.rounds,
         "eval_every": args.eval_every,
         "out_dir": str(out),
+        "existing_out": "overwrite",
     }
     row: dict[str, Any] = {"topology": topology, "nodes": nodes, "method": label, "codec": codec}
     try:

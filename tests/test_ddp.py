@@ -201,3 +201,6 @@ def test_ddp_goes_back_to_train_mode_after_evaluating_a_batchnorm_model(runs: di
         # a BatchNorm layer counts the batches it saw in train mode: all 4 (1 if evaluation left it in eval mode)
         assert tracked and set(tracked.values()) == {4}, tracked
     assert len(read_metrics(out / "metrics.jsonl")) == 4
+    final = torch.load(out / "model.pt", weights_only=True)["model"]  # rank 0's model, as its checkpoint holds
+    ckpt = torch.load(out / "checkpoint_rank0.pt", weights_only=True)["model"]
+    assert final.keys() == ckpt.keys() and all(torch.equal(final[k], ckpt[k]) for k in final)

@@ -17,7 +17,7 @@ from fl_split.gossip.config import load_gossip_config
 from fl_split.gossip.inprocess import InProcessGossip, gossip_round, neighbour_slots
 from fl_split.gossip.node import LocalObjective
 from fl_split.gossip.run import run_gossip
-from fl_split.metrics import read_metrics
+from fl_split.metrics import OutputExists, read_metrics
 
 
 def _cfg(**values: Any) -> dict[str, Any]:
@@ -158,6 +158,13 @@ def test_t8_distributed_equals_inprocess_bit_for_bit_and_replicas_agree(tmp_path
         a = torch.load(tmp_path / "inproc" / f"node{i}.pt", weights_only=True)
         b = torch.load(tmp_path / "dist" / f"node{i}.pt", weights_only=True)
         assert torch.equal(a["x"], b["x"]) and torch.equal(a["x_hat"], b["x_hat"]), i
+    # model.pt: the average model x̄ over the nodes, from either transport
+    xs = torch.stack([torch.load(tmp_path / "inproc" / f"node{i}.pt", weights_only=True)["x"] for i in range(4)])
+    for k in ("inproc", "dist"):
+        model = torch.load(tmp_path / k / "model.pt", weights_only=True)["model"]
+        assert torch.allclose(torch.cat([v.flatten() for v in model.values()]), xs.mean(0), atol=1e-6), k
+    with pytest.raises(OutputExists, match="already holds a run"):  # refused before anything starts
+        run_gossip(_cfg(**common, transport="distributed", out_dir=str(tmp_path / "dist")))
     rows = {k: read_metrics(tmp_path / k / "metrics.jsonl") for k in ("inproc", "dist")}
     for r_in, r_dist in zip(rows["inproc"], rows["dist"], strict=True):
         assert r_in["uplink_bytes"] == r_dist["uplink_bytes"] and r_in["test_accuracy"] == r_dist["test_accuracy"]

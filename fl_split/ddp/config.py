@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from fl_split.checkpoint import output_fields
 from fl_split.config import (
     Field,
     Schema,
@@ -43,7 +44,7 @@ DDP_SCHEMA: Schema = {
     "timeout_s": Field(
         60.0, (float,), "process-group timeout: a rank stuck in a collective fails after this", check=positive
     ),
-    "out_dir": Field("runs/ddp", (str,), "where metrics.jsonl, summary.json and the plot go"),
+    **output_fields("runs/ddp", resumable=False),
 }
 
 

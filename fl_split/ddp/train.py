@@ -26,11 +26,12 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from fl_split.checkpoint import save_model
 from fl_split.codecs import seeded_codec_from_spec
 from fl_split.ddp.hook import CodecHookState, register_codec_hook
 from fl_split.fl.client import accuracy, build_model, iid_shard_config
 from fl_split.launch import launch, read_rank_results
-from fl_split.metrics import RunWriter
+from fl_split.metrics import RunWriter, refuse_used
 from fl_split.sl.setup import batch_indices, batches_per_epoch, client_data, load_split, make_sgd
 
 #: Called on each rank with ``(rank, state)`` right after the hook is registered (tests inject faults).
@@ -86,7 +87,7 @@ def train_rank(rank: int, world: int, config: dict[str, Any], on_state: StateCal
             on_state(rank, state)
     sgd = make_sgd(ddp.parameters(), config)
     x, y = client_data(cfg, rank, world)
-    writer = RunWriter(out, existing="overwrite") if rank == 0 else None
+    writer = RunWriter(out, existing=config["existing_out"]) if rank == 0 else None
     xt, yt = load_split(cfg, "test")
     bs, nb = int(config["batch_size"]), batches_per_epoch(len(y), int(config["batch_size"]))
     steps, log_every = int(config["steps"]), int(config["log_every"])
@@ -141,6 +142,7 @@ def train_rank(rank: int, world: int, config: dict[str, Any], on_state: StateCal
     }
     torch.save(checkpoint, out / f"checkpoint_rank{rank}.pt")
     if writer is not None:
+        save_model(out, {"model": model.state_dict()})
         title = f"DDP {world} ranks, {config['codec'] if state else 'plain all-reduce'}"
         writer.write_summary(config, {"title": title, "mode": "ddp"})
     return result
@@ -161,6 +163,8 @@ def run_ddp(config: dict[str, Any], on_state: StateCallback | None = None) -> li
         A spawned rank raised (its message names the rank; ``rank{r}.json`` holds every rank's error).
     """
     world = int(config["world_size"])
+    if config["existing_out"] == "refuse":
+        refuse_used(config["out_dir"])  # before any rank starts
     if not launch(train_rank, config, world, on_state):
         return None  # this process was one torchrun rank
     return read_rank_results(config["out_dir"], world)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from fl_split.checkpoint import output_fields
 from fl_split.config import (
     ConfigError,
     Field,
@@ -78,7 +79,7 @@ GOSSIP_SCHEMA: Schema = {
     ),
     "threads": Field(0, (int,), "torch threads per process (0: cores / processes)", check=non_negative),
     "timeout_s": Field(60.0, (float,), "distributed: a rank waiting longer on a neighbour fails", check=positive),
-    "out_dir": Field("runs/gossip", (str,), "where metrics.jsonl, summary.json and the plot go"),
+    **output_fields("runs/gossip", resumable=False),
 }
 
 

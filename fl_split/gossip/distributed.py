@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from fl_split.checkpoint import save_model
 from fl_split.codecs import codec_from_spec, seeded_codec_from_spec
 from fl_split.codecs.parts import decode_parts, encode_parts
 from fl_split.gossip.config import resolved_codec, resolved_l1
@@ -66,7 +67,7 @@ def node_main(rank: int, n: int, config: dict[str, Any]) -> dict[str, Any]:
     lr, gamma = float(config["lr"]), float(config["gamma"])
     cpu = torch.device("cpu")
     out = Path(config["out_dir"])
-    writer = RunWriter(out, existing="overwrite") if rank == 0 else None
+    writer = RunWriter(out, existing=config["existing_out"]) if rank == 0 else None
     evaluate = Evaluator(objective) if rank == 0 else None
     edge_bytes = torch.zeros(n, n, dtype=torch.int64)
     t0, loss_sum, sent, cum = time.perf_counter(), 0.0, 0, 0
@@ -110,7 +111,8 @@ def node_main(rank: int, n: int, config: dict[str, Any]) -> dict[str, Any]:
     dist.all_reduce(edge_bytes)
     torch.save({"x": x, "x_hat": x_hat}, out / f"node{rank}.pt")
     result = {"rank": rank, "replicas_consistent": consistent, "neighbours": neighbours}
-    if writer is not None:
+    if writer is not None and evaluate is not None:
+        save_model(out, {"model": evaluate.objective.model.state_dict()})  # the average model x̄
         extra = summary_extra(config, w, d, edge_bytes.tolist(), writer.rows[-1], "torch.distributed")
         writer.write_summary(config, extra)
     return result

@@ -8,11 +8,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from fl_split.checkpoint import save_model
 from fl_split.fl.client import accuracy
 from fl_split.gossip.config import resolved_codec, resolved_l1
 from fl_split.gossip.node import LocalObjective
 from fl_split.gossip.topology import config_topology, mixing_matrix, spectral_gap
-from fl_split.metrics import RunWriter
+from fl_split.metrics import RunWriter, refuse_used
 from fl_split.sl.setup import load_split
 
 
@@ -79,6 +80,8 @@ def metrics_row(
 
 def run_gossip(config: dict[str, Any]) -> dict[str, Any]:
     """Run the configured algorithm on the configured transport; write and return the summary."""
+    if config["existing_out"] == "refuse":
+        refuse_used(config["out_dir"])  # before anything starts
     if config["transport"] == "distributed":
         from fl_split.gossip.distributed import run_distributed
 
@@ -93,7 +96,7 @@ def run_gossip(config: dict[str, Any]) -> dict[str, Any]:
     degrees = [int(d) for d in adj.sum(1)]
     sim = InProcessGossip(config, w, resolved_codec(config), resolved_l1(config))
     evaluate = Evaluator(sim.objective)
-    writer = RunWriter(config["out_dir"], existing="overwrite")
+    writer = RunWriter(config["out_dir"], existing=config["existing_out"])
     edge_bytes = np.zeros((n, n), dtype=np.int64)
     t0, losses, sent, cum = time.perf_counter(), [], 0, 0
     rounds, every = int(config["rounds"]), int(config["eval_every"])
@@ -125,6 +128,7 @@ def run_gossip(config: dict[str, Any]) -> dict[str, Any]:
         losses, sent = [], 0
     for i in range(n):  # the same files the distributed transport writes
         torch.save({"x": sim.x[i].clone(), "x_hat": sim.x_hat[i].clone()}, writer.out_dir / f"node{i}.pt")
+    save_model(writer.out_dir, {"model": evaluate.objective.model.state_dict()})  # the average model x̄
     extra = summary_extra(config, w, sim.d, edge_bytes.tolist(), writer.rows[-1], "in process")
     return writer.write_summary(config, extra)
 
