@@ -94,7 +94,7 @@ class RunWriter:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.rows: list[dict[str, Any]] = []
         if existing == "resume" and self.metrics_path.exists():
-            self.rows = [r for r in read_metrics(self.metrics_path) if int(r["round"]) <= resume_round]
+            self.rows = [r for r in read_metrics(self.metrics_path, torn_tail=True) if int(r["round"]) <= resume_round]
         atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in self.rows))
 
     def write_round(self, row: Mapping[str, Any]) -> None:
@@ -131,6 +131,19 @@ class RunWriter:
         return summary
 
 
-def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """The rows of a ``metrics.jsonl`` file."""
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+def read_metrics(path: str | Path, *, torn_tail: bool = False) -> list[dict[str, Any]]:
+    """The rows of a ``metrics.jsonl`` file.
+
+    With ``torn_tail``, a last line that does not parse (the process died while appending it) is
+    left out instead of raising.
+    """
+    lines = [line for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = []
+    for i, line in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if torn_tail and i == len(lines) - 1:
+                break
+            raise
+    return rows

@@ -188,7 +188,12 @@ class CompressedFedAvg(FedAvg):
             c.loss_sum += loss * examples
             self.residual_by_node[node] = residual
             self.view_by_node[node] = view
-            msg.content = RecordDict({"arrays": ArrayRecord(torch_state_dict=delta), "metrics": metrics})
+            # only the checked values go on to Flower's FedAvg (extra or missing keys would make its
+            # consistency check raise for the whole round)
+            checked = MetricRecord(
+                {"num-examples": examples, "train-loss": loss, "residual-bytes": residual, "view-bytes": view}
+            )
+            msg.content = RecordDict({"arrays": ArrayRecord(torch_state_dict=delta), "metrics": checked})
             decoded.append(msg)
         missing = c.sampled - c.replies
         if missing > 0:

@@ -182,3 +182,33 @@ def test_a_failed_run_keeps_its_last_checkpoint_and_writes_no_model(tmp_path: Pa
     assert not (tmp_path / "model.pt").exists()
     assert load_checkpoint(tmp_path, "sl", cfg)[0] == 1
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "failed"
+
+
+def test_resume_tolerates_a_torn_last_row_and_outputs_keep_the_usual_mode(tmp_path: Path) -> None:
+    import stat
+
+    from fl_split.durable import atomic_write_text
+
+    w = RunWriter(tmp_path)
+    for r in (1, 2):
+        w.write_round({k: r for k in ("round", "train_loss", "test_accuracy", "test_accuracy_dense")} | _zeros())
+    with open(tmp_path / "metrics.jsonl", "a", encoding="utf-8") as fh:
+        fh.write('{"round": 3, "train_lo')  # the process died while appending row 3
+    assert [r["round"] for r in RunWriter(tmp_path, "resume", resume_round=2).rows] == [1, 2]
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "x.json", "{}")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "x.json").stat().st_mode) == 0o644
+
+
+def test_the_failure_log_survives_a_resume() -> None:
+    from strategies.split_learning import SplitLearningStrategy
+
+    cfg = oracle_config("splitfed2", max_steps_per_round=1)
+    a = SplitLearningStrategy(cfg)
+    a.failures.append({"round": 1, "client": 2, "reason": "timed_out", "error": "x"})
+    b = SplitLearningStrategy(cfg)
+    b.load_state_dict(from_safe(to_safe(a.state_dict())))
+    assert b.failures == a.failures

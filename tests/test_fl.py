@@ -363,3 +363,17 @@ def test_a_node_refuses_a_change_from_a_round_whose_model_it_does_not_hold() -> 
     )
     with pytest.raises(RuntimeError, match="holds the global model of round 2, the server sent a change from round 5"):
         compress_update(third, context, app)
+
+
+def test_replies_with_different_extra_metrics_are_averaged_not_refused_for_the_round() -> None:
+    """Flower's FedAvg refuses a round whose replies differ in metric keys: only checked values go on."""
+    cfg = _config(uplink="none", dense_below=0)
+    global_sd = build_model(cfg, seed=0).state_dict()
+    ours = CompressedFedAvg(cfg)
+    ours._global = {k: v.clone() for k, v in global_sd.items()}
+    ours.counters.sampled = 2
+    a = _update_reply(0, cfg, global_sd, {"num-examples": 10, "train-loss": 0.5, "x": 1.0, "y": [1.0, 2.0]})
+    b = _update_reply(1, cfg, global_sd, {"num-examples": 30})  # no train-loss
+    got, _ = ours.aggregate_train(1, [a, b])
+    row = ours.round_row()
+    assert got is not None and (row["aggregated"], row["failed_clients"], row["samples"]) == (2, 0, 40)

@@ -285,6 +285,7 @@ class SplitLearningLoop:
             "wall_s": self._wall,
             "round": self.rows[-1]["round"] if self.rows else self.first_round - 1,
             "clients": clients() if clients is not None else None,
+            "failures": list(self.failures),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -299,6 +300,7 @@ class SplitLearningLoop:
         self._cum, self._wall = [int(n) for n in state["cum_bytes"]], float(state["wall_s"])
         self.first_round = int(state["round"]) + 1
         self._transport_state = state["clients"]
+        self.failures = list(state["failures"])
 
     def _no_client_finished(self, rnd: int, counters: RoundCounters) -> str:
         """Why a round ended with no valid client (the run's error)."""
