@@ -131,6 +131,14 @@ class RunWriter:
         return summary
 
 
+def failure_summary(failures: list[dict[str, Any]]) -> dict[str, Any]:
+    """``summary.json``'s fault fields from a run's failure log (one entry per client that left a round)."""
+    reasons: dict[str, int] = {}
+    for f in failures:
+        reasons[f["reason"]] = reasons.get(f["reason"], 0) + 1
+    return {"failed_clients": len(failures), "failure_reasons": dict(sorted(reasons.items())), "failures": failures}
+
+
 def read_metrics(path: str | Path, *, torn_tail: bool = False) -> list[dict[str, Any]]:
     """The rows of a ``metrics.jsonl`` file.
 

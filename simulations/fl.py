@@ -19,7 +19,7 @@ from flwr.serverapp import Grid, ServerApp
 from fl_split.checkpoint import load_checkpoint, save_checkpoint, save_model
 from fl_split.errors import TrainingFailed
 from fl_split.fl.client import accuracy, build_model
-from fl_split.metrics import RunWriter
+from fl_split.metrics import RunWriter, failure_summary
 from fl_split.sl.setup import check_model_fits_data, load_split
 from strategies.compressed_fedavg import CompressedFedAvg
 
@@ -214,15 +214,9 @@ def _finish(
     status = "completed" if error is None else "failed"
     if error is None:
         save_model(writer.out_dir, {"model": run.model.state_dict()})
-    reasons: dict[str, int] = {}
-    for r in writer.rows:
-        for k, n in r["failure_reasons"].items():
-            reasons[k] = reasons.get(k, 0) + n
     faults = {
-        "failed_clients": sum(r["failed_clients"] for r in writer.rows),
-        "failure_reasons": dict(sorted(reasons.items())),
+        **failure_summary(run.strategy.failures),
         "rounds_without_update": sum(1 for r in writer.rows if not r["aggregated"]),
-        "failures": run.strategy.failures,
     }
     walls = [r["wall_s"] for r in writer.rows]
     per_round = (walls[-1] - walls[0]) / (len(walls) - 1) if len(walls) > 1 else None

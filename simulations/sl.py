@@ -14,7 +14,7 @@ from typing import Any
 from flwr.serverapp import Grid
 
 from fl_split.checkpoint import CHECKPOINT, MODEL, load_checkpoint, save_model
-from fl_split.metrics import RunWriter
+from fl_split.metrics import RunWriter, failure_summary
 from fl_split.sl.transport import InProcessTransport
 from strategies.split_learning import SplitLearningStrategy, TrainingFailed, describe
 
@@ -77,11 +77,7 @@ def _finish(
     """
     progress.close()
     status = {"status": "completed" if error is None else "failed", "error": None if error is None else str(error)}
-    failures = strategy.failures if strategy is not None else []
-    reasons: dict[str, int] = {}
-    for f in failures:
-        reasons[f["reason"]] = reasons.get(f["reason"], 0) + 1
-    faults = {"failed_clients": len(failures), "failure_reasons": dict(sorted(reasons.items())), "failures": failures}
+    faults = failure_summary(strategy.failures if strategy is not None else [])
     if error is None and strategy is not None:
         halves = {"client_half": strategy.client_half.state_dict(), "server_half": strategy.server_half.state_dict()}
         save_model(writer.out_dir, halves)

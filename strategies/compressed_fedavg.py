@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 class RoundCounters:
     """What one round measured (bytes are payload ``len()`` sums)."""
 
-    sampled: int = 0
+    sampled_nodes: list[int] = field(default_factory=list)
     uplink_bytes: int = 0
     downlink_bytes: int = 0
     replies: int = 0
@@ -57,6 +57,11 @@ class RoundCounters:
     errors: list[str] = field(default_factory=list)
     #: failed clients per reason (:data:`fl_split.validate.REASONS`)
     reasons: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def sampled(self) -> int:
+        """Clients sampled this round."""
+        return len(self.sampled_nodes)
 
 
 def array_bytes(record: ArrayRecord) -> int:
@@ -120,7 +125,7 @@ class CompressedFedAvg(FedAvg):
         config["dense-below"] = int(self.config["dense_below"])
         config["fl-config"] = self._config_json
         messages = list(super().configure_train(server_round, arrays, config, grid))
-        self.counters.sampled = len(messages)
+        self.counters.sampled_nodes = [msg.metadata.dst_node_id for msg in messages]
         if self.config["downlink"] == "none":
             self.counters.downlink_bytes = len(messages) * array_bytes(arrays)
         else:
@@ -162,9 +167,11 @@ class CompressedFedAvg(FedAvg):
         server_round += self.round_offset
         c = self.counters
         decoded: list[Message] = []
+        replied = set()
         for msg in replies:
             c.replies += 1
             node = msg.metadata.src_node_id
+            replied.add(node)
             if msg.has_error():
                 self._synced.pop(node, None)  # it may not hold this round's model: full model next time
                 self._fail(server_round, node, "raised", str(msg.error.reason))
@@ -195,15 +202,9 @@ class CompressedFedAvg(FedAvg):
             )
             msg.content = RecordDict({"arrays": ArrayRecord(torch_state_dict=delta), "metrics": checked})
             decoded.append(msg)
-        missing = c.sampled - c.replies
-        if missing > 0:
-            c.failed_clients += missing
-            c.reasons["timed_out"] = c.reasons.get("timed_out", 0) + missing
-            c.errors.append(f"{missing} sampled client(s) did not reply within flower.timeout_s")
-            log.error("round %d: %d sampled client(s) did not reply in time", server_round, missing)
-            self.failures.append(
-                {"round": server_round, "client": None, "reason": "timed_out", "error": f"{missing} did not reply"}
-            )
+        for node in c.sampled_nodes:
+            if node not in replied:
+                self._fail(server_round, node, "timed_out", "sent no reply within flower.timeout_s")
         c.aggregated = len(decoded)
         c.residual_bytes = sum(self.residual_by_node.values())
         c.view_bytes = sum(self.view_by_node.values())

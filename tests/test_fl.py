@@ -232,11 +232,12 @@ def test_every_fl_reply_field_is_checked_and_a_bad_one_is_never_averaged(metrics
     global_sd = build_model(cfg, seed=0).state_dict()
     ours = CompressedFedAvg(cfg)
     ours._global = {k: v.clone() for k, v in global_sd.items()}
-    ours.counters.sampled = 3  # as configure_train would have set: one of the three never replies
+    ours.counters.sampled_nodes = [0, 1, 2]  # as configure_train would have set: node 2 never replies
     good = _update_reply(0, cfg, global_sd, {"num-examples": 10, "train-loss": 0.5})
     got, _ = ours.aggregate_train(1, [good, _update_reply(1, cfg, global_sd, metrics)])
     row = ours.round_row()
     assert row["failure_reasons"] == {reason: 1, "timed_out": 1} and row["failed_clients"] == 2
+    assert [(f["client"], f["reason"]) for f in ours.failures] == [(1, reason), (2, "timed_out")]
     assert row["aggregated"] == 1 and row["samples"] == 10
     assert got is not None  # the good update alone: global + 0.01 everywhere (floating-point tensors)
     new = got.to_torch_state_dict()
@@ -371,7 +372,7 @@ def test_replies_with_different_extra_metrics_are_averaged_not_refused_for_the_r
     global_sd = build_model(cfg, seed=0).state_dict()
     ours = CompressedFedAvg(cfg)
     ours._global = {k: v.clone() for k, v in global_sd.items()}
-    ours.counters.sampled = 2
+    ours.counters.sampled_nodes = [0, 1]
     a = _update_reply(0, cfg, global_sd, {"num-examples": 10, "train-loss": 0.5, "x": 1.0, "y": [1.0, 2.0]})
     b = _update_reply(1, cfg, global_sd, {"num-examples": 30})  # no train-loss
     got, _ = ours.aggregate_train(1, [a, b])
