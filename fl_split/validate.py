@@ -97,6 +97,32 @@ def finite(tensors: Iterable[torch.Tensor | None], what: str) -> None:
             raise BadReply("non_finite", f"{what}: tensor {i} holds {bad} NaN/Inf value(s)")
 
 
+def bounded_change(delta: Iterable[torch.Tensor], reference: Iterable[torch.Tensor], bound: float, what: str) -> float:
+    """The relative size ``‖delta‖ / (‖reference‖ + 1)`` of a client's change; ``BadReply`` above ``bound``.
+
+    ``delta`` is the client's change (its weights minus those it started from, or its FL update),
+    ``reference`` the model it started from; only floating-point tensors count, summed in float64
+    (a change of ``1e20`` is measured, not overflowed). The ``+ 1`` lets a model whose weights are
+    near zero still move. A finite but huge change would be merged and make every later round
+    diverge; honest clients stay far below the default bound (see the README's "Reliability"
+    section). Above ``bound`` it raises ``BadReply('out_of_range')``; ``bound = 0`` turns the check
+    off (the size is still returned).
+    """
+    change, base = torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
+    for d, r in zip(delta, reference, strict=True):
+        if r.is_floating_point():
+            change += d.double().square().sum()
+            base += r.double().square().sum()
+    size = float(change.sqrt() / (base.sqrt() + 1.0))
+    if bound and not size <= bound:  # `not <=`: a NaN size is refused too
+        raise BadReply(
+            "out_of_range",
+            f"{what} changed by {size:.3g} times the model's norm + 1, above max_update_norm = {bound:g} "
+            "(raise it if honest clients hit it; 0 turns the check off)",
+        )
+    return size
+
+
 def reason_of(exc: BaseException) -> str:
     """The :data:`REASONS` entry for an exception met while reading a reply."""
     if isinstance(exc, BadReply):

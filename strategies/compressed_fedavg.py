@@ -48,6 +48,8 @@ class RoundCounters:
     downlink_bytes: int = 0
     replies: int = 0
     failed_clients: int = 0
+    #: the largest accepted update, ``‖delta‖ / (‖global‖ + 1)`` (``max_update_norm``)
+    update_size_max: float = 0.0
     dropped: int = 0
     samples: int = 0
     loss_sum: float = 0.0
@@ -185,12 +187,16 @@ class CompressedFedAvg(FedAvg):
                 residual = validate.count(metrics.get("residual-bytes", 0), "residual-bytes")
                 view = validate.count(metrics.get("view-bytes", 0), "view-bytes")
                 validate.finite(delta.values(), "the update")
+                size = validate.bounded_change(
+                    delta.values(), [self._global[k] for k in delta], float(self.config["max_update_norm"]), "its model"
+                )
             except (CodecError, KeyError, TypeError, ValueError, OverflowError) as exc:
                 self._synced.pop(node, None)
                 c.dropped += 1
                 self._fail(server_round, node, reason_of(exc), f"dropped its update: {exc}")
                 continue
             c.uplink_bytes += nbytes
+            c.update_size_max = max(c.update_size_max, size)
             c.samples += examples
             c.loss_sum += loss * examples
             self.residual_by_node[node] = residual
@@ -273,6 +279,7 @@ class CompressedFedAvg(FedAvg):
             "samples": c.samples,
             "dropped": c.dropped,
             "failed_clients": c.failed_clients,
+            "update_size_max": round(c.update_size_max, 6),
             "failure_reasons": dict(sorted(c.reasons.items())),
             "aggregated": c.aggregated,
             "residual_bytes": c.residual_bytes,

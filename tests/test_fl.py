@@ -207,8 +207,8 @@ def test_fl_run_in_which_no_update_is_ever_aggregated_fails(tmp_path: Path) -> N
     assert rc == 1 and cli["status"] == "failed" and cli["rounds_without_update"] == 1
 
 
-def _update_reply(node: int, cfg: dict, global_sd: dict, metrics: dict) -> Message:
-    names, payloads, _ = encode_update({k: torch.zeros_like(v) + 0.01 for k, v in global_sd.items()}, "none")
+def _update_reply(node: int, cfg: dict, global_sd: dict, metrics: dict, step: float = 0.01) -> Message:
+    names, payloads, _ = encode_update({k: torch.zeros_like(v) + step for k, v in global_sd.items()}, "none")
     content = RecordDict(
         {UPDATE_RECORD: ConfigRecord({"names": names, "payloads": payloads}), "metrics": MetricRecord(metrics)}
     )
@@ -242,6 +242,32 @@ def test_every_fl_reply_field_is_checked_and_a_bad_one_is_never_averaged(metrics
     assert got is not None  # the good update alone: global + 0.01 everywhere (floating-point tensors)
     new = got.to_torch_state_dict()
     assert all(torch.allclose(new[k], v + 0.01) for k, v in global_sd.items() if v.is_floating_point())
+
+
+@pytest.mark.parametrize("bound", [10.0, 0.0])
+def test_a_finite_but_huge_update_is_refused_unless_the_bound_is_off(bound: float) -> None:
+    cfg = _config(uplink="none", dense_below=0, max_update_norm=bound)
+    global_sd = build_model(cfg, seed=0).state_dict()
+    ours = CompressedFedAvg(cfg)
+    ours._global = {k: v.clone() for k, v in global_sd.items()}
+    ours.counters.sampled_nodes = [0, 1]
+    good = _update_reply(0, cfg, global_sd, {"num-examples": 10, "train-loss": 0.5})
+    huge = _update_reply(1, cfg, global_sd, {"num-examples": 10, "train-loss": 0.5}, step=1e6)  # finite
+    got, _ = ours.aggregate_train(1, [good, huge])
+    row = ours.round_row()
+    new = got.to_torch_state_dict() if got is not None else {}
+    floats = [k for k, v in global_sd.items() if v.is_floating_point()]
+    if bound:
+        assert (row["failure_reasons"], row["aggregated"]) == ({"out_of_range": 1}, 1)
+        assert "max_update_norm" in ours.failures[0]["error"]
+        assert all(torch.allclose(new[k], global_sd[k] + 0.01) for k in floats)  # the good update alone
+        n = sum(global_sd[k].numel() for k in floats)  # the accepted one: 0.01 per weight
+        norm = float(torch.cat([global_sd[k].flatten() for k in floats]).norm())
+        assert row["update_size_max"] == pytest.approx(0.01 * n**0.5 / (norm + 1), rel=1e-4)
+    else:  # no bound: both averaged, as plain FedAvg would
+        assert (row["failure_reasons"], row["aggregated"]) == ({}, 2)
+        assert all(torch.allclose(new[k], global_sd[k] + (0.01 + 1e6) / 2) for k in floats)
+        assert row["update_size_max"] > 1e4
 
 
 def test_waiting_for_nodes_is_bounded_and_says_how_many_came() -> None:

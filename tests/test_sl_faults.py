@@ -83,6 +83,11 @@ def _missing_weights(f: dict[str, Any]) -> None:
     del f["weights"]
 
 
+def _huge_weights(f: dict[str, Any]) -> None:
+    """Finite, so the NaN check passes: merged, it would make every later round diverge."""
+    f["weights"] = [NONE_CODEC.encode(NONE_CODEC.decode(p) + 1e15) for p in f["weights"]]
+
+
 #: name → (which reply of client 1 in round 1 is altered, how, the reason expected, mode)
 CASES: dict[str, tuple[str, Tamper, str, str]] = {
     "t_client is a string": ("step", _t_client_string, "malformed", "splitfed2"),
@@ -96,6 +101,7 @@ CASES: dict[str, tuple[str, Tamper, str, str]] = {
     "raw-bytes labels": ("step", _raw_labels, "malformed", "splitfed2"),
     "done is not a bool": ("step", _done_not_bool, "malformed", "splitfed2"),
     "weights missing": ("done", _missing_weights, "malformed", "splitfed2"),
+    "huge client weights": ("done", _huge_weights, "out_of_range", "splitfed2"),
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import struct
 
 import pytest
 import torch
@@ -12,10 +13,11 @@ from torch.nn import functional as F
 
 from fl_split.codecs import CodecError, create_codec
 from fl_split.config import ConfigError
-from fl_split.sl.server import ServerStep, StepInput, server_step, server_step_batched
+from fl_split.sl.server import ServerStep, StepInput, decode_step, server_step, server_step_batched
 from fl_split.sl.setup import build_halves
 from fl_split.sl.transport import InProcessTransport
 from fl_split.sl.wire import encode_labels
+from fl_split.validate import BadReply
 from strategies.split_learning import SplitLearningStrategy
 from tests.sl_helpers import small_config
 
@@ -99,6 +101,47 @@ def test_a_payload_that_does_not_decode_drops_out_and_the_others_train() -> None
     assert any(not torch.equal(p, q) for p, q in zip(half.parameters(), before, strict=True))
     (only_bad,) = server_step_batched(half, opt, [bad])  # nothing decodes: nothing steps
     assert isinstance(only_bad, CodecError)
+
+
+def test_a_batch_that_overflows_batchnorm_statistics_is_refused_and_leaves_no_trace() -> None:
+    """Activations of 1e17 (any codec encodes them) make the server's first layer output ~1e20: finite,
+    and so is the loss, but they square to inf in BatchNorm's running variance. Batched with two honest
+    batches, only that one is refused, and the server half (weights and running statistics) is exactly
+    what a step on the two honest batches alone gives."""
+    codec, d = create_codec("none"), 16
+    g = torch.Generator().manual_seed(3)
+    acts = [torch.randn(8, d, generator=g) for _ in range(3)]
+    acts[1] = acts[1] * 1e17
+    labels = [torch.randint(0, 10, (8,), generator=g) for _ in acts]
+    pairs = zip(acts, labels, strict=True)
+    steps = [StepInput(codec.encode(a), encode_labels(y, 10), codec, codec, 10, (d,), 32) for a, y in pairs]
+    torch.manual_seed(0)
+    half = nn.Sequential(nn.Linear(d, d), nn.BatchNorm1d(d), nn.Linear(d, 10))
+    with torch.no_grad():
+        half[0].weight.mul_(1e3)
+    twin = copy.deepcopy(half)
+    results = server_step_batched(half, torch.optim.SGD(half.parameters(), lr=0.01), steps)
+    assert isinstance(results[1], CodecError) and "running statistics overflow" in str(results[1])
+    assert isinstance(results[0], ServerStep) and isinstance(results[2], ServerStep)
+    server_step_batched(twin, torch.optim.SGD(twin.parameters(), lr=0.01), [steps[0], steps[2]])
+    for (k, v), w in zip(half.state_dict().items(), twin.state_dict().values(), strict=True):
+        assert torch.isfinite(v.float()).all() and torch.allclose(v.float(), w.float(), rtol=1e-5, atol=1e-6), k
+    # alone, the same batch is refused and the half is left exactly as it was
+    before = copy.deepcopy(half.state_dict())
+    (alone,) = server_step_batched(half, torch.optim.SGD(half.parameters(), lr=0.01), [steps[1]])
+    assert isinstance(alone, CodecError) and "running statistics overflow" in str(alone)
+    assert all(torch.equal(v, before[k]) for k, v in half.state_dict().items())
+
+
+def test_activations_no_codec_could_have_encoded_are_refused() -> None:
+    """A client that skips the codec can send 1e20 (finite); no codec encodes above 2**64."""
+    codec, d = create_codec("none"), 4
+    payload = bytearray(codec.encode(torch.ones(2, d)))
+    payload[-4:] = struct.pack("<f", 1e20)
+    step = StepInput(bytes(payload), encode_labels(torch.zeros(2, dtype=torch.long), 10), codec, codec, 10, (d,), 32)
+    with pytest.raises(BadReply, match=r"above the 1.84e\+19 any codec encodes") as info:
+        decode_step(step, torch.device("cpu"))
+    assert info.value.reason == "out_of_range"
 
 
 def test_splitfed2_with_server_batching_steps_once_per_batch_position() -> None:

@@ -53,6 +53,12 @@ FL_SCHEMA: Schema = {
         "tensors with fewer elements are sent uncompressed (float32): biases, small heads",
         check=non_negative,
     ),
+    "max_update_norm": Field(
+        10.0,
+        (float,),
+        "refuse an update larger than this times the global model's norm + 1 (0: no bound)",
+        check=non_negative,
+    ),
     "server_lr": Field(1.0, (float,), "the server's step on the averaged update (1: FedAvg)", check=positive),
     "optimizer": {
         "lr": Field(0.05, (float,), "local SGD learning rate", check=positive),

@@ -59,6 +59,12 @@ SL_SCHEMA: Schema = {
     "max_steps_per_round": Field(0, (int,), "cap on a client's batches per round (0: no cap)", check=non_negative),
     "batch_size": Field(32, (int,), "samples per batch (one codec call per batch)", check=at_least_one),
     "batches_per_message": Field(1, (int,), "k batches per Flower message (1: exact vanilla SL)", check=at_least_one),
+    "max_update_norm": Field(
+        10.0,
+        (float,),
+        "refuse a client half that moved more than this times the global half's norm + 1 (0: no bound)",
+        check=non_negative,
+    ),
     "round_timeout_s": Field(
         3600.0,
         (float,),

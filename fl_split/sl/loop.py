@@ -77,6 +77,8 @@ class RoundCounters:
     server_steps: int = 0
     dropped: int = 0
     failed_clients: int = 0
+    #: the largest accepted change of a client half, ``‖w − w_global‖ / (‖w_global‖ + 1)`` (``max_update_norm``)
+    update_size_max: float = 0.0
     errors: list[str] = field(default_factory=list)
     #: failed clients per reason (:data:`fl_split.validate.REASONS`)
     reasons: dict[str, int] = field(default_factory=dict)
@@ -248,6 +250,7 @@ class SplitLearningLoop:
                 "wall_s": round(time.perf_counter() - t0, 3),
                 "clients": len(sampled),
                 "failed_clients": counters.failed_clients,
+                "update_size_max": round(counters.update_size_max, 6),
                 "failure_reasons": dict(sorted(counters.reasons.items())),
                 "train_s": round(train_s, 4),
                 "messages": counters.messages,
@@ -437,7 +440,7 @@ class SplitLearningLoop:
             if not isinstance(done, bool):
                 raise BadReply("malformed", f"'done' must be true or false, got {done!r:.40}")
             if done:
-                self._finish(session, fields)
+                counters.update_size_max = max(counters.update_size_max, self._finish(session, fields))
                 return None
             k = int(self.config["batches_per_message"])
             acts = validate.payloads(validate.field(fields, ACTIVATIONS), "activation payloads", low=1, high=k)
@@ -454,8 +457,9 @@ class SplitLearningLoop:
             return None
         return acts, labels
 
-    def _finish(self, session: Session, fields: dict[str, Any]) -> None:
-        """A done reply: check it against what the begin asked for and what the server counted, then DONE.
+    def _finish(self, session: Session, fields: dict[str, Any]) -> float:
+        """A done reply: check it against what the begin asked for and what the server counted, then DONE;
+        the relative size of the client's change (:func:`fl_split.validate.bounded_change`).
 
         Raises ``BadReply`` (or another of ``_READ_ERRORS``) when anything is malformed, non-finite, or
         disagrees with the server's counts: the FedAvg weight is the server's count of samples it
@@ -473,6 +477,9 @@ class SplitLearningLoop:
         like = list(self.client_half.state_dict().values())
         weights = decode_weights(validate.payloads(validate.field(fields, WEIGHTS), "weights"), like, "weights")
         validate.finite(weights, "client-half weights")
+        size = validate.bounded_change(
+            [w - g for w, g in zip(weights, like, strict=True)], like, float(self.config["max_update_norm"]), "its half"
+        )
         momentum: list[bytes] = []
         if MOMENTUM in self.protocol.returns:
             momentum = validate.payloads(validate.field(fields, MOMENTUM), "momentum payloads")
@@ -481,6 +488,7 @@ class SplitLearningLoop:
         if PARTITION in fields:
             self.partitions[session.node] = validate.count(fields[PARTITION], "partition")
         session.finish(weights, momentum, session.trained)
+        return size
 
     def _leave(
         self, session: Session, counters: RoundCounters, rnd: int, reason: str, error: str, *, dropped: bool = True

@@ -12,6 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from fl_split.codecs import Codec, CodecError
+from fl_split.codecs.base import MAX_ABS_INPUT
 from fl_split.sl.wire import decode_labels, encode_masked
 from fl_split.validate import BadReply
 
@@ -158,7 +159,9 @@ def decode_step(step: StepInput, device: torch.device) -> tuple[torch.Tensor, to
     ------
     CodecError
         If a payload is malformed or does not fit the server half; a
-        :class:`~fl_split.validate.BadReply` (``non_finite``) if the activations hold NaN/Inf.
+        :class:`~fl_split.validate.BadReply` if the activations hold NaN/Inf (``non_finite``) or
+        values above ``MAX_ABS_INPUT`` (``out_of_range``: no codec encodes those, so no honest
+        client sends them).
     """
     per_sample = 1
     for d in step.sample_shape:
@@ -171,6 +174,10 @@ def decode_step(step: StepInput, device: torch.device) -> tuple[torch.Tensor, to
         )
     if not bool(torch.isfinite(a).all()):
         raise BadReply("non_finite", f"the activations hold {int((~torch.isfinite(a)).sum())} NaN/Inf value(s)")
+    if a.numel() and (big := float(a.abs().max())) > MAX_ABS_INPUT:
+        raise BadReply(
+            "out_of_range", f"activations of magnitude {big:.3g}, above the {MAX_ABS_INPUT:.3g} any codec encodes"
+        )
     y = decode_labels(step.label_payload, step.num_classes, count=a.shape[0]).to(device)
     return a, y
 
@@ -183,12 +190,15 @@ def train_on(
     Raises
     ------
     NonFiniteLoss
-        If a batch's loss is NaN/Inf (its ``bad`` names which); nothing was stepped.
+        If a batch's loss is NaN/Inf, or it overflows the running statistics of a BatchNorm (its
+        ``bad`` names which batches are bad on their own); nothing was stepped and the buffers are
+        as they were.
     """
     a = acts[0] if len(acts) == 1 else torch.cat(list(acts))
     y = labels[0] if len(labels) == 1 else torch.cat(list(labels))
     a.requires_grad_(True)
     half.train()
+    saved = [b.detach().clone() for b in half.buffers()]  # BatchNorm statistics: the forward updates them
     logits = half(a)
     if len(acts) == 1:
         per_batch = [F.cross_entropy(logits, y)]
@@ -197,8 +207,13 @@ def train_on(
         per_batch = [chunk.mean() for chunk in per_sample.split([len(t) for t in labels])]
     values = [float(v.detach()) for v in per_batch]
     bad = [j for j, v in enumerate(values) if not math.isfinite(v)]
-    if bad:
-        raise NonFiniteLoss(f"the server half's loss is {values[bad[0]]} on a batch of {len(labels[bad[0]])}", bad)
+    overflowed = not _finite_buffers(half)  # |a| ~ 1e19 squares to inf in the running variance, loss still finite
+    if bad or overflowed:
+        # batched: one batch's statistics reach every loss of the step, so find who is bad on its own
+        bad = _bad_alone(half, saved, acts, labels) if len(acts) > 1 else [0]
+        _restore_buffers(half, saved)  # a refused step leaves no trace in the running statistics
+        what = "running statistics overflow" if math.isfinite(values[bad[0]]) else f"loss is {values[bad[0]]}"
+        raise NonFiniteLoss(f"the server half's {what} on a batch of {len(labels[bad[0]])}", bad)
     loss = per_batch[0] if len(per_batch) == 1 else torch.stack(per_batch).sum()
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -207,6 +222,29 @@ def train_on(
     assert grad is not None
     grads = [grad] if len(acts) == 1 else list(grad.split([len(t) for t in acts]))
     return grads, values
+
+
+def _finite_buffers(half: nn.Module) -> bool:
+    return all(bool(torch.isfinite(b).all()) for b in half.buffers() if b.is_floating_point())
+
+
+def _restore_buffers(half: nn.Module, saved: Sequence[torch.Tensor]) -> None:
+    with torch.no_grad():
+        for b, v in zip(half.buffers(), saved, strict=True):
+            b.copy_(v)
+
+
+@torch.no_grad()
+def _bad_alone(
+    half: nn.Module, saved: Sequence[torch.Tensor], acts: Sequence[torch.Tensor], labels: Sequence[torch.Tensor]
+) -> list[int]:
+    """The batches whose own loss or running statistics are not finite (all, if none is on its own)."""
+    bad = []
+    for j, (a, y) in enumerate(zip(acts, labels, strict=True)):
+        _restore_buffers(half, saved)
+        if not math.isfinite(float(F.cross_entropy(half(a.detach()), y))) or not _finite_buffers(half):
+            bad.append(j)
+    return bad or list(range(len(acts)))
 
 
 def encode_gradient(step: StepInput, grad: torch.Tensor) -> bytes:
