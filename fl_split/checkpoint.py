@@ -29,9 +29,10 @@ FORMAT = 1
 MAY_CHANGE = ("out_dir", "existing_out", "progress", "rounds", "steps", "checkpoint_every")
 
 
-def output_fields(default_out: str, *, resumable: bool = True) -> dict[str, Field]:
+def output_fields(default_out: str, *, resumable: bool = True, unit: str = "rounds") -> dict[str, Field]:
     """The schema keys of a command's outputs: ``out_dir``, ``existing_out`` and, for a command that
-    checkpoints and resumes, ``checkpoint_every``."""
+    checkpoints and resumes, ``checkpoint_every`` (counted in ``unit``: a command that writes a row
+    every few rounds or steps checkpoints at the first row at or after each ``checkpoint_every``)."""
     if not resumable:
         return {
             "out_dir": Field(default_out, (str,), "where metrics.jsonl, summary.json, model.pt and the plot go"),
@@ -52,7 +53,8 @@ def output_fields(default_out: str, *, resumable: bool = True) -> dict[str, Fiel
         "checkpoint_every": Field(
             1,
             (int,),
-            "replace out_dir/checkpoint.pt every this many rounds and after the last (0: never)",
+            f"replace out_dir/checkpoint.pt every this many {unit} and after the last (0: never)"
+            + ("" if unit == "rounds" else "; at metrics rows only"),
             check=non_negative,
         ),
     }
@@ -97,6 +99,60 @@ def load_checkpoint(out_dir: str | Path, command: str, config: Mapping[str, Any]
     if total is not None and int(total) < round_:
         raise ConfigError(f"--resume: the checkpoint holds round {round_}, past rounds={total}")
     return round_, blob["state"]
+
+
+def due(done: int, last_saved: int, every: int, total: int) -> bool:
+    """Whether a run that has done ``done`` rounds (steps), last checkpointed at ``last_saved``, checkpoints now."""
+    return every > 0 and (done // every > last_saved // every or done == total)
+
+
+def check_resumable(out_dir: str | Path, command: str, config: Mapping[str, Any]) -> None:
+    """Before ranks are spawned: ``ConfigError`` here if ``out_dir``'s checkpoint cannot be resumed
+    (under ``torchrun`` the ranks check it themselves, :func:`load_rank_checkpoint`)."""
+    import os
+
+    if "RANK" not in os.environ:
+        load_checkpoint(out_dir, command, config)
+
+
+def save_rank_checkpoint(
+    out_dir: str | Path, command: str, round_: int, config: Mapping[str, Any], shared: Any, local: Any
+) -> None:
+    """Collective (every rank calls it): rank 0 writes one checkpoint holding ``shared`` (its own) and
+    every rank's ``local`` (gathered), as ``{"shared": ..., "ranks": [...]}``."""
+    import torch.distributed as dist
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    gathered: list[Any] | None = [None] * world if rank == 0 else None
+    dist.gather_object(local, gathered, dst=0)
+    if rank == 0:
+        save_checkpoint(out_dir, command, round_, config, {"shared": shared, "ranks": gathered})
+
+
+def load_rank_checkpoint(out_dir: str | Path, command: str, config: Mapping[str, Any]) -> tuple[int, Any, Any]:
+    """Collective: ``(round, shared, this rank's local)`` of :func:`save_rank_checkpoint`'s file.
+
+    Rank 0 reads and checks it (only its machine needs the file) and sends each rank its part, so
+    every rank raises the same ``ConfigError`` when it cannot be resumed (and none waits forever).
+    """
+    import torch.distributed as dist
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    parts: list[Any] | None = None
+    if rank == 0:
+        try:
+            round_, state = load_checkpoint(out_dir, command, config)
+            if len(state["ranks"]) != world:
+                raise ConfigError(f"--resume: the checkpoint holds {len(state['ranks'])} ranks, this run has {world}")
+            parts = [(round_, state["shared"], local, None) for local in state["ranks"]]
+        except ConfigError as exc:
+            parts = [(0, None, None, str(exc))] * world
+    mine: list[Any] = [None]
+    dist.scatter_object_list(mine, parts, src=0)
+    round_, shared, local, error = mine[0]
+    if error is not None:
+        raise ConfigError(error)
+    return int(round_), shared, local
 
 
 def save_model(out_dir: str | Path, state_dicts: Mapping[str, Mapping[str, torch.Tensor]]) -> Path:

@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("compare", help="SL vs FL grid at measured bytes (`fl-split compare --help`)", add_help=False)
     p_gossip = sub.add_parser("gossip", help="decentralized learning: Malcom-PSGD or CHOCO-SGD over a graph")
     _add_common(p_gossip)
-    _add_existing(p_gossip, resume=False)
+    _add_existing(p_gossip)
     p_gossip.add_argument("--list-keys", action="store_true", help="list every config key with its default and exit")
     p_ddp = sub.add_parser("ddp", help="data-parallel training with the codec hook (gloo; torchrun or local ranks)")
     _add_common(p_ddp)

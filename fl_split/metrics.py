@@ -59,7 +59,7 @@ def refuse_used(out_dir: str | Path) -> None:
     if (metrics.exists() and metrics.stat().st_size > 0) or summary.exists():
         raise OutputExists(
             f"{out} already holds a run ({metrics.name} / {summary.name}); pass --resume to continue it from its "
-            "last checkpoint (sl, fl), --overwrite to replace it, or choose another --out (config key existing_out)"
+            "last checkpoint, --overwrite to replace it, or choose another --out (config key existing_out)"
         )
 
 

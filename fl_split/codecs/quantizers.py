@@ -29,6 +29,15 @@ class SeededGenerators:
             g = self._by_device[device] = torch.Generator(device=device).manual_seed(self.seed)
         return g
 
+    def get_state(self) -> dict[str, torch.Tensor]:
+        """``{device: generator state}`` of every generator drawn from so far (for a checkpoint)."""
+        return {str(d): g.get_state() for d, g in self._by_device.items()}
+
+    def set_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore :meth:`get_state` output."""
+        for device, s in state.items():
+            self(torch.device(device)).set_state(s)
+
 
 def _check_scale(reader: PayloadReader, *values: float) -> None:
     """Scales an encoder can emit are finite and at most ``MAX_ABS_INPUT``; refuse anything else."""

@@ -20,9 +20,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from fl_split.checkpoint import save_model
+from fl_split.checkpoint import due, load_rank_checkpoint, save_model, save_rank_checkpoint
 from fl_split.codecs import codec_from_spec, seeded_codec_from_spec
 from fl_split.codecs.parts import decode_parts, encode_parts
+from fl_split.codecs.rng_state import codec_rng_state, load_codec_rng_state
 from fl_split.gossip.config import resolved_codec, resolved_l1
 from fl_split.gossip.node import LocalObjective, mix, soft_threshold
 from fl_split.launch import launch
@@ -67,12 +68,18 @@ def node_main(rank: int, n: int, config: dict[str, Any]) -> dict[str, Any]:
     lr, gamma = float(config["lr"]), float(config["gamma"])
     cpu = torch.device("cpu")
     out = Path(config["out_dir"])
-    writer = RunWriter(out, existing=config["existing_out"]) if rank == 0 else None
-    evaluate = Evaluator(objective) if rank == 0 else None
     edge_bytes = torch.zeros(n, n, dtype=torch.int64)
-    t0, loss_sum, sent, cum = time.perf_counter(), 0.0, 0, 0
-    rounds, every = int(config["rounds"]), int(config["eval_every"])
-    for t in range(rounds):
+    t0, loss_sum, sent, cum, start = time.perf_counter(), 0.0, 0, 0, 0
+    if config["existing_out"] == "resume":
+        start, shared, mine = load_rank_checkpoint(out, "gossip", config)
+        x, x_hat, copies = mine["x"], mine["x_hat"], {int(j): c for j, c in mine["copies"].items()}
+        load_codec_rng_state(codec, mine["codec_rng"])
+        edge_bytes[rank] = torch.tensor(mine["edge_bytes"], dtype=torch.int64)
+        cum, t0 = int(shared["cum"]), t0 - float(shared["wall_s"])
+    writer = RunWriter(out, existing=config["existing_out"], resume_round=start) if rank == 0 else None
+    evaluate = Evaluator(objective) if rank == 0 else None
+    rounds, every, saved = int(config["rounds"]), int(config["eval_every"]), start
+    for t in range(start, rounds):
         g, loss = objective.grad(x, rank, t)
         x_half = x - lr * g
         payload = encode_parts(codec, x_half - x_hat, shapes)
@@ -104,6 +111,12 @@ def node_main(rank: int, n: int, config: dict[str, Any]) -> dict[str, Any]:
             test_acc = evaluate(x_bar)
             row = metrics_row(t + 1, loss_mean, int(totals[1]), cum, test_acc, samples, t0, degrees, distance, sparsity)
             writer.write_round(row)
+        if due(t + 1, saved, int(config["checkpoint_every"]), rounds):  # collective: every rank at once
+            local = {"x": x, "x_hat": x_hat, "copies": copies, "codec_rng": codec_rng_state(codec)}
+            local["edge_bytes"] = edge_bytes[rank].tolist()
+            shared = {"cum": cum, "wall_s": time.perf_counter() - t0}
+            save_rank_checkpoint(out, "gossip", t + 1, config, shared, local)
+            saved = t + 1
     # T8: every copy of x̂_j equals node j's own x̂_j, bit for bit
     all_hat = [torch.empty_like(x_hat) for _ in range(n)]
     dist.all_gather(all_hat, x_hat)

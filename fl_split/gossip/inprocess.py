@@ -17,6 +17,7 @@ import torch
 
 from fl_split.codecs import Codec, codec_from_spec, seeded_codec_from_spec
 from fl_split.codecs.parts import decode_parts, encode_parts
+from fl_split.codecs.rng_state import codec_rng_state, load_codec_rng_state
 from fl_split.gossip.node import LocalObjective, soft_threshold
 
 
@@ -120,6 +121,22 @@ class InProcessGossip:
             x_half, self.x_hat, self.codecs, self.decoder, self.shapes, self.slots, self.gamma, self.lr * self.l1
         )
         return RoundStats(list(losses), sizes)
+
+    def state(self) -> list[dict[str, Any]]:
+        """Per node, what resuming needs: its model, its public estimate, its codec's random state."""
+        return [
+            {"x": self.x[i].clone(), "x_hat": self.x_hat[i].clone(), "codec_rng": codec_rng_state(self.codecs[i])}
+            for i in range(self.n)
+        ]
+
+    def load_state(self, nodes: list[dict[str, Any]]) -> None:
+        """Continue from :meth:`state` output (the same config: the same nodes and codec)."""
+        if len(nodes) != self.n:
+            raise ValueError(f"the checkpoint holds {len(nodes)} nodes, this run has {self.n}")
+        self.x = torch.stack([s["x"] for s in nodes])
+        self.x_hat = torch.stack([s["x_hat"] for s in nodes])
+        for codec, s in zip(self.codecs, nodes, strict=True):
+            load_codec_rng_state(codec, s["codec_rng"])
 
     def models(self) -> torch.Tensor:
         """Every node's current model, ``(n, d)``."""

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fl_split.checkpoint import save_model
+from fl_split.checkpoint import check_resumable, due, load_checkpoint, save_checkpoint, save_model
 from fl_split.fl.client import accuracy
 from fl_split.gossip.config import resolved_codec, resolved_l1
 from fl_split.gossip.node import LocalObjective
@@ -85,6 +85,8 @@ def run_gossip(config: dict[str, Any]) -> dict[str, Any]:
     if config["transport"] == "distributed":
         from fl_split.gossip.distributed import run_distributed
 
+        if config["existing_out"] == "resume":
+            check_resumable(config["out_dir"], "gossip", config)  # a clear error before any rank starts
         return run_distributed(config)
     from fl_split.gossip.inprocess import InProcessGossip
 
@@ -96,11 +98,16 @@ def run_gossip(config: dict[str, Any]) -> dict[str, Any]:
     degrees = [int(d) for d in adj.sum(1)]
     sim = InProcessGossip(config, w, resolved_codec(config), resolved_l1(config))
     evaluate = Evaluator(sim.objective)
-    writer = RunWriter(config["out_dir"], existing=config["existing_out"])
     edge_bytes = np.zeros((n, n), dtype=np.int64)
-    t0, losses, sent, cum = time.perf_counter(), [], 0, 0
-    rounds, every = int(config["rounds"]), int(config["eval_every"])
-    for t in range(rounds):
+    t0, losses, sent, cum, start = time.perf_counter(), [], 0, 0, 0
+    if config["existing_out"] == "resume":
+        start, state = load_checkpoint(config["out_dir"], "gossip", config)
+        sim.load_state(state["ranks"])
+        edge_bytes = np.array([r["edge_bytes"] for r in state["ranks"]], dtype=np.int64)
+        cum, t0 = int(state["shared"]["cum"]), t0 - float(state["shared"]["wall_s"])
+    writer = RunWriter(config["out_dir"], existing=config["existing_out"], resume_round=start)
+    rounds, every, saved = int(config["rounds"]), int(config["eval_every"]), start
+    for t in range(start, rounds):
         stats = sim.step(t)
         losses += stats.losses
         for i, b in enumerate(stats.payload_bytes):
@@ -126,9 +133,16 @@ def run_gossip(config: dict[str, Any]) -> dict[str, Any]:
         )
         writer.write_round(row)
         losses, sent = [], 0
+        if due(t + 1, saved, int(config["checkpoint_every"]), rounds):
+            ranks = [s | {"edge_bytes": edge_bytes[i].tolist()} for i, s in enumerate(sim.state())]
+            shared = {"cum": cum, "wall_s": time.perf_counter() - t0}
+            save_checkpoint(writer.out_dir, "gossip", t + 1, config, {"shared": shared, "ranks": ranks})
+            saved = t + 1
     for i in range(n):  # the same files the distributed transport writes
         torch.save({"x": sim.x[i].clone(), "x_hat": sim.x_hat[i].clone()}, writer.out_dir / f"node{i}.pt")
-    save_model(writer.out_dir, {"model": evaluate.objective.model.state_dict()})  # the average model x̄
+    model = evaluate.objective.model
+    torch.nn.utils.vector_to_parameters(sim.models().mean(0), model.parameters())
+    save_model(writer.out_dir, {"model": model.state_dict()})  # the average model x̄
     extra = summary_extra(config, w, sim.d, edge_bytes.tolist(), writer.rows[-1], "in process")
     return writer.write_summary(config, extra)
 
