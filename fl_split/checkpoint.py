@@ -29,10 +29,10 @@ FORMAT = 1
 MAY_CHANGE = ("out_dir", "existing_out", "progress", "rounds", "steps", "checkpoint_every")
 
 
-def output_fields(default_out: str, *, resumable: bool = True, unit: str = "rounds") -> dict[str, Field]:
+def output_fields(default_out: str, *, resumable: bool = True, at_rows: bool = False) -> dict[str, Field]:
     """The schema keys of a command's outputs: ``out_dir``, ``existing_out`` and, for a command that
-    checkpoints and resumes, ``checkpoint_every`` (counted in ``unit``: a command that writes a row
-    every few rounds or steps checkpoints at the first row at or after each ``checkpoint_every``)."""
+    checkpoints and resumes, ``checkpoint_every`` (``at_rows``: a command that writes a metrics row
+    every few rounds checkpoints at the first row at or after each ``checkpoint_every`` rounds)."""
     if not resumable:
         return {
             "out_dir": Field(default_out, (str,), "where metrics.jsonl, summary.json, model.pt and the plot go"),
@@ -53,8 +53,8 @@ def output_fields(default_out: str, *, resumable: bool = True, unit: str = "roun
         "checkpoint_every": Field(
             1,
             (int,),
-            f"replace out_dir/checkpoint.pt every this many {unit} and after the last (0: never)"
-            + ("" if unit == "rounds" else "; at metrics rows only"),
+            "replace out_dir/checkpoint.pt every this many rounds and after the last (0: never)"
+            + ("; at metrics rows only (eval_every)" if at_rows else ""),
             check=non_negative,
         ),
     }
