@@ -29,17 +29,10 @@ FORMAT = 1
 MAY_CHANGE = ("out_dir", "existing_out", "progress", "rounds", "steps", "checkpoint_every")
 
 
-def output_fields(default_out: str, *, resumable: bool = True, at_rows: bool = False) -> dict[str, Field]:
-    """The schema keys of a command's outputs: ``out_dir``, ``existing_out`` and, for a command that
-    checkpoints and resumes, ``checkpoint_every`` (``at_rows``: a command that writes a metrics row
-    every few rounds checkpoints at the first row at or after each ``checkpoint_every`` rounds)."""
-    if not resumable:
-        return {
-            "out_dir": Field(default_out, (str,), "where metrics.jsonl, summary.json, model.pt and the plot go"),
-            "existing_out": Field(
-                "refuse", (str,), "out_dir already holds a run: refuse or overwrite", ("refuse", "overwrite")
-            ),
-        }
+def output_fields(default_out: str, *, rows_every: str | None = None, unit: str = "rounds") -> dict[str, Field]:
+    """The schema keys of a command's outputs: ``out_dir``, ``existing_out`` and ``checkpoint_every``
+    (in ``unit``; ``rows_every``: the key of a command that writes a metrics row every few rounds and
+    so checkpoints at the first row at or after each ``checkpoint_every`` rounds)."""
     return {
         "out_dir": Field(
             default_out, (str,), "where metrics.jsonl, summary.json, model.pt, checkpoint.pt and the plot go"
@@ -53,8 +46,8 @@ def output_fields(default_out: str, *, resumable: bool = True, at_rows: bool = F
         "checkpoint_every": Field(
             1,
             (int,),
-            "replace out_dir/checkpoint.pt every this many rounds and after the last (0: never)"
-            + ("; at metrics rows only (eval_every)" if at_rows else ""),
+            f"replace out_dir/checkpoint.pt every this many {unit} and after the last (0: never)"
+            + (f"; at metrics rows only ({rows_every})" if rows_every else ""),
             check=non_negative,
         ),
     }

@@ -174,17 +174,16 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", metavar="DIR", help="output directory (the config key out_dir)")
 
 
-def _add_existing(p: argparse.ArgumentParser, resume: bool = True) -> None:
+def _add_existing(p: argparse.ArgumentParser) -> None:
     """``--resume`` / ``--overwrite``: what to do when ``--out`` already holds a run (default: refuse)."""
     group = p.add_mutually_exclusive_group()
-    if resume:
-        group.add_argument(
-            "--resume",
-            dest="existing_out",
-            action="store_const",
-            const="resume",
-            help="continue the run in --out from its checkpoint.pt (same config; rounds may be raised)",
-        )
+    group.add_argument(
+        "--resume",
+        dest="existing_out",
+        action="store_const",
+        const="resume",
+        help="continue the run in --out from its checkpoint.pt (same config; rounds or steps may be raised)",
+    )
     group.add_argument(
         "--overwrite", dest="existing_out", action="store_const", const="overwrite", help="replace the run in --out"
     )
@@ -212,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     p_gossip.add_argument("--list-keys", action="store_true", help="list every config key with its default and exit")
     p_ddp = sub.add_parser("ddp", help="data-parallel training with the codec hook (gloo; torchrun or local ranks)")
     _add_common(p_ddp)
-    _add_existing(p_ddp, resume=False)
+    _add_existing(p_ddp)
     p_ddp.add_argument("--list-keys", action="store_true", help="list every config key with its default and exit")
     # no -h of its own: `fl-split bench sl --help` reaches the benchmark's parser
     p_bench = sub.add_parser("bench", help="benchmarks (`fl-split bench WHAT --help` for options)", add_help=False)

@@ -44,7 +44,7 @@ DDP_SCHEMA: Schema = {
     "timeout_s": Field(
         60.0, (float,), "process-group timeout: a rank stuck in a collective fails after this", check=positive
     ),
-    **output_fields("runs/ddp", resumable=False),
+    **output_fields("runs/ddp", rows_every="log_every", unit="steps"),
 }
 
 

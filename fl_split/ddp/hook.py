@@ -11,7 +11,9 @@ same payloads, so a payload that does not decode raises the same
 :class:`~fl_split.codecs.CodecError` on every rank (nobody is left waiting in a collective).
 
 The state holds the residuals and the measured byte counters and round-trips through
-``state_dict`` / ``load_state_dict`` (save it next to the model's checkpoint).
+``state_dict`` / ``load_state_dict`` (save it next to the model's checkpoint). Residuals are kept
+per parameter (by name), so they survive DDP regrouping its buckets (it does after the first step)
+and a checkpoint restores them into whatever layout the resumed run's buckets have.
 """
 
 # no ``from __future__ import annotations``: DDP checks the hook's annotations at runtime
@@ -43,7 +45,9 @@ class CodecHookState:
         Encode each parameter's gradient in its own shape (see :func:`encode_bucket`) instead of the
         flat bucket.
     residuals:
-        Bucket index → residual (on the bucket's device).
+        Parameter name → its part of the residual (flat, on the bucket's device).
+    param_names:
+        ``id(parameter)`` → name (:func:`register_codec_hook` fills it from the module).
     bytes_sent, bytes_received:
         Payload bytes this rank sent and received, in total (measured ``len(payload)``).
     calls:
@@ -60,7 +64,8 @@ class CodecHookState:
     error_feedback: bool = True
     process_group: Any = None
     per_tensor: bool = False
-    residuals: dict[int, torch.Tensor] = field(default_factory=dict)
+    residuals: dict[str, torch.Tensor] = field(default_factory=dict)
+    param_names: dict[int, str] = field(default_factory=dict)
     bytes_sent: int = 0
     bytes_received: int = 0
     calls: int = 0
@@ -69,6 +74,9 @@ class CodecHookState:
     encode_s: float = 0.0
     exchange_s: float = 0.0
     decode_s: float = 0.0
+    #: bucket index -> (its parameter names, its residual): the whole-bucket tensor the per-name
+    #: residuals are views of, reused while the bucket holds the same parameters (no copy per step)
+    _bucket_residual: dict[int, tuple[tuple[str, ...], torch.Tensor]] = field(default_factory=dict, repr=False)
 
     def step_bytes(self) -> int:
         """Payload bytes this rank sent for one step (the last call of each bucket)."""
@@ -83,7 +91,7 @@ class CodecHookState:
         return {
             "codec": self.codec.name,
             "error_feedback": self.error_feedback,
-            "residuals": {i: r.detach().cpu().clone() for i, r in self.residuals.items()},
+            "residuals": {n: r.detach().cpu().clone() for n, r in self.residuals.items()},
             "bytes_sent": self.bytes_sent,
             "bytes_received": self.bytes_received,
             "calls": self.calls,
@@ -95,8 +103,15 @@ class CodecHookState:
             raise ValueError(
                 f"checkpoint holds hook state of codec {state.get('codec')!r}, this hook uses {self.codec.name!r}"
             )
+        residuals = state["residuals"]
+        if any(not isinstance(n, str) for n in residuals):
+            raise ValueError(
+                "checkpoint holds residuals keyed by bucket index (an older fl-split); they cannot be mapped to "
+                "parameters: start the run afresh"
+            )
         self.error_feedback = bool(state["error_feedback"])
-        self.residuals = {int(i): r.clone() for i, r in state["residuals"].items()}
+        self.residuals = {n: r.detach().clone().flatten() for n, r in residuals.items()}
+        self._bucket_residual = {}
         self.bytes_sent = int(state["bytes_sent"])
         self.bytes_received = int(state.get("bytes_received", 0))
         self.calls = int(state["calls"])
@@ -125,6 +140,44 @@ def _shapes(bucket: dist.GradBucket, numel: int) -> list[torch.Size] | None:
     return shapes if shapes and sum(math.prod(sh) for sh in shapes) == numel else None
 
 
+def _layout(state: CodecHookState, bucket: dist.GradBucket) -> tuple[tuple[str, ...], list[int]]:
+    """The bucket's parameter names and sizes in buffer order (``bucket{i}.{j}``: a parameter the state cannot name)."""
+    index, params = bucket.index(), bucket.parameters()
+    names = tuple(state.param_names.get(id(p), f"bucket{index}.{j}") for j, p in enumerate(params))
+    return names, [p.numel() for p in params]
+
+
+def _residual(state: CodecHookState, index: int, names: tuple[str, ...], sizes: list[int]) -> torch.Tensor | None:
+    """The bucket's residual, from its parameters' parts (zeros for a part not kept yet; ``None``: no part is)."""
+    cached = state._bucket_residual.get(index)
+    if cached is not None and cached[0] == names:
+        return cached[1]
+    pieces = [state.residuals.get(n) for n in names]
+    ref = next((r for r in pieces if r is not None), None)
+    if ref is None:
+        return None  # nothing kept for these parameters yet (the first step)
+    wrong = [n for n, r, k in zip(names, pieces, sizes, strict=True) if r is not None and r.numel() != k]
+    if wrong:
+        raise ValueError(f"DDP codec hook: the residuals kept for {wrong[:3]} do not fit those parameters")
+    # a new grouping (DDP rebuilt its buckets, or a checkpoint was loaded): gather the parameters' parts
+    return torch.cat([r if r is not None else ref.new_zeros(k) for r, k in zip(pieces, sizes, strict=True)])
+
+
+def _keep_residual(
+    state: CodecHookState, index: int, names: tuple[str, ...], sizes: list[int], r: torch.Tensor
+) -> None:
+    """Keep ``r`` as the bucket's residual: per parameter (views of ``r``) and cached under the bucket."""
+    for other, (held, _) in list(state._bucket_residual.items()):  # a regrouped parameter is cached only once
+        if other != index and set(held) & set(names):
+            del state._bucket_residual[other]
+    state._bucket_residual[index] = (names, r)
+    if sum(sizes) != r.numel():  # parameters that do not tile the buffer: keep it whole, under the bucket
+        state.residuals[f"bucket{index}"] = r
+        return
+    for name, part in zip(names, r.split(sizes), strict=True):
+        state.residuals[name] = part
+
+
 def codec_hook(state: CodecHookState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
     """The communication hook (``ddp.register_comm_hook(state, codec_hook)``)."""
     t0 = time.perf_counter()
@@ -132,10 +185,10 @@ def codec_hook(state: CodecHookState, bucket: dist.GradBucket) -> torch.futures.
     index = bucket.index()
     group = state.process_group
     x = grad.detach()
-    residual = state.residuals.get(index) if state.error_feedback else None
+    names, sizes = _layout(state, bucket) if state.error_feedback else ((), [])
+    residual = _residual(state, index, names, sizes) if state.error_feedback else None
     if residual is not None and residual.shape == x.shape:
         x = x + residual.to(device=x.device, dtype=x.dtype)
-    # else: no residual yet, or DDP rebuilt its buckets after the first step (a new layout): start afresh
     shapes = _shapes(bucket, grad.numel()) if state.per_tensor else None
     payload = encode_parts(state.codec, x, shapes)
     t1 = time.perf_counter()
@@ -152,7 +205,7 @@ def codec_hook(state: CodecHookState, bucket: dist.GradBucket) -> torch.futures.
             ) from exc
         decoded.append(t.view_as(grad).to(grad.dtype))
     if state.error_feedback:  # what this rank's payload did not carry (its own decode is among the above)
-        state.residuals[index] = x - decoded[dist.get_rank(group)]
+        _keep_residual(state, index, names, sizes, x - decoded[dist.get_rank(group)])
     total = torch.stack(decoded).sum(0) if len(decoded) > 1 else decoded[0].clone()
     state.bytes_sent += len(payload)
     state.bytes_received += sum(len(p) for r, p in enumerate(payloads) if r != dist.get_rank(group))
@@ -199,5 +252,6 @@ def register_codec_hook(
     codec = codec_from_spec(codec) if isinstance(codec, str) else codec
     per = codec.shape_aware if per_tensor is None else per_tensor
     state = CodecHookState(codec, error_feedback, process_group, per_tensor=per)
+    state.param_names = {id(p): n for n, p in ddp_model.module.named_parameters()}
     ddp_model.register_comm_hook(state, codec_hook)
     return state

@@ -6,14 +6,22 @@ several. Each rank trains on its IID shard of the dataset; every ``log_every`` s
 ``metrics.jsonl`` row: the loss averaged over ranks, test accuracy, and the payload bytes all ranks
 sent (``uplink_bytes``) and received (``downlink_bytes``) in those steps, as the hook measured them.
 
-At the end every rank writes ``rank{r}.json`` (its step times, hook timings, bytes and residual
-memory) and ``checkpoint_rank{r}.pt`` (model, optimizer and hook state: the residuals are per rank).
+At the end every rank writes ``rank{r}.json`` (its step times, hook timings, bytes, residual memory
+and a digest of its final weights) and rank 0 writes ``model.pt``. At the first metrics row at or
+after every ``checkpoint_every`` steps, rank 0 gathers one ``checkpoint.pt`` (model, optimizer and
+byte totals, plus every rank's hook residuals, counters and codec random state); ``--resume``
+continues from it and gives the rows and weights an uninterrupted run gives.
 With ``hook = false`` the model trains with DDP's own float32 all-reduce (the baseline): its rows
 carry no bytes, since no payload is made to measure.
+
+Before the hook is registered one backward pass in eval mode (no optimizer step, no BatchNorm
+update) lets DDP settle its bucket layout, which it otherwise regroups after the first step: every
+step of a run, fresh or resumed, then encodes the same buckets.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import statistics
 import time
@@ -26,8 +34,9 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from fl_split.checkpoint import save_model
+from fl_split.checkpoint import check_resumable, due, load_rank_checkpoint, save_model, save_rank_checkpoint
 from fl_split.codecs import seeded_codec_from_spec
+from fl_split.codecs.rng_state import codec_rng_state, load_codec_rng_state
 from fl_split.ddp.hook import CodecHookState, register_codec_hook
 from fl_split.fl.client import accuracy, build_model, iid_shard_config
 from fl_split.launch import launch, read_rank_results
@@ -62,6 +71,25 @@ def _row(step: int, totals: torch.Tensor, cum: list[int], acc: float, state: Cod
     }
 
 
+def _weights_sha256(model: nn.Module) -> str:
+    """A digest of the model's parameters: ranks in step hold the same one (buffers such as BatchNorm
+    statistics are not in it: DDP sends rank 0's before each forward, so after the last step they differ)."""
+    h = hashlib.sha256()
+    for name, t in model.named_parameters():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _settle_buckets(ddp: DDP, model: nn.Module, x: torch.Tensor) -> None:
+    """One backward pass in eval mode, then clear the gradients: DDP regroups its buckets by the order
+    gradients arrived in, before the next step, so the hook sees that final layout from its first call."""
+    model.eval()
+    ddp(x).float().sum().backward()
+    model.zero_grad(set_to_none=True)
+    model.train()
+
+
 def train_rank(rank: int, world: int, config: dict[str, Any], on_state: StateCallback | None = None) -> dict[str, Any]:
     """One rank's training loop (the process group is initialised); this rank's result.
 
@@ -69,32 +97,46 @@ def train_rank(rank: int, world: int, config: dict[str, Any], on_state: StateCal
     -------
     dict
         ``rank``, ``steps``, ``step_s`` (median step time after :data:`WARMUP_STEPS`),
-        ``step_s_mean``, and with the hook ``bytes_sent``, ``bytes_received``, ``step_bytes``,
-        ``calls``, ``buckets``, ``bucket_numel`` (per bucket, in index order), ``residual_bytes``,
-        ``encode_s``, ``exchange_s``, ``decode_s``;
+        ``step_s_mean``, ``weights_sha256``, and with the hook ``bytes_sent``, ``bytes_received``,
+        ``step_bytes``, ``calls``, ``buckets``, ``bucket_numel`` (per bucket, in index order),
+        ``residual_bytes``, ``encode_s``, ``exchange_s``, ``decode_s``;
         ``test_accuracy`` and ``final_train_loss`` (this rank's last batch).
     """
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     cfg = iid_shard_config(config)
     out = Path(config["out_dir"])
     model = build_model(cfg, seed=int(config["seed"]))
+    x, y = client_data(cfg, rank, world)
+    bs, nb = int(config["batch_size"]), batches_per_epoch(len(y), int(config["batch_size"]))
+    start, resumed = 0, None
+    if config["existing_out"] == "resume":  # collective: every rank gets its part (or the same error)
+        start, shared, local = load_rank_checkpoint(out, "ddp", config)
+        resumed = (shared, local)
+        model.load_state_dict(shared["model"])
     ddp = DDP(model, bucket_cap_mb=float(config["bucket_cap_mb"]))
     state = None
     if config["hook"]:
+        _settle_buckets(ddp, model, x[:bs])
         codec = seeded_codec_from_spec(str(config["codec"]), int(config["seed"]), rank)  # reruns draw the same
         state = register_codec_hook(ddp, codec, error_feedback=bool(config["error_feedback"]))
         if on_state is not None:
             on_state(rank, state)
     sgd = make_sgd(ddp.parameters(), config)
-    x, y = client_data(cfg, rank, world)
-    writer = RunWriter(out, existing=config["existing_out"]) if rank == 0 else None
+    t0, loss_sum, seen, cum = time.perf_counter(), 0.0, 0, [0, 0]
+    if resumed is not None:
+        shared, local = resumed
+        sgd.load_state_dict(shared["optimizer"])
+        cum, t0 = [int(v) for v in shared["cum"]], t0 - float(shared["wall_s"])
+        if state is not None:
+            state.load_state_dict(local["hook"])
+            load_codec_rng_state(state.codec, local["codec_rng"])
+    writer = RunWriter(out, existing=config["existing_out"], resume_round=start) if rank == 0 else None
     xt, yt = load_split(cfg, "test")
-    bs, nb = int(config["batch_size"]), batches_per_epoch(len(y), int(config["batch_size"]))
-    steps, log_every = int(config["steps"]), int(config["log_every"])
-    t0, loss_sum, seen, sent0, recv0, cum = time.perf_counter(), 0.0, 0, 0, 0, [0, 0]
+    steps, log_every, saved = int(config["steps"]), int(config["log_every"]), start
+    sent0, recv0 = (state.bytes_sent, state.bytes_received) if state else (0, 0)
     step_times: list[float] = []
     loss = torch.zeros(())
-    for step in range(steps):
+    for step in range(start, steps):
         ts = time.perf_counter()
         idx = batch_indices(len(y), bs, int(config["seed"]), rank, step // nb, step % nb)
         loss = nn.functional.cross_entropy(ddp(x[idx]), y[idx])
@@ -112,14 +154,21 @@ def train_rank(rank: int, world: int, config: dict[str, Any], on_state: StateCal
         if writer is not None:
             cum = [cum[0] + int(totals[2]), cum[1] + int(totals[3])]
             writer.write_round(_row(step + 1, totals, cum, accuracy(model, xt, yt), state, t0))
+        if due(step + 1, saved, int(config["checkpoint_every"]), steps):  # collective: every rank at once
+            shared = {"model": model.state_dict(), "optimizer": sgd.state_dict(), "cum": cum}
+            shared["wall_s"] = time.perf_counter() - t0
+            local = {"hook": state.state_dict(), "codec_rng": codec_rng_state(state.codec)} if state else {}
+            save_rank_checkpoint(out, "ddp", step + 1, config, shared, local)
+            saved = step + 1
     timed = step_times[WARMUP_STEPS:] or step_times
     result: dict[str, Any] = {
         "rank": rank,
         "steps": steps,
-        "step_s": statistics.median(timed),
-        "step_s_mean": statistics.fmean(timed),
+        "step_s": statistics.median(timed) if timed else None,
+        "step_s_mean": statistics.fmean(timed) if timed else None,
         "test_accuracy": accuracy(model, xt, yt),
-        "final_train_loss": float(loss.item()),
+        "final_train_loss": float(loss.item()) if step_times else None,
+        "weights_sha256": _weights_sha256(model),
     }
     if state is not None:
         result |= {
@@ -134,13 +183,6 @@ def train_rank(rank: int, world: int, config: dict[str, Any], on_state: StateCal
             "exchange_s": state.exchange_s,
             "decode_s": state.decode_s,
         }
-    checkpoint = {
-        "model": model.state_dict(),
-        "optimizer": sgd.state_dict(),
-        "hook": state.state_dict() if state else None,
-        "steps": steps,
-    }
-    torch.save(checkpoint, out / f"checkpoint_rank{rank}.pt")
     if writer is not None:
         save_model(out, {"model": model.state_dict()})
         title = f"DDP {world} ranks, {config['codec'] if state else 'plain all-reduce'}"
@@ -165,6 +207,8 @@ def run_ddp(config: dict[str, Any], on_state: StateCallback | None = None) -> li
     world = int(config["world_size"])
     if config["existing_out"] == "refuse":
         refuse_used(config["out_dir"])  # before any rank starts
+    elif config["existing_out"] == "resume":
+        check_resumable(config["out_dir"], "ddp", config)  # a clear error before any rank starts
     if not launch(train_rank, config, world, on_state):
         return None  # this process was one torchrun rank
     return read_rank_results(config["out_dir"], world)

@@ -79,7 +79,7 @@ GOSSIP_SCHEMA: Schema = {
     ),
     "threads": Field(0, (int,), "torch threads per process (0: cores / processes)", check=non_negative),
     "timeout_s": Field(60.0, (float,), "distributed: a rank waiting longer on a neighbour fails", check=positive),
-    **output_fields("runs/gossip", at_rows=True),
+    **output_fields("runs/gossip", rows_every="eval_every"),
 }
 
 
