@@ -157,6 +157,60 @@ def test_an_admitted_stream_that_sends_nothing_is_ended() -> None:
         srv.stop(0)
 
 
+def _one_step(srv: StreamServer, node: int) -> StreamChannel:
+    """A client of ``node`` that sent one frame and got its gradient (and then says nothing)."""
+    ch = _dial(srv, node)
+    ch.send(encode_frame({"acts": [b"a"]}))
+    assert _wait_reply(srv).error is None
+    assert srv.send(node, encode_frame({"grads": [b"g"]}))
+    assert ch.recv(5.0) == encode_frame({"grads": [b"g"]})
+    return ch
+
+
+def test_a_stream_silent_after_its_gradient_is_ended_and_frees_its_worker() -> None:
+    """One worker slot: a client that stalls after a step holds it only until idle_timeout_s."""
+    srv = StreamServer("127.0.0.1", 0, timeout_s=5.0, max_streams=1, idle_timeout_s=0.5)
+    srv.open_round(1)
+    try:
+        t0 = time.monotonic()
+        stalled = _one_step(srv, 7)
+        reply = _wait_reply(srv, 5.0)
+        assert reply.node_id == 7 and "sent no frame for 0.5 s after its last gradient" in str(reply.error)
+        assert 0.4 < time.monotonic() - t0 < 3.0
+        with pytest.raises(ConnectionError, match="CANCELLED"):
+            stalled.recv(3.0)
+        stalled.close()
+        _one_step(srv, 8).close()  # the slot is free again
+        assert srv.broken >= 1
+    finally:
+        srv.stop(0)
+
+
+@pytest.mark.parametrize("when", ["after a step", "before any frame"])
+def test_a_stream_the_strategy_closes_ends_at_once_without_an_error_reply(when: str) -> None:
+    """The round dropped this client (say, at its deadline) while its call waits on the client: the call ends
+    now (not at a timeout) and holds no worker; the strategy, which asked for it, gets no error reply."""
+    srv = StreamServer("127.0.0.1", 0, timeout_s=5.0, max_streams=1)  # timeouts of 30 s and 120 s
+    srv.open_round(1)
+    try:
+        if when == "after a step":
+            ch = _one_step(srv, 7)
+        else:
+            ch = _dial(srv, 7)
+            time.sleep(0.3)  # admitted, its handler waits for the first frame
+        t0 = time.monotonic()
+        srv.close_stream(7)
+        with pytest.raises(ConnectionError, match=r"CANCELLED|closed the stream"):
+            ch.recv(5.0)
+        assert time.monotonic() - t0 < 2.0
+        ch.close()
+        time.sleep(0.3)
+        assert srv.drain(0.2) == [] and srv.broken == 0  # not "sent no frame": nobody waited for one
+        _one_step(srv, 8).close()  # the one slot is free again
+    finally:
+        srv.stop(0)
+
+
 @pytest.mark.parametrize("frame", [{"done": True, "weights": [b"w"]}, {"acts": [b"a"], "config": "x"}, {"hello": 1}])
 def test_a_frame_the_protocol_does_not_expect_ends_the_stream(server: StreamServer, frame: dict) -> None:
     ch = _dial(server)

@@ -46,7 +46,7 @@ from fl_split.sl.setup import batch_indices, batches_per_epoch, client_data, loa
 #: Called on each rank with ``(rank, state)`` right after the hook is registered (tests inject faults).
 StateCallback = Callable[[int, CodecHookState], None]
 
-#: Steps left out of the step-time statistics (allocation, DDP's bucket rebuild after step 1).
+#: Steps left out of the step-time statistics (allocation and caches of the first steps).
 WARMUP_STEPS = 3
 
 

@@ -121,6 +121,12 @@ SL_SCHEMA: Schema = {
             "a client gives up waiting for a gradient (the server for its answer) after this",
             check=positive,
         ),
+        "idle_timeout_s": Field(
+            120.0,
+            (float,),
+            "the server ends a stream whose next frame does not come within this long of its last gradient",
+            check=positive,
+        ),
         "ssl_certfile": Field("", (str,), "TLS: the server certificate (PEM; as flower-superlink --ssl-certfile)"),
         "ssl_keyfile": Field("", (str,), "TLS: its private key (PEM; as flower-superlink --ssl-keyfile)"),
         "ssl_ca_certfile": Field(

@@ -13,8 +13,11 @@ round secret is fresh each round and never leaves this process; each node gets i
 SuperLink, and TLS here). A token admits one stream: it is spent when its stream is admitted, so a
 replayed call is refused even after the first one closed. A call with a missing, malformed or wrong
 token is refused (``PERMISSION_DENIED``) and counted; no worker thread waits on it. An admitted
-stream must send its first frame within ``first_frame_timeout_s``; at most ``max_streams`` calls
-run at once (gRPC refuses more with ``RESOURCE_EXHAUSTED``). Frames larger than
+stream must send its first frame within ``first_frame_timeout_s`` and each next one within
+``idle_timeout_s`` of its last gradient (a watchdog cancels the call otherwise); at most
+``max_streams`` calls run at once (gRPC refuses more with ``RESOURCE_EXHAUSTED``). When the
+strategy is done with a stream (it dropped the client, the round ended, the server stops) the call
+is ended at once, also while it waits for the client's next frame: no worker thread is left behind. Frames larger than
 ``max_message_bytes`` are refused by gRPC itself (``RESOURCE_EXHAUSTED``) before they reach a
 decoder, and a frame the protocol does not expect (anything but a batch, or ``bye`` once) ends the
 stream (``INVALID_ARGUMENT``). With TLS files the server speaks only TLS.
@@ -29,12 +32,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import math
 import queue
 import secrets
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +71,25 @@ ADDRESS, NODE, TOKEN, CA, TIMEOUT, MAX_BYTES = (
 )
 _CLOSED = object()  # outbound sentinel: the round is over (or the server stops)
 _GONE = object()  # outbound sentinel: the RPC terminated (the client cancelled or vanished)
+
+
+@dataclass
+class _Stream:
+    """One admitted stream: the answers queued for it, its call, and by when the client's next frame is due."""
+
+    queue: queue.Queue[Any] = field(default_factory=queue.Queue)
+    context: Any = None  # the call's ServicerContext, once its handler runs
+    deadline: float = math.inf  # time.monotonic() by which the client's next frame is due (inf: none is)
+    late: str = ""  # what the stream did wrong if the deadline passes
+    closed: bool = False  # the server side ended it (the strategy is done with it): no error reply
+    expired: str = ""  # set by the watchdog when it ended the call at its deadline
+
+    def end(self) -> None:
+        """The strategy is done with this stream: wake its handler, and end the call if it waits on the client."""
+        self.closed = True
+        self.queue.put(_CLOSED)
+        if self.context is not None and self.deadline < math.inf:
+            self.context.cancel()
 
 
 def make_token(secret: bytes, round_: int, node: int) -> bytes:
@@ -159,6 +183,8 @@ class StreamServer:
         Calls served at once (gRPC refuses more); about the number of clients.
     first_frame_timeout_s:
         An admitted stream that sends no frame within this long is ended.
+    idle_timeout_s:
+        A stream whose next frame does not arrive within this long of its last gradient is ended.
     """
 
     def __init__(
@@ -171,6 +197,7 @@ class StreamServer:
         tls: TlsFiles | None = None,
         max_streams: int = 64,
         first_frame_timeout_s: float = 30.0,
+        idle_timeout_s: float = 120.0,
     ) -> None:
         self.max_message_bytes = int(max_message_bytes)
         self.timeout_s = float(timeout_s)
@@ -181,9 +208,10 @@ class StreamServer:
         self._lock = threading.Lock()
         self._round = 0
         self._secret = secrets.token_bytes(32)
-        self._outbound: dict[int, queue.Queue[Any]] = {}
+        self._outbound: dict[int, _Stream] = {}
         self._spent: set[tuple[int, int]] = set()  # (round, node) whose token admitted a stream
         self.first_frame_timeout_s = float(first_frame_timeout_s)
+        self.idle_timeout_s = float(idle_timeout_s)
         #: counters: calls refused at admission, streams that broke, frames in and out
         self.refused = 0
         self.broken = 0
@@ -217,6 +245,10 @@ class StreamServer:
         if not self.port:
             raise OSError(f"the split-learning stream cannot listen on {address}: choose another stream.port")
         self._server.start()
+        self._stopping = threading.Event()
+        tick = max(0.05, min(1.0, self.first_frame_timeout_s / 5, self.idle_timeout_s / 5))
+        self._watchdog = threading.Thread(target=self._watch, args=(tick,), name="sl-stream-watchdog", daemon=True)
+        self._watchdog.start()
 
     # ------------------------------------------------------------------ strategy side
     def open_round(self, round_: int) -> None:
@@ -227,8 +259,8 @@ class StreamServer:
             self._round, self._secret = round_, secrets.token_bytes(32)
             stale, self._outbound = self._outbound, {}
             self._spent = {k for k in self._spent if k[0] >= round_}
-        for q in stale.values():
-            q.put(_CLOSED)
+        for stream in stale.values():
+            stream.end()
 
     def token(self, node: int) -> bytes:
         """The token ``node`` presents in the current round."""
@@ -238,18 +270,18 @@ class StreamServer:
     def send(self, node: int, frame: bytes) -> bool:
         """Queue ``frame`` for ``node``'s open stream; ``False`` when it has none (it broke: its error is queued)."""
         with self._lock:
-            q = self._outbound.get(node)
-        if q is None:
+            stream = self._outbound.get(node)
+        if stream is None:
             return False
-        q.put(frame)
+        stream.queue.put(frame)
         return True
 
     def close_stream(self, node: int) -> None:
         """End ``node``'s stream of this round, if open (no error reply: the strategy asked for it)."""
         with self._lock:
-            q = self._outbound.pop(node, None)
-        if q is not None:
-            q.put(_CLOSED)
+            stream = self._outbound.pop(node, None)
+        if stream is not None:
+            stream.end()
 
     def drain(self, wait_s: float) -> list[Reply]:
         """What arrived: wait up to ``wait_s`` for the first reply, then take all that are queued."""
@@ -265,10 +297,11 @@ class StreamServer:
 
     def stop(self, grace_s: float = 1.0) -> None:
         """Close every stream and stop listening."""
+        self._stopping.set()
         with self._lock:
             stale, self._outbound = self._outbound, {}
-        for q in stale.values():
-            q.put(_CLOSED)
+        for stream in stale.values():
+            stream.end()
         self._server.stop(grace_s).wait(grace_s + 5.0)
 
     # ------------------------------------------------------------------ gRPC side
@@ -287,36 +320,61 @@ class StreamServer:
                     why = f"node {node}'s token for round {rnd} was already used (a stream is admitted once)"
                 else:
                     self._spent.add((rnd, node))
-                    self._outbound[node] = queue.Queue()
+                    self._outbound[node] = _Stream()
                     return None
         with self._lock:
             self.refused += 1
         log.warning("refused a split-learning stream: %s", why)
         return why
 
+    def _watch(self, tick: float) -> None:
+        """End every call whose client frame is overdue (the watchdog thread)."""
+        while not self._stopping.wait(tick):
+            now = time.monotonic()
+            with self._lock:
+                late = [
+                    s for s in self._outbound.values() if s.deadline < now and s.context is not None and not s.expired
+                ]
+                for stream in late:
+                    stream.expired, stream.deadline = stream.late, math.inf
+            for stream in late:
+                stream.context.cancel()
+
+    def _await_client(self, stream: _Stream, within_s: float, late: str) -> None:
+        with self._lock:
+            stream.deadline, stream.late = time.monotonic() + within_s, late
+
     def _exchange(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
         node, rnd, _ = read_auth(context.invocation_metadata())  # admitted: well formed
         with self._lock:
-            q = self._outbound.get(node)
-        if q is None:  # the round moved on between admission and now
+            stream = self._outbound.get(node)
+            if stream is not None:
+                stream.context = context
+        if stream is None:  # the round moved on between admission and now
             context.abort(grpc.StatusCode.PERMISSION_DENIED, "stream refused: its round is over")
             return
+        q = stream.queue
         context.add_callback(lambda: q.put(_GONE))  # the RPC ended (also: the client vanished)
         outcome = "ended without the client's last frame"
-        first = threading.Timer(self.first_frame_timeout_s, context.cancel)  # no frame: the call ends
-        first.daemon = True
-        first.start()
-        said_bye = got = False
+        idle = f"sent no frame for {self.idle_timeout_s:g} s after its last gradient"
+        self._await_client(
+            stream,
+            self.first_frame_timeout_s,
+            f"sent no frame within {self.first_frame_timeout_s:g} s of being admitted",
+        )
+        said_bye = False
         try:
             for data in requests:
-                first.cancel()
-                got = True
+                with self._lock:
+                    stream.deadline = math.inf
                 fields = decode_frame(data)  # gRPC already refused frames over max_message_bytes
-                self.frames_in += 1
+                with self._lock:
+                    self.frames_in += 1
                 if said_bye or (set(fields) - BATCH_FIELDS and set(fields) != {"bye"}) or fields.get("done"):
                     raise FrameError(f"a frame the protocol does not expect here (fields {sorted(fields)})")
                 if fields.get("bye"):
                     said_bye, outcome = True, ""
+                    self._await_client(stream, self.idle_timeout_s, "")  # then the client ends its side
                     continue
                 self.inbound.put(Reply(node, fields, None, field_nbytes(fields), rnd))
                 try:
@@ -329,7 +387,9 @@ class StreamServer:
                     return
                 if answer is _GONE:
                     return
-                self.frames_out += 1
+                with self._lock:
+                    self.frames_out += 1
+                self._await_client(stream, self.idle_timeout_s, idle)
                 yield answer
         except FrameError as exc:
             outcome = f"sent a malformed frame ({exc})"
@@ -340,16 +400,20 @@ class StreamServer:
             code = exc.code().name if callable(getattr(exc, "code", None)) else ""
             outcome = f"broke{' ' + code if code else ''} (the client cancelled the call or its connection was lost)"
         finally:
-            first.cancel()
-            if not got and first.finished.is_set():
-                outcome = f"sent no frame within {self.first_frame_timeout_s:g} s of being admitted"
             with self._lock:
-                if self._outbound.get(node) is q:
+                stream.deadline = math.inf
+                if self._outbound.get(node) is stream:
                     del self._outbound[node]
+                closed, expired = stream.closed, stream.expired
+            if closed:
+                outcome = ""  # the server side ended it: the strategy already knows
+            elif expired and outcome:
+                outcome = expired
             if outcome:
                 self._fail(node, rnd, f"stream {outcome}")
 
     def _fail(self, node: int, rnd: int, why: str) -> None:
-        self.broken += 1
+        with self._lock:
+            self.broken += 1
         log.warning("split-learning stream of node %d, round %d: %s", node, rnd, why)
         self.inbound.put(Reply(node, None, why, round=rnd))

@@ -105,6 +105,7 @@ class StreamTransport:
             int(stream["port"]),
             max_message_bytes=int(float(stream["max_message_mb"]) * (1 << 20)),
             timeout_s=float(stream["timeout_s"]),
+            idle_timeout_s=float(stream["idle_timeout_s"]),
             tls=tls,
             # one stream per client and round, a refused replay or two, never hundreds of idle calls
             max_streams=2 * int(config["clients"]) + 8,
