@@ -112,9 +112,12 @@ def _ddp(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     except (ConfigError, FileNotFoundError) as err:
         parser.error(str(err))
     from fl_split.ddp.train import run_ddp
-    from fl_split.metrics import read_metrics
+    from fl_split.metrics import OutputExists, read_metrics
 
-    run_ddp(config)
+    try:
+        run_ddp(config)
+    except (ConfigError, OutputExists) as err:  # a used --out, a checkpoint that cannot be resumed: before any rank
+        parser.error(str(err))
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 writes the metrics
         return 0
     rows = read_metrics(f"{config['out_dir']}/metrics.jsonl")
@@ -140,9 +143,12 @@ def _gossip(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     except (ConfigError, FileNotFoundError) as err:
         parser.error(str(err))
     from fl_split.gossip.run import run_gossip
-    from fl_split.metrics import read_metrics
+    from fl_split.metrics import OutputExists, read_metrics
 
-    summary = run_gossip(config)
+    try:
+        summary = run_gossip(config)
+    except (ConfigError, OutputExists) as err:  # a used --out, a checkpoint that cannot be resumed: before training
+        parser.error(str(err))
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 writes the metrics
         return 0
     last = read_metrics(f"{config['out_dir']}/metrics.jsonl")[-1]

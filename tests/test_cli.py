@@ -51,3 +51,19 @@ def test_certs_writes_a_ca_and_a_server_certificate_naming_the_hosts(
     assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == ["10.1.2.3"]
     assert cert.issuer == ca.subject and (cert.not_valid_after_utc - cert.not_valid_before_utc).days == 7
     cert.verify_directly_issued_by(ca)
+
+
+@pytest.mark.parametrize("command", ["ddp", "gossip"])
+def test_a_used_out_or_a_checkpoint_of_another_config_is_a_one_line_usage_error(
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Refused before any rank or node starts: exit 2 and a message that says what to do, no traceback."""
+    (tmp_path / "metrics.jsonl").write_text("{}\n", encoding="utf-8")
+    with pytest.raises(SystemExit) as info:
+        main([command, "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "already holds a run" in err and "--resume" in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as info:
+        main([command, "--out", str(tmp_path), "--resume"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "checkpoint.pt does not exist" in err
