@@ -17,7 +17,29 @@ from typing import Any
 
 import yaml
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+#: Where an installed wheel puts ``conf/`` (``[tool.setuptools.data-files]`` in ``pyproject.toml``),
+#: relative to the installation's data prefix.
+INSTALLED_CONF = Path("share") / "fl-split" / "conf"
+
+
+def find_conf_dir() -> Path:
+    """The folder of the named configs: ``conf/`` next to ``fl_split/`` in a source tree (a checkout,
+    an editable install), else the copy a wheel installed under its data prefix (a venv, ``--user``)."""
+    source = Path(__file__).resolve().parent.parent / "conf"
+    if (source / "sl.yaml").is_file():
+        return source
+    import site
+    import sys
+    import sysconfig
+
+    prefixes = [sysconfig.get_path("data"), sys.prefix, site.getuserbase()]
+    for prefix in prefixes:
+        if (Path(prefix) / INSTALLED_CONF / "sl.yaml").is_file():
+            return Path(prefix) / INSTALLED_CONF
+    return source  # neither: the error naming a missing config says where it looked
+
+
+CONF_DIR = find_conf_dir()
 
 Check = Callable[[Any], str | None]
 

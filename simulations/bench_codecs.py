@@ -39,9 +39,10 @@ import torch
 
 from fl_split.codecs import Codec, create_codec, list_codecs
 from fl_split.codecs.bitpack import pack_bits, unpack_bits
+from fl_split.config import CONF_DIR
 
 #: Default configuration: per-codec parameters (codecs not listed run with their defaults).
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "conf" / "bench_codecs.yaml"
+DEFAULT_CONFIG = CONF_DIR / "bench_codecs.yaml"
 
 
 def load_config(path: str | Path) -> dict[str, dict[str, Any]]:
