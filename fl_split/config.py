@@ -285,6 +285,28 @@ def codec_spec_check(value: str) -> str | None:
     return None
 
 
+def signed_codec_check(what: str) -> Check:
+    """The check of a codec spec for signed values (``what``: an update, a gradient, a model difference):
+    the spec must build, and MS must be ``signed=true`` (unsigned MS codes from 0 upward: it is for
+    post-ReLU activations, and would turn every negative entry into 0)."""
+
+    def check(value: str) -> str | None:
+        problem = codec_spec_check(value)
+        if problem:
+            return problem
+        from fl_split.codecs import codec_from_spec
+
+        codec = codec_from_spec(value)
+        if codec.name == "ms" and not getattr(codec, "signed", True):
+            return (
+                f"unsigned MS keeps the largest values and codes the rest from 0 upward, so every negative entry of "
+                f"{what} becomes 0; {what} is signed: add signed=true (e.g. ms:keep=0.01,bits=2,signed=true)"
+            )
+        return None
+
+    return check
+
+
 def model_choices() -> list[str]:
     """Model names a config may use (``auto``: the dataset's default)."""
     from fl_split.models import list_models

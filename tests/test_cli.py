@@ -67,3 +67,24 @@ def test_a_used_out_or_a_checkpoint_of_another_config_is_a_one_line_usage_error(
         main([command, "--out", str(tmp_path), "--resume"])
     err = capsys.readouterr().err
     assert info.value.code == 2 and "checkpoint.pt does not exist" in err
+
+
+@pytest.mark.parametrize(
+    ("command", "key", "what"),
+    [
+        ("ddp", "codec", "a gradient"),
+        ("gossip", "codec", "a model difference"),
+        ("fl", "uplink", "an update"),
+        ("fl", "downlink", "a model change"),
+        ("sl", "downlink", "an activation gradient"),
+    ],
+)
+def test_unsigned_ms_on_signed_values_is_refused_before_anything_starts(
+    command: str, key: str, what: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One check for every command (it used to fail mid-run in ddp and gossip, with a traceback)."""
+    with pytest.raises(SystemExit) as info:
+        main([command, "--set", f"{key}=ms:keep=0.01", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and f"config key '{key}'" in err and f"every negative entry of {what}" in err
+    assert "signed=true" in err and "Traceback" not in err and not (tmp_path / "run").exists()

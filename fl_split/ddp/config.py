@@ -10,11 +10,11 @@ from fl_split.config import (
     Schema,
     at_least_one,
     build_config,
-    codec_spec_check,
     dataset_choices,
     model_choices,
     non_negative,
     positive,
+    signed_codec_check,
 )
 
 DDP_SCHEMA: Schema = {
@@ -29,7 +29,10 @@ DDP_SCHEMA: Schema = {
     "model": Field("auto", (str,), "model name (auto: the dataset's default)", model_choices),
     "seed": Field(0, (int,), "seed of initialisation and batch order"),
     "codec": Field(
-        "topk:keep=0.01", (str,), "codec spec for each gradient bucket (none: exact DDP bytes)", check=codec_spec_check
+        "topk:keep=0.01",
+        (str,),
+        "codec spec for each gradient bucket (none: exact DDP bytes)",
+        check=signed_codec_check("a gradient"),
     ),
     "error_feedback": Field(True, (bool,), "keep a residual per bucket"),
     "hook": Field(True, (bool,), "false: plain DDP (its own float32 all-reduce, the baseline; no bytes measured)"),

@@ -11,12 +11,12 @@ from fl_split.config import (
     Schema,
     at_least_one,
     build_config,
-    codec_spec_check,
     dataset_choices,
     fraction,
     model_choices,
     non_negative,
     positive,
+    signed_codec_check,
 )
 from fl_split.sl.config import PARTITIONS
 
@@ -37,14 +37,14 @@ FL_SCHEMA: Schema = {
         "ms:keep=0.01,bits=2,signed=true",
         (str,),
         "codec spec for each tensor of a client's update (model delta)",
-        check=codec_spec_check,
+        check=signed_codec_check("an update"),
     ),
     "downlink": Field(
         "none",
         (str,),
         "codec spec for the change of the global model sent to clients that hold the last one (none: every "
         "client gets the full float32 model); clients out of sync get the full model",
-        check=codec_spec_check,
+        check=signed_codec_check("a model change"),
     ),
     "error_feedback": Field(True, (bool,), "keep each client's compression residual (per tensor) in its state"),
     "dense_below": Field(
@@ -86,16 +86,6 @@ FL_SCHEMA: Schema = {
 
 def validate_fl(config: dict[str, Any]) -> None:
     """Cross-key checks."""
-    from fl_split.codecs import codec_from_spec
-
-    for key in ("uplink", "downlink"):
-        codec = codec_from_spec(config[key])
-        if codec.name == "ms" and not getattr(codec, "signed", True):
-            raise ConfigError(
-                f"{key} {config[key]!r}: unsigned MS keeps the largest values and codes the rest from 0 upward, "
-                "so every negative entry of an update becomes 0; an update is signed: add signed=true "
-                "(e.g. ms:keep=0.01,bits=2,signed=true)"
-            )
     if config["dataset"] in ("cifar10", "cifar100", "mnist", "fashion_mnist") and not config["data_dir"]:
         raise ConfigError(
             f"dataset {config['dataset']!r} is read from disk: set data_dir to the folder holding it "

@@ -11,12 +11,12 @@ from fl_split.config import (
     Schema,
     at_least_one,
     build_config,
-    codec_spec_check,
     dataset_choices,
     fraction,
     model_choices,
     non_negative,
     positive,
+    signed_codec_check,
 )
 from fl_split.gossip.topology import TOPOLOGIES
 
@@ -27,6 +27,7 @@ MALCOM_CODEC = "dither:levels=15,rescale=true"
 #: Malcom-PSGD's default L1 weight: on the default run about 40 % of the weights are exactly 0 after
 #: 200 rounds at 0.96 test accuracy (0.005 reaches 68 % zeros but only 0.90 on 4 nodes in 100 rounds).
 MALCOM_L1 = 0.002
+_model_difference = signed_codec_check("a model difference")
 
 
 def _two_sizes(value: Any) -> str | None:
@@ -52,7 +53,7 @@ GOSSIP_SCHEMA: Schema = {
         "auto",
         (str,),
         f"codec of the gossiped model differences (auto: malcom {MALCOM_CODEC}, choco qsgd:levels=16)",
-        check=lambda v: None if v == "auto" else codec_spec_check(v),
+        check=lambda v: None if v == "auto" else _model_difference(v),
     ),
     "gamma": Field(
         0.2, (float,), "consensus step size γ (0.5 let the nodes drift apart on the default ring)", check=positive

@@ -17,6 +17,7 @@ from fl_split.config import (
     model_choices,
     non_negative,
     positive,
+    signed_codec_check,
 )
 
 ENGINES = ("flower", "inprocess")
@@ -27,8 +28,11 @@ PARTITIONS = ("iid", "dirichlet", "shard")
 MASK = "mask"
 
 
+_activation_gradient = signed_codec_check("an activation gradient")
+
+
 def _downlink_check(value: str) -> str | None:
-    return None if value == MASK else codec_spec_check(value)
+    return None if value == MASK else _activation_gradient(value)
 
 
 def _cut_check(value: str | int) -> str | None:
