@@ -307,6 +307,24 @@ def signed_codec_check(what: str) -> Check:
     return check
 
 
+def check_data_source(config: Mapping[str, Any]) -> None:
+    """Cross-key check of every command that trains: a dataset read from disk needs ``data_dir``.
+
+    Raises
+    ------
+    ConfigError
+        Saying which key to set, or which offline datasets need none.
+    """
+    from fl_split.data import dataset_info
+
+    if dataset_info(str(config["dataset"])).on_disk and not config.get("data_dir"):
+        offline = ", ".join(n for n in dataset_choices() if not dataset_info(n).on_disk)
+        raise ConfigError(
+            f"dataset {config['dataset']!r} is read from disk: set data_dir to the folder holding it "
+            f"(e.g. --set data_dir=~/data), or use an offline dataset: {offline}"
+        )
+
+
 def model_choices() -> list[str]:
     """Model names a config may use (``auto``: the dataset's default)."""
     from fl_split.models import list_models

@@ -88,3 +88,15 @@ def test_unsigned_ms_on_signed_values_is_refused_before_anything_starts(
     err = capsys.readouterr().err
     assert info.value.code == 2 and f"config key '{key}'" in err and f"every negative entry of {what}" in err
     assert "signed=true" in err and "Traceback" not in err and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("command", ["sl", "fl", "ddp", "gossip"])
+def test_a_dataset_on_disk_without_data_dir_is_refused_before_anything_starts(
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The same check for every command (ddp used to fail inside its spawned ranks, with a traceback)."""
+    with pytest.raises(SystemExit) as info:
+        main([command, "--set", "dataset=cifar10", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "dataset 'cifar10' is read from disk: set data_dir" in err
+    assert "digits, mnist1d" in err and "Traceback" not in err and not (tmp_path / "run").exists()

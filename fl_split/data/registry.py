@@ -32,11 +32,14 @@ class DatasetInfo:
         Number of label classes; labels are ``0 .. num_classes - 1``.
     input_shape:
         Shape of one sample (channels first), e.g. ``(3, 32, 32)``.
+    on_disk:
+        Read from a torchvision folder (``data_dir``); the others are made or shipped offline.
     """
 
     name: str
     num_classes: int
     input_shape: tuple[int, ...]
+    on_disk: bool = False
 
 
 _INFOS: dict[str, DatasetInfo] = {
@@ -44,10 +47,10 @@ _INFOS: dict[str, DatasetInfo] = {
     for info in (
         DatasetInfo("digits", 10, (1, 16, 16)),
         DatasetInfo("mnist1d", 10, (1, 40)),
-        DatasetInfo("cifar10", 10, (3, 32, 32)),
-        DatasetInfo("cifar100", 100, (3, 32, 32)),
-        DatasetInfo("mnist", 10, (1, 28, 28)),
-        DatasetInfo("fashion_mnist", 10, (1, 28, 28)),
+        DatasetInfo("cifar10", 10, (3, 32, 32), on_disk=True),
+        DatasetInfo("cifar100", 100, (3, 32, 32), on_disk=True),
+        DatasetInfo("mnist", 10, (1, 28, 28), on_disk=True),
+        DatasetInfo("fashion_mnist", 10, (1, 28, 28), on_disk=True),
         DatasetInfo("synthetic_cifar10", 10, (3, 32, 32)),
     )
 }

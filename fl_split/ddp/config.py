@@ -10,6 +10,7 @@ from fl_split.config import (
     Schema,
     at_least_one,
     build_config,
+    check_data_source,
     dataset_choices,
     model_choices,
     non_negative,
@@ -55,4 +56,6 @@ def load_ddp_config(
     file: str | None = None, overrides: list[str] | tuple[str, ...] = (), values: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """The resolved data-parallel config."""
-    return build_config(DDP_SCHEMA, file=file, values=values, overrides=overrides, command="ddp")
+    return build_config(
+        DDP_SCHEMA, file=file, values=values, overrides=overrides, command="ddp", validate=check_data_source
+    )

@@ -6,11 +6,11 @@ from typing import Any
 
 from fl_split.checkpoint import output_fields
 from fl_split.config import (
-    ConfigError,
     Field,
     Schema,
     at_least_one,
     build_config,
+    check_data_source,
     dataset_choices,
     fraction,
     model_choices,
@@ -86,11 +86,7 @@ FL_SCHEMA: Schema = {
 
 def validate_fl(config: dict[str, Any]) -> None:
     """Cross-key checks."""
-    if config["dataset"] in ("cifar10", "cifar100", "mnist", "fashion_mnist") and not config["data_dir"]:
-        raise ConfigError(
-            f"dataset {config['dataset']!r} is read from disk: set data_dir to the folder holding it "
-            "(e.g. --set data_dir=~/data), or use an offline dataset: digits, mnist1d"
-        )
+    check_data_source(config)
 
 
 def load_fl_config(

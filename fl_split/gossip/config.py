@@ -11,6 +11,7 @@ from fl_split.config import (
     Schema,
     at_least_one,
     build_config,
+    check_data_source,
     dataset_choices,
     fraction,
     model_choices,
@@ -123,6 +124,7 @@ def validate_gossip(config: dict[str, Any]) -> None:
     """
     if config["nodes"] < 2:
         raise ConfigError(f"gossip needs at least 2 nodes, got nodes={config['nodes']}")
+    check_data_source(config)
     if config["algorithm"] == "choco" and resolved_l1(config) > 0:
         raise ConfigError("choco solves the unregularized problem: set l1=0 (or algorithm=malcom for the L1 prox)")
     _refuse_buffers(config)

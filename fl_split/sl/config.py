@@ -11,6 +11,7 @@ from fl_split.config import (
     Schema,
     at_least_one,
     build_config,
+    check_data_source,
     codec_spec_check,
     dataset_choices,
     fraction,
@@ -158,11 +159,7 @@ SL_SCHEMA: Schema = {
 
 def validate_sl(config: dict[str, Any]) -> None:
     """Cross-key checks that a single key's schema cannot express."""
-    if config["dataset"] in ("cifar10", "cifar100", "mnist", "fashion_mnist") and not config["data_dir"]:
-        raise ConfigError(
-            f"dataset {config['dataset']!r} is read from disk: set data_dir to the folder holding it "
-            "(e.g. --set data_dir=~/data), or use an offline dataset: digits, mnist1d"
-        )
+    check_data_source(config)
     if config["server_batching"] and config["mode"] != "splitfed2":
         raise ConfigError(
             f"server_batching runs one server step over batches of several clients on the shared server half: "
