@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -43,6 +44,13 @@ def _spawned(rank: int, fn: RankFn, world: int, port: int, config: dict[str, Any
     run_rank(fn, rank, world, config, *args)
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def launch(fn: RankFn, config: dict[str, Any], world: int, *args: Any, world_must_match: bool = False) -> bool:
     """Run ``fn`` on every rank; ``True`` here if this process spawned the ranks (and they all finished).
 
@@ -66,8 +74,6 @@ def launch(fn: RankFn, config: dict[str, Any], world: int, *args: Any, world_mus
             )
         run_rank(fn, int(os.environ["RANK"]), size, config, *args)
         return False
-    from simulations.deploy import free_port
-
     spawn_args = (fn, world, free_port(), config, args)
     mp.start_processes(_spawned, args=spawn_args, nprocs=world, join=True, start_method="spawn")
     return True

@@ -23,19 +23,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from fl_split.launch import free_port  # re-exported: tests and benchmarks import it from here
+
 #: Name of the SuperLink connection written into the private ``FLWR_HOME/config.toml``.
 CONNECTION = "fl-split-local"
 
 
 class DeploymentError(RuntimeError):
     """A SuperLink or SuperNode did not start, or ``flwr run`` failed; the message says which and why."""
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _bin(name: str) -> str:

@@ -145,7 +145,7 @@ def test_an_interrupted_fl_split_sl_is_resumed_from_the_cli(tmp_path: Path) -> N
     """The real thing: `fl-split sl` killed (SIGKILL) after its second round, then `--resume`."""
     out, ref = tmp_path / "run", tmp_path / "ref"
     args = ["--set", "engine=inprocess", "rounds=5", "clients=3", "max_steps_per_round=20", "progress=false"]
-    exe = [sys.executable, "-m", "fl_split.cli", "sl", *args]
+    exe = [sys.executable, "-m", "simulations.cli", "sl", *args]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     assert subprocess.run([*exe, "--out", str(ref)], env=env, capture_output=True, timeout=600).returncode == 0
     proc = subprocess.Popen([*exe, "--out", str(out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from fl_split.cli import main
 from fl_split.codecs import list_codecs
+from simulations.cli import main
 
 
 def test_codecs_lists_every_codec_with_parameters(capsys: pytest.CaptureFixture[str]) -> None:

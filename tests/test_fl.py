@@ -193,7 +193,7 @@ def test_fl_over_flower_survives_a_bad_update_a_raising_client_and_a_lying_one(t
 
 
 def test_fl_run_in_which_no_update_is_ever_aggregated_fails(tmp_path: Path) -> None:
-    from fl_split.cli import main
+    from simulations.cli import main
 
     out = tmp_path / "fl"
     cfg = _config(clients=2, rounds=1, out_dir=str(out))

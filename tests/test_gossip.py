@@ -71,7 +71,7 @@ def test_bad_topologies_are_clear_errors() -> None:
 
 
 def test_cli_reports_a_topology_that_does_not_fit(capsys: pytest.CaptureFixture[str]) -> None:
-    from fl_split.cli import main
+    from simulations.cli import main
 
     with pytest.raises(SystemExit) as exc:
         main(["gossip", "--set", "topology=torus", "nodes=7"])

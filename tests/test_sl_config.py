@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from fl_split.cli import main
 from fl_split.codecs import codec_from_spec, parse_codec_spec
 from fl_split.config import ConfigError, flat_fields, from_run_config, to_run_config
 from fl_split.fl.config import FL_SCHEMA, validate_fl
 from fl_split.sl.config import SL_SCHEMA, load_sl_config, validate_sl
+from simulations.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -205,7 +205,7 @@ def test_a_round_with_no_valid_client_fails_the_run_with_status_and_reasons(tmp_
 
 
 def test_the_cli_exits_non_zero_when_no_round_has_a_valid_client(tmp_path: Path) -> None:
-    from fl_split.cli import main
+    from simulations.cli import main
 
     out = tmp_path / "run"
     # the client half's activations blow past the codec's bound in round 1: every client raises

@@ -2,6 +2,6 @@
 
 import sys
 
-from fl_split.cli import main
+from simulations.cli import main
 
 sys.exit(main(["ddp", *sys.argv[1:]]))
