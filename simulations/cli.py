@@ -161,9 +161,22 @@ def _gossip(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 0
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is when a record comes (``main`` called again with stderr
+    redirected, as tests and notebooks do, must not write to a stream closed since)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
 def _log_to_stderr(names: tuple[str, ...]) -> None:
     """Show our warnings and errors on stderr (flwr and Ray keep their own handlers)."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     for name in names:
         logger = logging.getLogger(name)

@@ -195,10 +195,14 @@ def test_list_datasets_and_info() -> None:
     assert dataset_info("digits") == DatasetInfo("digits", 10, (1, 16, 16))
     assert dataset_info("mnist1d") == DatasetInfo("mnist1d", 10, (1, 40))
     assert dataset_info("cifar10").input_shape == (3, 32, 32)
-    assert dataset_info("cifar100") == DatasetInfo("cifar100", 100, (3, 32, 32))
+    assert dataset_info("cifar100") == DatasetInfo("cifar100", 100, (3, 32, 32), on_disk=True)
+    # read from a torchvision folder (data_dir) or made offline
+    assert [n for n in list_datasets() if dataset_info(n).on_disk] == ["cifar10", "cifar100", "mnist", "fashion_mnist"]
     assert dataset_info("mnist").input_shape == (1, 28, 28)
     assert (
-        dataset_info("fashion_mnist") == dataset_info("fashion-mnist") == DatasetInfo("fashion_mnist", 10, (1, 28, 28))
+        dataset_info("fashion_mnist")
+        == dataset_info("fashion-mnist")
+        == DatasetInfo("fashion_mnist", 10, (1, 28, 28), on_disk=True)
     )
     with pytest.raises(ValueError, match="choose one of: digits, mnist1d, cifar10, cifar100, mnist, fashion_mnist"):
         dataset_info("imagenet")
