@@ -38,10 +38,9 @@ from fl_split.checkpoint import check_resumable, due, load_rank_checkpoint, save
 from fl_split.codecs import seeded_codec_from_spec
 from fl_split.codecs.rng_state import codec_rng_state, load_codec_rng_state
 from fl_split.ddp.hook import CodecHookState, register_codec_hook
-from fl_split.fl.client import accuracy, build_model, iid_shard_config
 from fl_split.launch import launch, read_rank_results
 from fl_split.metrics import RunWriter, refuse_used
-from fl_split.sl.setup import batch_indices, batches_per_epoch, client_data, load_split, make_sgd
+from fl_split.training import accuracy, batch_indices, batches_per_epoch, build_model, iid_shard, load_split, make_sgd
 
 #: Called on each rank with ``(rank, state)`` right after the hook is registered (tests inject faults).
 StateCallback = Callable[[int, CodecHookState], None]
@@ -103,10 +102,9 @@ def train_rank(rank: int, world: int, config: dict[str, Any], on_state: StateCal
         ``test_accuracy`` and ``final_train_loss`` (this rank's last batch).
     """
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
-    cfg = iid_shard_config(config)
     out = Path(config["out_dir"])
-    model = build_model(cfg, seed=int(config["seed"]))
-    x, y = client_data(cfg, rank, world)
+    model = build_model(config, seed=int(config["seed"]))
+    x, y = iid_shard(config, rank, world)
     bs, nb = int(config["batch_size"]), batches_per_epoch(len(y), int(config["batch_size"]))
     start, resumed = 0, None
     if config["existing_out"] == "resume":  # collective: every rank gets its part (or the same error)
@@ -131,7 +129,7 @@ def train_rank(rank: int, world: int, config: dict[str, Any], on_state: StateCal
             state.load_state_dict(local["hook"])
             load_codec_rng_state(state.codec, local["codec_rng"])
     writer = RunWriter(out, existing=config["existing_out"], resume_round=start) if rank == 0 else None
-    xt, yt = load_split(cfg, "test")
+    xt, yt = load_split(config, "test")
     steps, log_every, saved = int(config["steps"]), int(config["log_every"]), start
     sent0, recv0 = (state.bytes_sent, state.bytes_received) if state else (0, 0)
     step_times: list[float] = []

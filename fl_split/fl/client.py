@@ -12,21 +12,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from fl_split.sl.setup import batch_indices, batches_per_epoch, build_halves, client_data, make_sgd
+# build_model and accuracy moved to fl_split.training (shared with DDP and gossip); importable from here as before
+from fl_split.training import accuracy, batch_indices, batches_per_epoch, build_model, client_data, make_sgd
+
+__all__ = ["accuracy", "build_model", "cached_model", "local_train"]
 
 _MODEL_CACHE: dict[tuple[str, str], nn.Sequential] = {}
-
-
-def iid_shard_config(config: Mapping[str, Any]) -> dict[str, Any]:
-    """``config`` plus the data keys of IID shards of the whole model, for schemas without them
-    (``fl-split ddp``: one shard per rank; ``fl-split gossip``: one per node)."""
-    return {**config, "partition": "iid", "dirichlet_alpha": 0.3, "shards_per_client": 2, "cut": "shallow"}
-
-
-def build_model(config: Mapping[str, Any], seed: int | None = None) -> nn.Sequential:
-    """The configured model, whole (the split model's two halves in one ``Sequential``)."""
-    client, server = build_halves({**config, "cut": "shallow"}, seed=seed)
-    return nn.Sequential(*client, *server)
 
 
 def cached_model(config: Mapping[str, Any]) -> nn.Sequential:
@@ -70,20 +61,3 @@ def local_train(
     local = model.state_dict()
     delta = {k: (local[k].detach() - weights[k]).clone() for k in local if local[k].is_floating_point()}
     return delta, len(y), loss_sum / max(seen, 1)
-
-
-@torch.no_grad()
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> float:
-    """Top-1 accuracy of ``model`` on ``(x, y)`` in eval mode; the model is left in the mode it was in
-    (a training loop that evaluates in between keeps training BatchNorm with batch statistics)."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            correct = sum(
-                int((model(x[i : i + batch_size]).argmax(1) == y[i : i + batch_size]).sum())
-                for i in range(0, len(y), batch_size)
-            )
-    finally:
-        model.train(was_training)
-    return correct / max(len(y), 1)

@@ -18,7 +18,7 @@ from fl_split.config import (
     positive,
     signed_codec_check,
 )
-from fl_split.sl.config import PARTITIONS
+from fl_split.data.partition import PARTITIONERS as PARTITIONS
 
 FL_SCHEMA: Schema = {
     "clients": Field(10, (int,), "number of clients (Flower virtual nodes / data partitions)", check=at_least_one),

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from fl_split.codecs import Codec, CodecError, ErrorFeedback, codec_from_spec
-from fl_split.sl.wire import NONE_CODEC, encode_tensors
+from fl_split.codecs.tensors import NONE_CODEC, encode_tensors
 
 #: Keys of the ConfigRecords: an encoded update (uplink), an encoded change of the global model
 #: (downlink), a client's error-feedback residual and its copy of the global model (``context.state``).

@@ -101,9 +101,9 @@ def resolved_l1(config: dict[str, Any]) -> float:
 
 def _refuse_buffers(config: dict[str, Any]) -> None:
     """Gossip mixes parameters only: a model with buffers (BatchNorm statistics) would keep them unmixed."""
-    from fl_split.fl.client import build_model, iid_shard_config
+    from fl_split.training import build_model
 
-    model = build_model(iid_shard_config(config), seed=0)
+    model = build_model(config, seed=0)
     buffers = [name for name, _ in model.named_buffers()]
     if buffers:
         raise ConfigError(

@@ -22,8 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fl_split.fl.client import build_model, iid_shard_config
-from fl_split.sl.setup import batch_indices, batches_per_epoch, client_data
+from fl_split.training import batch_indices, batches_per_epoch, build_model, iid_shard
 
 
 def soft_threshold(v: torch.Tensor, tau: float) -> torch.Tensor:
@@ -48,7 +47,7 @@ class LocalObjective:
     """
 
     def __init__(self, config: Mapping[str, Any], nodes: int, model: nn.Module | None = None) -> None:
-        self.config = iid_shard_config(config)
+        self.config = config
         self.nodes = nodes
         self.model: nn.Module = model if model is not None else build_model(self.config, seed=int(config["seed"]))
         for p in self.model.parameters():
@@ -63,7 +62,7 @@ class LocalObjective:
 
     def grad(self, x: torch.Tensor, node: int, t: int) -> tuple[torch.Tensor, float]:
         """``(∇f_node(x; batch t), loss)``."""
-        xs, ys = client_data(self.config, node, self.nodes)
+        xs, ys = iid_shard(self.config, node, self.nodes)
         nb = batches_per_epoch(len(ys), self.batch_size)
         idx = batch_indices(len(ys), self.batch_size, self.seed, node, t // nb, t % nb)
         nn.utils.vector_to_parameters(x, self.model.parameters())

@@ -9,12 +9,11 @@ import numpy as np
 import torch
 
 from fl_split.checkpoint import check_resumable, due, load_checkpoint, save_checkpoint, save_model
-from fl_split.fl.client import accuracy
 from fl_split.gossip.config import resolved_codec, resolved_l1
 from fl_split.gossip.node import LocalObjective
 from fl_split.gossip.topology import config_topology, mixing_matrix, spectral_gap
 from fl_split.metrics import RunWriter, refuse_used
-from fl_split.sl.setup import load_split
+from fl_split.training import accuracy, load_split
 
 
 def graph(config: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:

@@ -20,11 +20,13 @@ from fl_split.config import (
     positive,
     signed_codec_check,
 )
+from fl_split.data.partition import PARTITIONERS
 
 ENGINES = ("flower", "inprocess")
 TRANSPORTS = ("messages", "stream")
 MODES = ("sequential", "splitfed1", "splitfed2")
-PARTITIONS = ("iid", "dirichlet", "shard")
+#: Partition schemes (fl_split.data.partition).
+PARTITIONS = PARTITIONERS
 #: Downlink value meaning "the gradient only at the positions the uplink kept, no indices sent".
 MASK = "mask"
 

@@ -8,11 +8,18 @@ checks every shape against its own module before loading.
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import torch
 
-from fl_split.codecs import CodecError, create_codec
+from fl_split.codecs import CodecError
+from fl_split.codecs import tensors as _tensors
+
+# moved to fl_split.codecs.tensors (FL's updates use them too); importable from here as before
+NONE_CODEC = _tensors.NONE_CODEC
+encode_tensors = _tensors.encode_tensors
+decode_tensors = _tensors.decode_tensors
+decode_weights = _tensors.decode_weights
 
 #: Field names, grouped by what they count as in the metrics.
 ACTIVATIONS, LABELS, GRADIENTS, WEIGHTS, MOMENTUM = "acts", "labels", "grads", "weights", "momentum"
@@ -24,8 +31,6 @@ CATEGORY = {ACTIVATIONS: "activation", LABELS: "label", GRADIENTS: "gradient", W
 _LABEL_MAGIC = b"FLL"
 _LABEL_HEADER = struct.Struct("<3sBI")  # magic, bytes per label (1, 2 or 4), count
 _WIDTH_DTYPE = {1: torch.uint8, 2: torch.int16, 4: torch.int32}
-#: The ``none`` codec: float32 payloads for weights, momenta and mask gradients.
-NONE_CODEC = create_codec("none")
 
 Fields = Mapping[str, object]
 
@@ -56,35 +61,6 @@ def decode_labels(payload: bytes, num_classes: int, count: int | None = None) ->
     return y
 
 
-def encode_tensors(tensors: Sequence[torch.Tensor | None]) -> list[bytes]:
-    """One ``none``-codec payload per tensor (``b""`` for ``None``: e.g. a momentum buffer not created yet)."""
-    return [b"" if t is None else NONE_CODEC.encode(t.detach().to(torch.float32)) for t in tensors]
-
-
-def decode_tensors(
-    payloads: Sequence[bytes], like: Sequence[torch.Tensor], what: str, *, allow_missing: bool = False
-) -> list[torch.Tensor | None]:
-    """Decode :func:`encode_tensors` output, checking count and shapes against ``like``.
-
-    ``b""`` decodes to ``None`` when ``allow_missing`` (momentum not created yet); otherwise it is a
-    ``CodecError`` (weights must all be sent).
-    """
-    if len(payloads) != len(like):
-        raise CodecError(f"{what}: got {len(payloads)} tensors, the module has {len(like)}")
-    out: list[torch.Tensor | None] = []
-    for i, (payload, ref) in enumerate(zip(payloads, like, strict=True)):
-        if not payload:
-            if not allow_missing:
-                raise CodecError(f"{what}: tensor {i} is missing; every tensor must be sent")
-            out.append(None)
-            continue
-        t = NONE_CODEC.decode(payload, max_numel=max(ref.numel(), 1))
-        if tuple(t.shape) != tuple(ref.shape):
-            raise CodecError(f"{what}: tensor {i} has shape {tuple(t.shape)}, the module expects {tuple(ref.shape)}")
-        out.append(t.to(device=ref.device, dtype=ref.dtype))
-    return out
-
-
 def encode_masked(values: torch.Tensor, support: torch.Tensor) -> bytes:
     """The ``mask`` downlink: ``values`` only where ``support`` is True, row-major, no indices."""
     return NONE_CODEC.encode(values[support].to(torch.float32))
@@ -99,11 +75,6 @@ def decode_masked(payload: bytes, support: torch.Tensor) -> torch.Tensor:
     out = torch.zeros(support.shape)
     out[support] = values
     return out
-
-
-def decode_weights(payloads: Sequence[bytes], like: Sequence[torch.Tensor], what: str) -> list[torch.Tensor]:
-    """:func:`decode_tensors` for tensors that must all be present (a module's weights)."""
-    return [t for t in decode_tensors(payloads, like, what) if t is not None]  # missing ones raised
 
 
 def field_nbytes(fields: Fields) -> dict[str, int]:
