@@ -11,12 +11,10 @@ from fl_split.config import (
     at_least_one,
     build_config,
     check_data_source,
-    dataset_choices,
-    model_choices,
-    non_negative,
     positive,
     signed_codec_check,
 )
+from fl_split.config_blocks import data_fields, optimizer_fields
 
 DDP_SCHEMA: Schema = {
     "world_size": Field(2, (int,), "processes (ranks) started on this machine", check=at_least_one),
@@ -25,9 +23,7 @@ DDP_SCHEMA: Schema = {
     ),
     "log_every": Field(20, (int,), "steps per metrics row (and test evaluation)", check=at_least_one),
     "batch_size": Field(32, (int,), "batch size per rank", check=at_least_one),
-    "dataset": Field("digits", (str,), "dataset name", dataset_choices),
-    "data_dir": Field(None, (str, type(None)), "folder with torchvision datasets (cifar10, mnist, ...)"),
-    "model": Field("auto", (str,), "model name (auto: the dataset's default)", model_choices),
+    **data_fields(),
     "seed": Field(0, (int,), "seed of initialisation and batch order"),
     "codec": Field(
         "topk:keep=0.01",
@@ -40,11 +36,7 @@ DDP_SCHEMA: Schema = {
     "bucket_cap_mb": Field(
         25.0, (float,), "DDP's bucket size in MB (the hook encodes one bucket per call)", check=positive
     ),
-    "optimizer": {
-        "lr": Field(0.05, (float,), "SGD learning rate", check=positive),
-        "momentum": Field(0.9, (float,), "SGD momentum", check=non_negative),
-        "weight_decay": Field(5e-4, (float,), "SGD weight decay", check=non_negative),
-    },
+    "optimizer": optimizer_fields(0.05),
     "timeout_s": Field(
         60.0, (float,), "process-group timeout: a rank stuck in a collective fails after this", check=positive
     ),

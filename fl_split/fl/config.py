@@ -11,14 +11,12 @@ from fl_split.config import (
     at_least_one,
     build_config,
     check_data_source,
-    dataset_choices,
     fraction,
-    model_choices,
     non_negative,
     positive,
     signed_codec_check,
 )
-from fl_split.data.partition import PARTITIONERS as PARTITIONS
+from fl_split.config_blocks import data_fields, optimizer_fields, partition_fields, ray_fields
 
 FL_SCHEMA: Schema = {
     "clients": Field(10, (int,), "number of clients (Flower virtual nodes / data partitions)", check=at_least_one),
@@ -26,12 +24,8 @@ FL_SCHEMA: Schema = {
     "rounds": Field(30, (int,), "federated rounds", check=at_least_one),
     "local_epochs": Field(1, (int,), "passes over its partition a sampled client makes per round", check=at_least_one),
     "batch_size": Field(32, (int,), "local SGD batch size", check=at_least_one),
-    "dataset": Field("digits", (str,), "dataset name", dataset_choices),
-    "data_dir": Field(None, (str, type(None)), "folder with torchvision datasets (cifar10, mnist, ...)"),
-    "model": Field("auto", (str,), "model name (auto: the dataset's default)", model_choices),
-    "partition": Field("iid", (str,), "how the training set is split among clients", PARTITIONS),
-    "dirichlet_alpha": Field(0.3, (float,), "concentration of the dirichlet partition", check=positive),
-    "shards_per_client": Field(2, (int,), "label shards per client for the shard partition", check=at_least_one),
+    **data_fields(),
+    **partition_fields(),
     "seed": Field(0, (int,), "seed of initialisation, partitioning, batch order and sampling"),
     "uplink": Field(
         "ms:keep=0.01,bits=2,signed=true",
@@ -60,17 +54,12 @@ FL_SCHEMA: Schema = {
         check=non_negative,
     ),
     "server_lr": Field(1.0, (float,), "the server's step on the averaged update (1: FedAvg)", check=positive),
-    "optimizer": {
-        "lr": Field(0.05, (float,), "local SGD learning rate", check=positive),
-        "momentum": Field(0.9, (float,), "local SGD momentum (buffers start at zero each round)", check=non_negative),
-        "weight_decay": Field(5e-4, (float,), "local SGD weight decay", check=non_negative),
-    },
+    "optimizer": optimizer_fields(0.05, "local SGD", momentum_note=" (buffers start at zero each round)"),
     "eval_batch_size": Field(512, (int,), "test batch size of the server's evaluation (0: 512)", check=non_negative),
     **output_fields("runs/fl"),
     "progress": Field(True, (bool,), "show a progress bar"),
     "flower": {
-        "num_cpus": Field(1.0, (float,), "Ray CPUs per virtual client", check=positive),
-        "num_gpus": Field(0.0, (float,), "Ray GPU fraction per virtual client", check=non_negative),
+        **ray_fields(),
         "timeout_s": Field(
             600.0, (float,), "give up on the replies of a round after this many seconds", check=positive
         ),

@@ -12,13 +12,12 @@ from fl_split.config import (
     at_least_one,
     build_config,
     check_data_source,
-    dataset_choices,
     fraction,
-    model_choices,
     non_negative,
     positive,
     signed_codec_check,
 )
+from fl_split.config_blocks import data_fields
 from fl_split.gossip.topology import TOPOLOGIES
 
 ALGORITHMS = ("malcom", "choco")
@@ -69,9 +68,7 @@ GOSSIP_SCHEMA: Schema = {
     "rounds": Field(200, (int,), "iterations: one local SGD step and one gossip exchange each", check=at_least_one),
     "batch_size": Field(32, (int,), "batch size per node", check=at_least_one),
     "eval_every": Field(25, (int,), "rounds per metrics row (test accuracy of the average model)", check=at_least_one),
-    "dataset": Field("digits", (str,), "dataset name", dataset_choices),
-    "data_dir": Field(None, (str, type(None)), "folder with torchvision datasets (cifar10, mnist, ...)"),
-    "model": Field("auto", (str,), "model name (auto: the dataset's default; no BatchNorm)", model_choices),
+    **data_fields("model name (auto: the dataset's default; no BatchNorm)"),
     "seed": Field(0, (int,), "seed of the shared initial model, batch order and each node's codec draws"),
     "transport": Field(
         "inprocess",

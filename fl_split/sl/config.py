@@ -13,13 +13,12 @@ from fl_split.config import (
     build_config,
     check_data_source,
     codec_spec_check,
-    dataset_choices,
     fraction,
-    model_choices,
     non_negative,
     positive,
     signed_codec_check,
 )
+from fl_split.config_blocks import data_fields, optimizer_fields, partition_fields, ray_fields
 from fl_split.data.partition import PARTITIONERS
 
 ENGINES = ("flower", "inprocess")
@@ -78,21 +77,13 @@ SL_SCHEMA: Schema = {
         "a round's deadline, seconds: clients still training then leave the round (0: no deadline)",
         check=non_negative,
     ),
-    "dataset": Field("digits", (str,), "dataset name", dataset_choices),
-    "data_dir": Field(None, (str, type(None)), "folder with torchvision datasets (cifar10, mnist, ...)"),
-    "model": Field("auto", (str,), "model name (auto: the dataset's default)", model_choices),
+    **data_fields(),
     "cut": Field("shallow", (str, int), "shallow, medium, deep, or the number of client layers", check=_cut_check),
-    "partition": Field("iid", (str,), "how the training set is split among clients", PARTITIONS),
-    "dirichlet_alpha": Field(0.3, (float,), "concentration of the dirichlet partition", check=positive),
-    "shards_per_client": Field(2, (int,), "label shards per client for the shard partition", check=at_least_one),
+    **partition_fields(),
     "seed": Field(0, (int,), "seed of initialisation, partitioning, batch order and sampling"),
     "uplink": Field("ms:keep=0.01,bits=2", (str,), "codec spec for the activations", check=codec_spec_check),
     "downlink": Field("none", (str,), "codec spec for the activation gradient, or 'mask'", check=_downlink_check),
-    "optimizer": {
-        "lr": Field(0.02, (float,), "SGD learning rate (both halves)", check=positive),
-        "momentum": Field(0.9, (float,), "SGD momentum", check=non_negative),
-        "weight_decay": Field(5e-4, (float,), "SGD weight decay", check=non_negative),
-    },
+    "optimizer": optimizer_fields(0.02, lr_note=" (both halves)"),
     "server_device": Field(
         "cpu", (str,), "torch device of the server half and its codec work (cpu, cuda, cuda:N)", check=_device_check
     ),
@@ -144,8 +135,7 @@ SL_SCHEMA: Schema = {
         ),
     },
     "flower": {
-        "num_cpus": Field(1.0, (float,), "Ray CPUs per virtual client", check=positive),
-        "num_gpus": Field(0.0, (float,), "Ray GPU fraction per virtual client", check=non_negative),
+        **ray_fields(),
         "poll_ms": Field(1.0, (float,), "ServerApp wait between pulls for replies, milliseconds", check=positive),
         "timeout_s": Field(600.0, (float,), "give up on a client reply after this many seconds", check=positive),
         "engine_wait_ms": Field(
