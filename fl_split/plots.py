@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,8 @@ def plot_accuracy_vs_mb(rows: Sequence[dict[str, Any]], path: str | Path, title:
     ax.plot(mb, [r["test_accuracy_dense"] for r in rows], marker=".", linestyle="--", label="dense (no codec)")
     ax.set_xlabel("cumulative measured MB (uplink + downlink)" if measured else "round / step (no bytes measured)")
     ax.set_ylabel("test accuracy")
-    if title:
-        ax.set_title(title, fontsize=9)
+    if title:  # wrapped to the figure's width (a run's title spells out its config)
+        ax.set_title("\n".join(textwrap.wrap(title, 80)), fontsize=7)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
