@@ -167,9 +167,11 @@ def _keep_residual(
     state: CodecHookState, index: int, names: tuple[str, ...], sizes: list[int], r: torch.Tensor
 ) -> None:
     """Keep ``r`` as the bucket's residual: per parameter (views of ``r``) and cached under the bucket."""
-    for other, (held, _) in list(state._bucket_residual.items()):  # a regrouped parameter is cached only once
-        if other != index and set(held) & set(names):
-            del state._bucket_residual[other]
+    cached = state._bucket_residual.get(index)
+    if cached is None or cached[0] != names:  # a new grouping: a regrouped parameter is cached only once
+        for other, (held, _) in list(state._bucket_residual.items()):
+            if other != index and set(held) & set(names):
+                del state._bucket_residual[other]
     state._bucket_residual[index] = (names, r)
     if sum(sizes) != r.numel():  # parameters that do not tile the buffer: keep it whole, under the bucket
         state.residuals[f"bucket{index}"] = r
