@@ -223,18 +223,16 @@ def run_flower(
 ) -> list[dict[str, Any]]:
     """All cells of one model in one Flower simulation of ``max(clients)`` virtual nodes."""
     from flwr.app import Context
-    from flwr.serverapp import Grid, ServerApp
+    from flwr.serverapp import Grid
 
     from fl_split.sl.transport.flower import FlowerTransport
-    from simulations.client_app import make_client_app
+    from simulations.apps import build_client_app, build_server_app
     from simulations.engine import run_flower_simulation
 
     out: list[dict[str, Any]] = []
     engine = "flower" if wait_ms == 100.0 else f"flower-wait{wait_ms:g}ms"
-    app = ServerApp()
 
-    @app.main()
-    def main(grid: Grid, context: Context) -> None:
+    def cells(grid: Grid, context: Context) -> None:
         transport = FlowerTransport(grid)
         warm = cell_config(model, max(clients), 1, 1, "flower", wait_ms, device=device)
         SplitLearningStrategy(warm).start(transport)  # Ray and the actors start here, not in a cell
@@ -245,15 +243,14 @@ def run_flower(
                     out.append(measure(config, FirstNodes(transport, n), engine))
                     print(json.dumps(out[-1]), file=sys.stderr, flush=True)
 
-    run_flower_simulation(app, make_client_app(), max(clients), engine_wait_ms=wait_ms)
+    run_flower_simulation(build_server_app(cells), build_client_app(), max(clients), engine_wait_ms=wait_ms)
     return out
 
 
 def run_many(clients: int, rounds: int) -> dict[str, Any]:
     """The default digits run on ``clients`` virtual nodes over stock Flower: s/round and RSS after each round."""
-    from simulations.client_app import make_client_app
+    from simulations.apps import build_client_app, build_server_app
     from simulations.engine import run_flower_simulation
-    from simulations.server_app import make_server_app
 
     config = load_sl_config("sl", values={"clients": clients, "rounds": rounds, "progress": False})
     strategy = SplitLearningStrategy(config)
@@ -276,7 +273,8 @@ def run_many(clients: int, rounds: int) -> dict[str, Any]:
     strategy.on_round = on_round
     t0 = time.perf_counter()
     with PeakRss() as rss:
-        run_flower_simulation(make_server_app(strategy), make_client_app(), clients)
+        app = build_server_app(lambda grid, _context: strategy.start(grid, local=True))
+        run_flower_simulation(app, build_client_app(), clients)
     later = [r["s"] for r in per_round[1:]]
     return {
         "clients": clients,

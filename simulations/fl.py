@@ -13,14 +13,15 @@ import sys
 import time
 from typing import Any
 
-from flwr.app import ArrayRecord, Context, MetricRecord
-from flwr.serverapp import Grid, ServerApp
+from flwr.app import ArrayRecord, MetricRecord
+from flwr.serverapp import Grid
 
 from fl_split.checkpoint import load_checkpoint, save_checkpoint, save_model
 from fl_split.errors import TrainingFailed
 from fl_split.fl.client import accuracy, build_model
 from fl_split.metrics import RunWriter, failure_summary
 from fl_split.sl.setup import check_model_fits_data, load_split
+from simulations.apps import build_client_app, build_server_app
 from strategies.compressed_fedavg import CompressedFedAvg
 
 log = logging.getLogger(__name__)
@@ -139,17 +140,6 @@ def wait_for_nodes(grid: Grid, needed: int, timeout_s: float, poll_s: float = 0.
         time.sleep(poll_s)
 
 
-def make_fl_server_app(run: FLRun) -> ServerApp:
-    """A ServerApp running ``run`` over the grid Flower gives it."""
-    app = ServerApp()
-
-    @app.main()
-    def main(grid: Grid, context: Context) -> None:
-        run.start(grid)
-
-    return app
-
-
 def _build(config: dict[str, Any]) -> tuple[FLRun, RunWriter]:
     """The run (resumed from ``out_dir``'s checkpoint with ``existing_out=resume``) and its writer."""
     run = FLRun(config)
@@ -165,14 +155,13 @@ def _build(config: dict[str, Any]) -> tuple[FLRun, RunWriter]:
 def run_fl(config: dict[str, Any], *, echo: bool = False, mods: tuple = ()) -> dict[str, Any]:
     """Run federated learning as ``config`` says (Flower's simulation engine); return ``summary.json``'s content."""
     from simulations.engine import run_flower_simulation
-    from simulations.fl_client_app import make_fl_client_app
 
     run, writer = _build(config)
     flower = config["flower"]
     try:
         run_flower_simulation(
-            make_fl_server_app(run),
-            make_fl_client_app(mods),
+            build_server_app(lambda grid, _context: run.start(grid)),
+            build_client_app(mods),
             int(config["clients"]),
             num_cpus=flower["num_cpus"],
             num_gpus=flower["num_gpus"],

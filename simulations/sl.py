@@ -16,6 +16,7 @@ from flwr.serverapp import Grid
 from fl_split.checkpoint import CHECKPOINT, MODEL, load_checkpoint, save_model
 from fl_split.metrics import RunWriter, failure_summary
 from fl_split.sl.transport import InProcessTransport
+from simulations.apps import build_client_app, build_server_app
 from strategies.split_learning import SplitLearningStrategy, TrainingFailed, describe
 
 log = logging.getLogger(__name__)
@@ -124,14 +125,12 @@ def _start(strategy: SplitLearningStrategy, config: dict[str, Any]) -> None:
     if config["engine"] == "inprocess":
         strategy.start(InProcessTransport(int(config["clients"])))
     else:
-        from simulations.client_app import make_client_app
         from simulations.engine import run_flower_simulation
-        from simulations.server_app import make_server_app
 
         flower = config["flower"]
         run_flower_simulation(
-            make_server_app(strategy),
-            make_client_app(),
+            build_server_app(lambda grid, _context: strategy.start(grid, local=True)),
+            build_client_app(),
             int(config["clients"]),
             num_cpus=flower["num_cpus"],
             num_gpus=flower["num_gpus"],

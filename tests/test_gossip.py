@@ -15,8 +15,8 @@ from fl_split.codecs import codec_from_spec, seeded_codec_from_spec
 from fl_split.config import ConfigError
 from fl_split.gossip import TopologyError, make_topology, mixing_matrix, soft_threshold
 from fl_split.gossip.config import load_gossip_config
-from fl_split.gossip.inprocess import InProcessGossip, gossip_round, neighbour_slots
-from fl_split.gossip.node import LocalObjective
+from fl_split.gossip.inprocess import InProcessGossip
+from fl_split.gossip.node import GossipNode, LocalObjective, gossip_round, local_exchange
 from fl_split.gossip.run import run_gossip
 from fl_split.metrics import OutputExists, read_metrics
 
@@ -84,18 +84,31 @@ def test_t1_soft_threshold() -> None:
     assert torch.allclose(out, torch.tensor([0.2, 0.0, 0.0, -0.1])) and out[1] == 0 and out[2] == 0
 
 
+def _gossip_nodes(topology: str, x0: torch.Tensor, codec: str, gamma: float) -> list[GossipNode]:
+    """Pure gossip nodes (η = λ = 0): node ``i`` and its estimate start at ``x0[i]``, copies at ``x0[j]``."""
+    n, d = x0.shape
+    w = mixing_matrix(make_topology(topology, n))
+    decoder = codec_from_spec(codec)
+    nodes = []
+    for i in range(n):
+        node = GossipNode(i, x0[i], w, seeded_codec_from_spec(codec, 0, i), decoder, [torch.Size([d])], 0.0, gamma, 0.0)
+        node.copies = {j: x0[j].clone() for j in node.neighbours}
+        nodes.append(node)
+    return nodes
+
+
 def _consensus(
     topology: str, n: int, x0: torch.Tensor, codec: str, gamma: float, rounds: int
 ) -> tuple[list[float], torch.Tensor]:
     """Pure gossip (η = λ = 0) from ``x0``; the Frobenius distance to the average after each round, final x."""
-    slots = neighbour_slots(mixing_matrix(make_topology(topology, n)))
-    codecs, decoder = [seeded_codec_from_spec(codec, 0, i) for i in range(n)], codec_from_spec(codec)
-    shapes = [torch.Size([x0.shape[1]])]
-    x, x_hat, dist = x0.clone(), x0.clone(), []
-    for _ in range(rounds):
-        x, x_hat, _ = gossip_round(x, x_hat, codecs, decoder, shapes, slots, gamma, 0.0)
+    nodes = _gossip_nodes(topology, x0, codec, gamma)
+    exchange = local_exchange({node.rank: node.neighbours for node in nodes})
+    dist = []
+    for t in range(rounds):
+        gossip_round(nodes, t, exchange)
+        x = torch.stack([node.x for node in nodes])
         dist.append(float(torch.linalg.vector_norm(x - x.mean(0))))
-    return dist, x
+    return dist, torch.stack([node.x for node in nodes])
 
 
 def test_t5_complete_graph_without_compression_averages_in_one_round() -> None:
@@ -106,12 +119,11 @@ def test_t5_complete_graph_without_compression_averages_in_one_round() -> None:
 
 def test_t6_the_node_average_is_preserved_under_compressed_gossip() -> None:
     x0 = torch.randn(8, 300, generator=torch.Generator().manual_seed(1))
-    slots = neighbour_slots(mixing_matrix(make_topology("ring", 8)))
-    codec = "dither:levels=15,rescale=true"
-    codecs, decoder = [seeded_codec_from_spec(codec, 0, i) for i in range(8)], codec_from_spec(codec)
-    x, x_hat = x0.clone(), x0.clone()
-    for _ in range(20):
-        x, x_hat, _ = gossip_round(x, x_hat, codecs, decoder, [torch.Size([300])], slots, 0.5, 0.0)
+    nodes = _gossip_nodes("ring", x0, "dither:levels=15,rescale=true", 0.5)
+    exchange = local_exchange({node.rank: node.neighbours for node in nodes})
+    for t in range(20):
+        gossip_round(nodes, t, exchange)
+        x = torch.stack([node.x for node in nodes])
         assert torch.allclose(x.double().mean(0), x0.double().mean(0), atol=1e-5)
 
 

@@ -10,8 +10,9 @@ import pytest
 
 from fl_split.codecs import codec_from_spec, parse_codec_spec
 from fl_split.config import ConfigError, flat_fields, from_run_config, to_run_config
-from fl_split.fl.config import FL_SCHEMA, validate_fl
+from fl_split.fl.config import FL_SCHEMA, load_fl_config
 from fl_split.sl.config import SL_SCHEMA, load_sl_config, validate_sl
+from simulations.apps import task_config
 from simulations.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,33 +79,55 @@ def test_bad_keys_and_values_list_the_choices(override: str, needle: str) -> Non
     assert needle in str(err.value)
 
 
-def test_flower_run_config_in_pyproject_matches_conf_sl_yaml() -> None:
-    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    declared = pyproject["tool"]["flwr"]["app"]["config"]
-    flat = {}
+def _pyproject_run_config() -> dict[str, object]:
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    flat: dict[str, object] = {}
     for key, value in declared.items():  # TOML dotted keys are nested tables
         if isinstance(value, dict):
             flat.update({f"{key}.{k}": v for k, v in value.items()})
         else:
             flat[key] = value
+    return flat
+
+
+def test_flower_run_config_in_pyproject_gives_each_task_the_defaults_of_its_command() -> None:
+    flat = _pyproject_run_config()
     fl_keys, sl_keys = set(flat_fields(FL_SCHEMA)), set(flat_fields(SL_SCHEMA))
-    from_pyproject = from_run_config(SL_SCHEMA, flat, ignore=fl_keys, validate=validate_sl)
+    task, sl = task_config(flat)
     from_yaml = load_sl_config("sl")
-    from_yaml["progress"] = from_pyproject["progress"]  # flwr run has no terminal for a bar
-    assert from_pyproject == from_yaml
+    from_yaml["progress"] = sl["progress"]  # flwr run has no terminal for a bar
+    assert task == "sl" and sl == from_yaml
     fl_only = {k.replace("_", "-") for k in fl_keys - sl_keys}
-    assert set(flat) == set(to_run_config(from_yaml)) | fl_only, "every config key is a run-config key"
-    assert flat["out-dir"] == "runs/sl" and flat["rounds"] == 10
-    # mode = "fl": the same run config read by the FL schema (SL-only keys skipped); its shared keys
-    # keep the split-learning defaults, so the uplink must be set to a signed codec
-    with pytest.raises(ConfigError, match="add signed=true"):
-        from_run_config(FL_SCHEMA, {**flat, "mode": "fl"}, ignore=sl_keys, validate=validate_fl)
-    fl = from_run_config(
-        FL_SCHEMA, {**flat, "mode": "fl", "uplink": "topk:keep=0.01"}, ignore=sl_keys, validate=validate_fl
+    assert set(flat) == set(to_run_config(from_yaml)) | fl_only, "every config key of both tasks is a run-config key"
+    # mode = "fl": the same run config gives `fl-split fl`'s defaults, not split learning's
+    task, fl = task_config({**flat, "mode": "fl"})
+    from_fl_yaml = load_fl_config("fl")
+    from_fl_yaml["progress"] = fl["progress"]
+    assert task == "fl" and fl == from_fl_yaml
+    assert (fl["rounds"], fl["optimizer"]["lr"], fl["uplink"], fl["out_dir"]) == (
+        30,
+        0.05,
+        "ms:keep=0.01,bits=2,signed=true",
+        "runs/fl",
     )
-    assert (fl["error_feedback"], fl["dense_below"], fl["server_lr"], fl["rounds"]) == (True, 1024, 1.0, 10)
+    assert (sl["rounds"], sl["optimizer"]["lr"], sl["uplink"], sl["out_dir"]) == (
+        10,
+        0.02,
+        "ms:keep=0.01,bits=2",
+        "runs/sl",
+    )
+    # -c overrides still win over either task's defaults
+    _, fl = task_config({**flat, "mode": "fl", "rounds": 3, "uplink": "topk:keep=0.01", "error-feedback": False})
+    assert (fl["rounds"], fl["uplink"], fl["error_feedback"]) == (3, "topk:keep=0.01", False)
+    with pytest.raises(ConfigError, match="add signed=true"):
+        task_config({**flat, "mode": "fl", "uplink": "ms:keep=0.01,bits=2"})
+    # a key of the other task, set, is refused with the mode it needs (not silently ignored)
+    with pytest.raises(ConfigError, match=r"'cut' = 'deep' belongs to split learning"):
+        task_config({**flat, "mode": "fl", "cut": "deep"})
+    with pytest.raises(ConfigError, match=r"'error-feedback' = False belongs to federated learning \(mode='fl'\)"):
+        task_config({**flat, "error-feedback": False})
     with pytest.raises(ConfigError, match="no-such-key"):
-        from_run_config(FL_SCHEMA, {"no-such-key": 1}, ignore=sl_keys)
+        task_config({**flat, "mode": "fl", "no-such-key": 1})
 
 
 def test_run_config_round_trip_and_unknown_run_config_key() -> None:

@@ -6,6 +6,7 @@ also when a run fails (checked).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -65,10 +66,13 @@ def test_deploy_two_tls_supernodes_train_over_both_transports_and_fl_and_every_p
                 }
             dep.run(REPO, values, timeout_s=300)
         # federated learning through the same app and deployment (mode = "fl")
-        fl_values = {"mode": "fl", "clients": 2, "rounds": 1, "uplink": "ms:keep=0.01,bits=2,signed=true"}
+        # no uplink or lr restated: mode = "fl" takes `fl-split fl`'s defaults, not split learning's
+        fl_values = {"mode": "fl", "clients": 2, "rounds": 1}
         dep.run(REPO, {**fl_values, "out-dir": str(fl_out)}, timeout_s=300)
     assert all(p.poll() is not None for p in started)  # superlink and both supernodes are gone
     (fl_row,) = read_metrics(fl_out / "metrics.jsonl")
+    fl_config = json.loads((fl_out / "summary.json").read_text())["config"]
+    assert (fl_config["uplink"], fl_config["optimizer"]["lr"]) == ("ms:keep=0.01,bits=2,signed=true", 0.05)
     assert (fl_row["clients"], fl_row["dropped"], fl_row["failed_clients"]) == (2, 0, 0)
     assert fl_row["uplink_bytes"] > 0 and fl_row["residual_bytes"] > 0
     (msg,) = read_metrics(runs["messages"] / "metrics.jsonl")

@@ -1,9 +1,11 @@
 """One ``torch.distributed`` rank per node: payloads go point to point to the graph's neighbours.
 
-Per round each rank sends its payload's length (one int64) and then its bytes (``uint8``) to every
-neighbour with ``isend`` and receives theirs with ``irecv`` (gloo on CPU; no pickling). It keeps
-its own estimate ``x̂_i`` and a copy of each neighbour's ``x̂_j``, updated from the received
-payloads (spec T8: the copies equal the owners' estimates bit for bit, checked at the end). Rank 0
+Each rank runs its :class:`~fl_split.gossip.node.GossipNode` through
+:func:`~fl_split.gossip.node.gossip_round`, the code the in-process transport runs; its exchange
+sends the payload's length (one int64) and then its bytes (``uint8``) to every neighbour with
+``isend`` and receives theirs with ``irecv`` (gloo on CPU; no pickling). The node keeps its own
+estimate ``x̂_i`` and a copy of each neighbour's ``x̂_j``, updated from the received payloads
+(spec T8: the copies equal the owners' estimates bit for bit, checked at the end). Rank 0
 writes the metrics rows, from sums over ranks (``all_reduce``). Started directly it spawns
 ``nodes`` local processes; under ``torchrun`` each process is one node (``WORLD_SIZE = nodes``).
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +25,19 @@ import torch.distributed as dist
 
 from fl_split.checkpoint import due, load_rank_checkpoint, save_model, save_rank_checkpoint
 from fl_split.codecs import codec_from_spec, seeded_codec_from_spec
-from fl_split.codecs.parts import decode_parts, encode_parts
-from fl_split.codecs.rng_state import codec_rng_state, load_codec_rng_state
 from fl_split.gossip.config import resolved_codec, resolved_l1
-from fl_split.gossip.node import LocalObjective, mix, soft_threshold
+from fl_split.gossip.node import Exchange, GossipNode, LocalObjective, gossip_round
 from fl_split.launch import launch
 from fl_split.metrics import RunWriter
+
+
+def point_to_point(rank: int, neighbours: list[int]) -> Exchange:
+    """This rank's :data:`~fl_split.gossip.node.Exchange`: its payload to every neighbour, theirs back."""
+
+    def exchange(t: int, payloads: Mapping[int, bytes]) -> dict[int, dict[int, bytes]]:
+        return {rank: _exchange(payloads[rank], neighbours, t)}
+
+    return exchange
 
 
 def _exchange(payload: bytes, neighbours: list[int], t: int) -> dict[int, bytes]:
@@ -60,40 +70,35 @@ def node_main(rank: int, n: int, config: dict[str, Any]) -> dict[str, Any]:
     degrees = [int(d) for d in adj.sum(1)]
     spec, l1 = resolved_codec(config), resolved_l1(config)
     objective = LocalObjective(config, n)
-    shapes, x = objective.shapes, objective.initial()
-    d = x.numel()
-    x_hat = x.clone()
-    copies = {j: x.clone() for j in neighbours}
-    codec, decoder = seeded_codec_from_spec(spec, int(config["seed"]), rank), codec_from_spec(spec)
+    x0 = objective.initial()
+    d = x0.numel()
     lr, gamma = float(config["lr"]), float(config["gamma"])
-    cpu = torch.device("cpu")
+    codec = seeded_codec_from_spec(spec, int(config["seed"]), rank)
+    node = GossipNode(rank, x0, w, codec, codec_from_spec(spec), objective.shapes, lr, gamma, lr * l1, objective)
+    if node.neighbours != neighbours:
+        raise RuntimeError(
+            f"node {rank}: the mixing matrix's neighbours {node.neighbours} are not the graph's {neighbours}"
+        )
+    exchange = point_to_point(rank, neighbours)
     out = Path(config["out_dir"])
     edge_bytes = torch.zeros(n, n, dtype=torch.int64)
     t0, loss_sum, sent, cum, start = time.perf_counter(), 0.0, 0, 0, 0
     if config["existing_out"] == "resume":
         start, shared, mine = load_rank_checkpoint(out, "gossip", config)
-        x, x_hat, copies = mine["x"], mine["x_hat"], {int(j): c for j, c in mine["copies"].items()}
-        load_codec_rng_state(codec, mine["codec_rng"])
+        node.load_state(mine)
         edge_bytes[rank] = torch.tensor(mine["edge_bytes"], dtype=torch.int64)
         cum, t0 = int(shared["cum"]), t0 - float(shared["wall_s"])
     writer = RunWriter(out, existing=config["existing_out"], resume_round=start) if rank == 0 else None
     evaluate = Evaluator(objective) if rank == 0 else None
     rounds, every, saved = int(config["rounds"]), int(config["eval_every"]), start
     for t in range(start, rounds):
-        g, loss = objective.grad(x, rank, t)
-        x_half = x - lr * g
-        payload = encode_parts(codec, x_half - x_hat, shapes)
-        received = _exchange(payload, neighbours, t)
-        x_hat = x_hat + decode_parts(decoder, payload, d, shapes, cpu)
-        for j in neighbours:
-            copies[j] = copies[j] + decode_parts(decoder, received[j], d, shapes, cpu)
-        acc = mix(x_hat, [(float(w[rank, j]), copies[j]) for j in neighbours])
-        x = soft_threshold(x_half + gamma * acc, lr * l1)
+        ((size, loss),) = gossip_round([node], t, exchange)
         loss_sum += loss
-        sent += len(payload) * len(neighbours)
-        edge_bytes[rank, neighbours] += len(payload)
+        sent += size * len(neighbours)
+        edge_bytes[rank, neighbours] += size
         if (t + 1) % every and t + 1 != rounds:
             continue
+        x = node.x
         x_bar = x.clone()
         totals = torch.tensor([loss_sum, float(sent), float((x == 0).sum())], dtype=torch.float64)
         dist.all_reduce(x_bar)
@@ -112,17 +117,16 @@ def node_main(rank: int, n: int, config: dict[str, Any]) -> dict[str, Any]:
             row = metrics_row(t + 1, loss_mean, int(totals[1]), cum, test_acc, samples, t0, degrees, distance, sparsity)
             writer.write_round(row)
         if due(t + 1, saved, int(config["checkpoint_every"]), rounds):  # collective: every rank at once
-            local = {"x": x, "x_hat": x_hat, "copies": copies, "codec_rng": codec_rng_state(codec)}
-            local["edge_bytes"] = edge_bytes[rank].tolist()
+            local = {**node.state(), "edge_bytes": edge_bytes[rank].tolist()}
             shared = {"cum": cum, "wall_s": time.perf_counter() - t0}
             save_rank_checkpoint(out, "gossip", t + 1, config, shared, local)
             saved = t + 1
     # T8: every copy of x̂_j equals node j's own x̂_j, bit for bit
-    all_hat = [torch.empty_like(x_hat) for _ in range(n)]
-    dist.all_gather(all_hat, x_hat)
-    consistent = all(torch.equal(copies[j], all_hat[j]) for j in neighbours)
+    all_hat = [torch.empty_like(node.x_hat) for _ in range(n)]
+    dist.all_gather(all_hat, node.x_hat)
+    consistent = all(torch.equal(node.copies[j], all_hat[j]) for j in neighbours)
     dist.all_reduce(edge_bytes)
-    torch.save({"x": x, "x_hat": x_hat}, out / f"node{rank}.pt")
+    torch.save({"x": node.x, "x_hat": node.x_hat}, out / f"node{rank}.pt")
     result = {"rank": rank, "replicas_consistent": consistent, "neighbours": neighbours}
     if writer is not None and evaluate is not None:
         save_model(out, {"model": evaluate.objective.model.state_dict()})  # the average model x̄

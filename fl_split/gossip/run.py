@@ -137,8 +137,8 @@ def run_gossip(config: dict[str, Any]) -> dict[str, Any]:
             shared = {"cum": cum, "wall_s": time.perf_counter() - t0}
             save_checkpoint(writer.out_dir, "gossip", t + 1, config, {"shared": shared, "ranks": ranks})
             saved = t + 1
-    for i in range(n):  # the same files the distributed transport writes
-        torch.save({"x": sim.x[i].clone(), "x_hat": sim.x_hat[i].clone()}, writer.out_dir / f"node{i}.pt")
+    for node in sim.nodes:  # the same files the distributed transport writes
+        torch.save({"x": node.x.clone(), "x_hat": node.x_hat.clone()}, writer.out_dir / f"node{node.rank}.pt")
     model = evaluate.objective.model
     torch.nn.utils.vector_to_parameters(sim.models().mean(0), model.parameters())
     save_model(writer.out_dir, {"model": model.state_dict()})  # the average model x̄
