@@ -30,9 +30,9 @@ MAY_CHANGE = ("out_dir", "existing_out", "progress", "rounds", "steps", "checkpo
 
 
 def output_fields(default_out: str, *, rows_every: str | None = None, unit: str = "rounds") -> dict[str, Field]:
-    """The schema keys of a command's outputs: ``out_dir``, ``existing_out`` and ``checkpoint_every``
+    """The schema keys of a command's outputs: ``out_dir``, ``existing_out``, ``checkpoint_every``
     (in ``unit``; ``rows_every``: the key of a command that writes a metrics row every few rounds and
-    so checkpoints at the first row at or after each ``checkpoint_every`` rounds)."""
+    so checkpoints at the first row at or after each ``checkpoint_every`` rounds) and ``progress``."""
     return {
         "out_dir": Field(
             default_out, (str,), "where metrics.jsonl, summary.json, model.pt, checkpoint.pt and the plot go"
@@ -50,6 +50,7 @@ def output_fields(default_out: str, *, rows_every: str | None = None, unit: str 
             + (f"; at metrics rows only ({rows_every})" if rows_every else ""),
             check=non_negative,
         ),
+        "progress": Field(True, (bool,), "show a progress bar (on stderr)"),
     }
 
 

@@ -20,6 +20,8 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 
@@ -101,64 +103,70 @@ def _fl(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 0 if summary.get("status") == "completed" else 1
 
 
-def _ddp(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+def _spawned(
+    args: argparse.Namespace,
+    parser: argparse.ArgumentParser,
+    command: str,
+    unit: str,
+    last_line: Callable[[dict[str, Any], dict[str, Any], dict[str, Any]], str],
+) -> int:
+    """``ddp`` and ``gossip``: resolve the config, run (local ranks or one ``torchrun`` rank), print the results.
+
+    Config errors, a used ``--out`` and a checkpoint that cannot be resumed are usage errors (exit 2),
+    raised before any rank starts. Under ``torchrun`` only rank 0 prints (it wrote the outputs).
+    """
     from fl_split.config import ConfigError
-    from fl_split.ddp.config import DDP_SCHEMA, load_ddp_config
-
-    if args.list_keys:
-        return _list_keys(DDP_SCHEMA)
-    try:
-        config = load_ddp_config(args.config, _overrides(args))
-    except (ConfigError, FileNotFoundError) as err:
-        parser.error(str(err))
-    from fl_split.ddp.train import run_ddp
     from fl_split.metrics import OutputExists, read_metrics
+    from fl_split.report import results_table
 
+    schema, load, run = _SPAWNED[command]()
+    if args.list_keys:
+        return _list_keys(schema)
     try:
-        run_ddp(config)
-    except (ConfigError, OutputExists) as err:  # a used --out, a checkpoint that cannot be resumed: before any rank
+        config = load(args.config, _overrides(args))
+        run(config)
+    except (ConfigError, FileNotFoundError, OutputExists) as err:
         parser.error(str(err))
-    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 writes the metrics
+    if os.environ.get("RANK", "0") != "0":
         return 0
-    rows = read_metrics(f"{config['out_dir']}/metrics.jsonl")
-    last = rows[-1]
+    out = Path(config["out_dir"])
+    rows = read_metrics(out / "metrics.jsonl")
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    print(results_table(summary, rows, out, unit))
+    print(last_line(config, rows[-1], summary), flush=True)
+    return 0
+
+
+def _ddp_line(config: dict[str, Any], last: dict[str, Any], summary: dict[str, Any]) -> str:
     ranks = os.environ.get("WORLD_SIZE", config["world_size"])
-    sent = (
-        f"{last['cum_uplink_bytes'] / 1e6:.3f} MB of payloads sent by {ranks} ranks"
-        if last["cum_uplink_bytes"] is not None
-        else f"{ranks} ranks, DDP's own all-reduce (hook=false: no payload bytes to measure)"
+    if last["cum_uplink_bytes"] is None:
+        return f"{ranks} ranks, DDP's own all-reduce (hook=false: no payload bytes to measure)"
+    return f"{last['cum_uplink_bytes'] / 1e6:.3f} MB of payloads sent by {ranks} ranks ({config['codec']})"
+
+
+def _gossip_line(config: dict[str, Any], last: dict[str, Any], summary: dict[str, Any]) -> str:
+    return (
+        f"accuracy of the average model; {last['cum_uplink_bytes'] / 1e6:.3f} MB over all edges, consensus "
+        f"distance {last['consensus_distance']:.4g}, sparsity {last['model_sparsity']:.3f} ({summary['codec']})"
     )
-    print(f"step {last['steps']}: test accuracy {last['test_accuracy']:.4f}, {sent}; wrote {config['out_dir']}")
-    return 0
 
 
-def _gossip(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from fl_split.config import ConfigError
+def _ddp_parts() -> tuple[Any, Any, Any]:
+    from fl_split.ddp.config import DDP_SCHEMA, load_ddp_config
+    from fl_split.ddp.train import run_ddp
+
+    return DDP_SCHEMA, load_ddp_config, run_ddp
+
+
+def _gossip_parts() -> tuple[Any, Any, Any]:
     from fl_split.gossip.config import GOSSIP_SCHEMA, load_gossip_config
-
-    if args.list_keys:
-        return _list_keys(GOSSIP_SCHEMA)
-    try:
-        config = load_gossip_config(args.config, _overrides(args))
-    except (ConfigError, FileNotFoundError) as err:
-        parser.error(str(err))
     from fl_split.gossip.run import run_gossip
-    from fl_split.metrics import OutputExists, read_metrics
 
-    try:
-        summary = run_gossip(config)
-    except (ConfigError, OutputExists) as err:  # a used --out, a checkpoint that cannot be resumed: before training
-        parser.error(str(err))
-    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 writes the metrics
-        return 0
-    last = read_metrics(f"{config['out_dir']}/metrics.jsonl")[-1]
-    print(
-        f"round {last['round']}: test accuracy of the average model {last['test_accuracy']:.4f}, "
-        f"{last['cum_uplink_bytes'] / 1e6:.3f} MB over all edges, consensus distance "
-        f"{last['consensus_distance']:.4g}, sparsity {last['model_sparsity']:.3f} ({summary['codec']}); "
-        f"wrote {config['out_dir']}"
-    )
-    return 0
+    return GOSSIP_SCHEMA, load_gossip_config, run_gossip
+
+
+#: command → (schema, config loader, runner), imported when the command runs.
+_SPAWNED: dict[str, Callable[[], tuple[Any, Any, Any]]] = {"ddp": _ddp_parts, "gossip": _gossip_parts}
 
 
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -252,9 +260,9 @@ def main(argv: list[str] | None = None) -> int:
         _log_to_stderr(("fl_split", "strategies", "simulations"))
         return _sl(args, p_sl)
     if args.command == "ddp":
-        return _ddp(args, p_ddp)
+        return _spawned(args, p_ddp, "ddp", "step", _ddp_line)
     if args.command == "gossip":
-        return _gossip(args, p_gossip)
+        return _spawned(args, p_gossip, "gossip", "round", _gossip_line)
     if args.command == "compare":
         from simulations import compare
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import sys
 import time
 from typing import Any
 
@@ -20,6 +19,7 @@ from fl_split.checkpoint import load_checkpoint, save_checkpoint, save_model
 from fl_split.errors import TrainingFailed
 from fl_split.fl.client import accuracy, build_model
 from fl_split.metrics import RunWriter, failure_summary
+from fl_split.report import RunReporter
 from fl_split.sl.setup import check_model_fits_data, load_split
 from simulations.apps import build_client_app, build_server_app
 from strategies.compressed_fedavg import CompressedFedAvg
@@ -41,11 +41,6 @@ class FLRun:
         self._cum = [0, 0]
         self._t0 = time.perf_counter()
         self.done_rounds = 0  #: rounds a resumed run had done before
-        self._bar = None
-        if config["progress"]:
-            from tqdm import tqdm
-
-            self._bar = tqdm(total=int(config["rounds"]), desc="FL", unit="round", file=sys.stderr, dynamic_ncols=True)
 
     def evaluate(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
         """Flower's ``evaluate_fn``: test accuracy of the global model; after round >= 1, write the row
@@ -97,10 +92,7 @@ class FLRun:
         }
         self.rows.append(row)
         if self.writer is not None:
-            self.writer.write_round(row)
-        if self._bar is not None:
-            self._bar.set_postfix(acc=f"{acc:.4f}", MB=f"{sum(self._cum) / 1e6:.1f}")
-            self._bar.update(1)
+            self.writer.write_round(row)  # a RunReporter also advances its bar
 
     def start(self, grid: Grid) -> None:
         """Wait (bounded) for the nodes, then run every round on ``grid`` (Flower's ``FedAvg.start`` loop).
@@ -119,8 +111,6 @@ class FLRun:
             timeout=float(self.config["flower"]["timeout_s"]),
             evaluate_fn=self.evaluate,
         )
-        if self._bar is not None:
-            self._bar.close()
 
 
 def wait_for_nodes(grid: Grid, needed: int, timeout_s: float, poll_s: float = 0.5) -> list[int]:
@@ -140,15 +130,22 @@ def wait_for_nodes(grid: Grid, needed: int, timeout_s: float, poll_s: float = 0.
         time.sleep(poll_s)
 
 
-def _build(config: dict[str, Any]) -> tuple[FLRun, RunWriter]:
-    """The run (resumed from ``out_dir``'s checkpoint with ``existing_out=resume``) and its writer."""
+def _build(config: dict[str, Any]) -> tuple[FLRun, RunReporter]:
+    """The run (resumed from ``out_dir``'s checkpoint with ``existing_out=resume``) and its reporter."""
     run = FLRun(config)
     done = 0
     if config["existing_out"] == "resume":
         done, state = load_checkpoint(config["out_dir"], "fl", config)
         run.load_state_dict(state, done)
         log.info("resuming %s after round %d", config["out_dir"], done)
-    run.writer = RunWriter(config["out_dir"], config["existing_out"], done)
+    run.writer = RunReporter(
+        config["out_dir"],
+        config["existing_out"],
+        done,
+        total=int(config["rounds"]),
+        desc="FL",
+        progress=config["progress"],
+    )
     return run, run.writer
 
 
@@ -226,8 +223,6 @@ def _finish(
             **timing,
         },
     )
-    if echo:
-        from simulations.sl import format_summary
-
-        print(format_summary(summary, writer), flush=True)
+    if echo and isinstance(writer, RunReporter):
+        print(writer.table(summary), flush=True)
     return summary

@@ -7,14 +7,14 @@
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Callable
 from typing import Any
 
 from flwr.serverapp import Grid
 
-from fl_split.checkpoint import CHECKPOINT, MODEL, load_checkpoint, save_model
-from fl_split.metrics import RunWriter, failure_summary
+from fl_split.checkpoint import load_checkpoint, save_model
+from fl_split.metrics import failure_summary
+from fl_split.report import RunReporter
 from fl_split.sl.transport import InProcessTransport
 from simulations.apps import build_client_app, build_server_app
 from strategies.split_learning import SplitLearningStrategy, TrainingFailed, describe
@@ -22,51 +22,29 @@ from strategies.split_learning import SplitLearningStrategy, TrainingFailed, des
 log = logging.getLogger(__name__)
 
 
-class _Progress:
-    """A tqdm bar over rounds (on stderr), showing accuracy and measured MB."""
-
-    def __init__(self, config: dict[str, Any]) -> None:
-        from tqdm import tqdm
-
-        self.bar = tqdm(
-            total=int(config["rounds"]),
-            desc=f"SL {config['mode']} ({config['engine']})",
-            unit="round",
-            file=sys.stderr,
-            disable=not config["progress"],
-            dynamic_ncols=True,
-        )
-
-    def __call__(self, row: dict[str, Any]) -> None:
-        mb = (row["cum_uplink_bytes"] + row["cum_downlink_bytes"]) / 1e6
-        loss = row["train_loss"]
-        self.bar.set_postfix(
-            acc=f"{row['test_accuracy']:.4f}", loss="-" if loss is None else f"{loss:.3f}", MB=f"{mb:.1f}"
-        )
-        self.bar.update(1)
-
-    def close(self) -> None:
-        self.bar.close()
-
-
-def _build(config: dict[str, Any]) -> tuple[SplitLearningStrategy, RunWriter, _Progress]:
-    """The strategy (resumed from ``out_dir``'s checkpoint with ``existing_out=resume``), its writer and bar."""
+def _build(config: dict[str, Any]) -> tuple[SplitLearningStrategy, RunReporter]:
+    """The strategy (resumed from ``out_dir``'s checkpoint with ``existing_out=resume``) and its reporter."""
     strategy = SplitLearningStrategy(config)  # validates model/data/codecs before anything starts
     resume_round = 0
     if config["existing_out"] == "resume":
         resume_round, state = load_checkpoint(config["out_dir"], "sl", config)
         strategy.load_state_dict(state)
         log.info("resuming %s after round %d", config["out_dir"], resume_round)
-    writer = RunWriter(config["out_dir"], config["existing_out"], resume_round)
-    progress = _Progress(config)
-    strategy.writer, strategy.on_round = writer, progress
-    return strategy, writer, progress
+    reporter = RunReporter(
+        config["out_dir"],
+        config["existing_out"],
+        resume_round,
+        total=int(config["rounds"]),
+        desc=f"SL {config['mode']} ({config['engine']})",
+        progress=config["progress"],
+    )
+    strategy.writer = reporter
+    return strategy, reporter
 
 
 def _finish(
     config: dict[str, Any],
-    writer: RunWriter,
-    progress: _Progress,
+    writer: RunReporter,
     echo: bool,
     error: BaseException | None = None,
     strategy: SplitLearningStrategy | None = None,
@@ -76,7 +54,7 @@ def _finish(
     The summary counts the clients that left a round, by reason (``failure_reasons``), and lists
     them (``failures``: round, client, reason, error).
     """
-    progress.close()
+    writer.close()
     status = {"status": "completed" if error is None else "failed", "error": None if error is None else str(error)}
     faults = failure_summary(strategy.failures if strategy is not None else [])
     if error is None and strategy is not None:
@@ -88,17 +66,17 @@ def _finish(
     if not writer.rows:
         raise TrainingFailed(f"the run completed no round; see the log above (outputs in {writer.out_dir})")
     if echo:
-        print(format_summary(summary, writer), flush=True)
+        print(writer.table(summary), flush=True)
     return summary
 
 
 def _run(config: dict[str, Any], start: Callable[[SplitLearningStrategy], object], echo: bool) -> dict[str, Any]:
-    strategy, writer, progress = _build(config)
+    strategy, writer = _build(config)
     try:
         start(strategy)
     except TrainingFailed as exc:
-        return _finish(config, writer, progress, echo, exc, strategy)
-    return _finish(config, writer, progress, echo, strategy=strategy)
+        return _finish(config, writer, echo, exc, strategy)
+    return _finish(config, writer, echo, strategy=strategy)
 
 
 def run_on_grid(config: dict[str, Any], grid: Grid) -> dict[str, Any]:
@@ -136,35 +114,6 @@ def _start(strategy: SplitLearningStrategy, config: dict[str, Any]) -> None:
             num_gpus=flower["num_gpus"],
             engine_wait_ms=flower["engine_wait_ms"],
         )
-
-
-def format_summary(summary: dict[str, Any], writer: RunWriter) -> str:
-    """The short results table printed at the end of a run, with the paths written."""
-    rows = writer.rows
-    lines = ["", "round  train_loss  test_acc  test_acc_dense  uplink_MB  downlink_MB  dropped"]
-    shown = rows if len(rows) <= 8 else [*rows[:3], None, *rows[-4:]]
-    for r in shown:
-        if r is None:
-            lines.append("  ...")
-            continue
-        lines.append(
-            f"{r['round']:>5}  {_num(r['train_loss'], 10)}  {r['test_accuracy']:>8.4f}"
-            f"  {r['test_accuracy_dense']:>14.4f}"
-            f"  {r['cum_uplink_bytes'] / 1e6:>9.3f}  {r['cum_downlink_bytes'] / 1e6:>11.3f}  {r['dropped']:>7}"
-        )
-    lines += [
-        f"final test accuracy {summary['final_test_accuracy']:.4f} (dense {summary['final_test_accuracy_dense']:.4f}), "
-        f"best {summary['best_test_accuracy']:.4f}; wall {summary['wall_s']:.1f} s",
-        f"wrote {writer.metrics_path}",
-        f"      {writer.summary_path}",
-        f"      {writer.plot_path}",
-        *(f"      {p}" for p in (writer.out_dir / MODEL, writer.out_dir / CHECKPOINT) if p.exists()),
-    ]
-    return "\n".join(lines)
-
-
-def _num(value: float | None, width: int) -> str:
-    return f"{value:>{width}.4f}" if value is not None else f"{'-':>{width}}"
 
 
 def main(config: dict[str, Any]) -> int:

@@ -39,7 +39,8 @@ from fl_split.codecs import seeded_codec_from_spec
 from fl_split.codecs.rng_state import codec_rng_state, load_codec_rng_state
 from fl_split.ddp.hook import CodecHookState, register_codec_hook
 from fl_split.launch import launch, read_rank_results
-from fl_split.metrics import RunWriter, refuse_used
+from fl_split.metrics import refuse_used
+from fl_split.report import RunReporter
 from fl_split.training import accuracy, batch_indices, batches_per_epoch, build_model, iid_shard, load_split, make_sgd
 
 #: Called on each rank with ``(rank, state)`` right after the hook is registered (tests inject faults).
@@ -128,9 +129,14 @@ def train_rank(rank: int, world: int, config: dict[str, Any], on_state: StateCal
         if state is not None:
             state.load_state_dict(local["hook"])
             load_codec_rng_state(state.codec, local["codec_rng"])
-    writer = RunWriter(out, existing=config["existing_out"], resume_round=start) if rank == 0 else None
-    xt, yt = load_split(config, "test")
     steps, log_every, saved = int(config["steps"]), int(config["log_every"]), start
+    writer = None
+    if rank == 0:  # the bar counts steps; it moves at the metrics rows (every log_every steps)
+        progress = bool(config["progress"])
+        writer = RunReporter(
+            out, config["existing_out"], start, total=steps, desc="DDP", unit="step", progress=progress
+        )
+    xt, yt = load_split(config, "test")
     sent0, recv0 = (state.bytes_sent, state.bytes_received) if state else (0, 0)
     step_times: list[float] = []
     loss = torch.zeros(())

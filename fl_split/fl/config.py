@@ -57,7 +57,6 @@ FL_SCHEMA: Schema = {
     "optimizer": optimizer_fields(0.05, "local SGD", momentum_note=" (buffers start at zero each round)"),
     "eval_batch_size": Field(512, (int,), "test batch size of the server's evaluation (0: 512)", check=non_negative),
     **output_fields("runs/fl"),
-    "progress": Field(True, (bool,), "show a progress bar"),
     "flower": {
         **ray_fields(),
         "timeout_s": Field(

@@ -28,7 +28,6 @@ from fl_split.codecs import codec_from_spec, seeded_codec_from_spec
 from fl_split.gossip.config import resolved_codec, resolved_l1
 from fl_split.gossip.node import Exchange, GossipNode, LocalObjective, gossip_round
 from fl_split.launch import launch
-from fl_split.metrics import RunWriter
 
 
 def point_to_point(rank: int, neighbours: list[int]) -> Exchange:
@@ -61,7 +60,7 @@ def _exchange(payload: bytes, neighbours: list[int], t: int) -> dict[int, bytes]
 
 def node_main(rank: int, n: int, config: dict[str, Any]) -> dict[str, Any]:
     """Node ``rank``'s whole run (the process group is initialised); this node's result."""
-    from fl_split.gossip.run import Evaluator, graph, metrics_row, summary_extra
+    from fl_split.gossip.run import Evaluator, graph, metrics_row, reporter, summary_extra
 
     threads = int(config["threads"]) or max(1, (os.cpu_count() or 1) // n)
     torch.set_num_threads(threads)
@@ -88,7 +87,7 @@ def node_main(rank: int, n: int, config: dict[str, Any]) -> dict[str, Any]:
         node.load_state(mine)
         edge_bytes[rank] = torch.tensor(mine["edge_bytes"], dtype=torch.int64)
         cum, t0 = int(shared["cum"]), t0 - float(shared["wall_s"])
-    writer = RunWriter(out, existing=config["existing_out"], resume_round=start) if rank == 0 else None
+    writer = reporter(config, start) if rank == 0 else None
     evaluate = Evaluator(objective) if rank == 0 else None
     rounds, every, saved = int(config["rounds"]), int(config["eval_every"]), start
     for t in range(start, rounds):

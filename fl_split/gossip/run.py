@@ -12,7 +12,8 @@ from fl_split.checkpoint import check_resumable, due, load_checkpoint, save_chec
 from fl_split.gossip.config import resolved_codec, resolved_l1
 from fl_split.gossip.node import LocalObjective
 from fl_split.gossip.topology import config_topology, mixing_matrix, spectral_gap
-from fl_split.metrics import RunWriter, refuse_used
+from fl_split.metrics import refuse_used
+from fl_split.report import RunReporter
 from fl_split.training import accuracy, load_split
 
 
@@ -77,6 +78,18 @@ def metrics_row(
     }
 
 
+def reporter(config: dict[str, Any], start: int) -> RunReporter:
+    """The run's reporter (rows, bar, summary), resumed after round ``start``; one per run (rank 0)."""
+    return RunReporter(
+        config["out_dir"],
+        config["existing_out"],
+        start,
+        total=int(config["rounds"]),
+        desc=f"gossip {config['algorithm']}",
+        progress=config["progress"],
+    )
+
+
 def run_gossip(config: dict[str, Any]) -> dict[str, Any]:
     """Run the configured algorithm on the configured transport; write and return the summary."""
     if config["existing_out"] == "refuse":
@@ -104,7 +117,7 @@ def run_gossip(config: dict[str, Any]) -> dict[str, Any]:
         sim.load_state(state["ranks"])
         edge_bytes = np.array([r["edge_bytes"] for r in state["ranks"]], dtype=np.int64)
         cum, t0 = int(state["shared"]["cum"]), t0 - float(state["shared"]["wall_s"])
-    writer = RunWriter(config["out_dir"], existing=config["existing_out"], resume_round=start)
+    writer = reporter(config, start)
     rounds, every, saved = int(config["rounds"]), int(config["eval_every"]), start
     for t in range(start, rounds):
         stats = sim.step(t)

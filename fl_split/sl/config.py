@@ -94,7 +94,6 @@ SL_SCHEMA: Schema = {
     ),
     "eval_batch_size": Field(0, (int,), "test batch size (0: batch_size, so the codec sees training-sized batches)"),
     **output_fields("runs/sl"),
-    "progress": Field(True, (bool,), "show a progress bar"),
     "transport": Field(
         "messages",
         (str,),
