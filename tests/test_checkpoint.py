@@ -48,9 +48,9 @@ class _PowerCut(InProcessTransport):
 
 
 def _sl_run(config: dict[str, Any], transport: InProcessTransport | None = None) -> None:
-    strategy, writer, progress = sl._build(config)
+    strategy, writer = sl._build(config)
     strategy.start(transport or InProcessTransport(int(config["clients"])))
-    sl._finish(config, writer, progress, echo=False, strategy=strategy)
+    sl._finish(config, writer, echo=False, strategy=strategy)
 
 
 @pytest.mark.parametrize("mode", ["sequential", "splitfed2"])
@@ -173,12 +173,12 @@ def test_a_failed_run_keeps_its_last_checkpoint_and_writes_no_model(tmp_path: Pa
             return [Reply(r.node_id, None, "RuntimeError: gone", round=r.round) if r.round == 2 else r for r in replies]
 
     cfg = oracle_config("splitfed2", max_steps_per_round=1, out_dir=str(tmp_path))
-    strategy, writer, progress = sl._build(cfg)
+    strategy, writer = sl._build(cfg)
     with pytest.raises(sl.TrainingFailed):
         try:
             strategy.start(_DiesInRound2(3))
         except sl.TrainingFailed as exc:
-            sl._finish(cfg, writer, progress, echo=False, error=exc, strategy=strategy)
+            sl._finish(cfg, writer, echo=False, error=exc, strategy=strategy)
     assert not (tmp_path / "model.pt").exists()
     assert load_checkpoint(tmp_path, "sl", cfg)[0] == 1
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "failed"

@@ -170,9 +170,9 @@ def test_reasons_and_the_failure_log_reach_summary_json(tmp_path: Path) -> None:
     transport = _TamperTransport(3, "done", _nan_weights)
     from simulations import sl
 
-    strategy, writer, progress = sl._build(cfg)
+    strategy, writer = sl._build(cfg)
     strategy.start(transport)
-    summary = sl._finish(cfg, writer, progress, echo=False, strategy=strategy)
+    summary = sl._finish(cfg, writer, echo=False, strategy=strategy)
     on_disk = json.loads((tmp_path / "summary.json").read_text())
     assert on_disk["status"] == "completed" and summary["failure_reasons"] == {"non_finite": 1}
     assert on_disk["failures"] == [
@@ -193,12 +193,12 @@ def test_a_round_with_no_valid_client_fails_the_run_with_status_and_reasons(tmp_
     cfg = oracle_config("splitfed2", max_steps_per_round=2, out_dir=str(tmp_path))
     from simulations import sl
 
-    strategy, writer, progress = sl._build(cfg)
+    strategy, writer = sl._build(cfg)
     with pytest.raises(TrainingFailed, match=r"round 1: no client finished \(3 failed: 3 non_finite\)"):
         try:
             strategy.start(_AllNan(3))
         except TrainingFailed as exc:
-            sl._finish(cfg, writer, progress, echo=False, error=exc, strategy=strategy)
+            sl._finish(cfg, writer, echo=False, error=exc, strategy=strategy)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "failed" and summary["failure_reasons"] == {"non_finite": 3}
     assert "lower optimizer.lr" in summary["error"]
