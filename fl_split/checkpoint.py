@@ -19,9 +19,8 @@ from typing import Any
 
 import torch
 
-from fl_split.config import ConfigError, Field, non_negative
+from fl_split.config import ConfigError, plain
 from fl_split.durable import atomic_torch_save, from_safe, to_safe
-from fl_split.metrics import EXISTING_OUT
 
 CHECKPOINT, MODEL = "checkpoint.pt", "model.pt"
 FORMAT = 1
@@ -29,35 +28,10 @@ FORMAT = 1
 MAY_CHANGE = ("out_dir", "existing_out", "progress", "rounds", "steps", "checkpoint_every")
 
 
-def output_fields(default_out: str, *, rows_every: str | None = None, unit: str = "rounds") -> dict[str, Field]:
-    """The schema keys of a command's outputs: ``out_dir``, ``existing_out``, ``checkpoint_every``
-    (in ``unit``; ``rows_every``: the key of a command that writes a metrics row every few rounds and
-    so checkpoints at the first row at or after each ``checkpoint_every`` rounds) and ``progress``."""
-    return {
-        "out_dir": Field(
-            default_out, (str,), "where metrics.jsonl, summary.json, model.pt, checkpoint.pt and the plot go"
-        ),
-        "existing_out": Field(
-            "refuse",
-            (str,),
-            "out_dir already holds a run: refuse, resume (from checkpoint.pt) or overwrite",
-            EXISTING_OUT,
-        ),
-        "checkpoint_every": Field(
-            1,
-            (int,),
-            f"replace out_dir/checkpoint.pt every this many {unit} and after the last (0: never)"
-            + (f"; at metrics rows only ({rows_every})" if rows_every else ""),
-            check=non_negative,
-        ),
-        "progress": Field(True, (bool,), "show a progress bar (on stderr)"),
-    }
-
-
 def save_checkpoint(out_dir: str | Path, command: str, round_: int, config: Mapping[str, Any], state: Any) -> Path:
     """Replace ``out_dir/checkpoint.pt`` with ``state`` after round ``round_`` of ``command``."""
     path = Path(out_dir) / CHECKPOINT
-    blob = {"format": FORMAT, "command": command, "round": round_, "config": json.dumps(config), "state": state}
+    blob = {"format": FORMAT, "command": command, "round": round_, "config": json.dumps(plain(config)), "state": state}
     atomic_torch_save(to_safe(blob), path)
     return path
 
@@ -83,7 +57,7 @@ def load_checkpoint(out_dir: str | Path, command: str, config: Mapping[str, Any]
         raise ConfigError(f"--resume: {path} is not a readable checkpoint ({type(exc).__name__}: {exc})") from None
     if not isinstance(blob, dict) or blob.get("format") != FORMAT or blob.get("command") != command:
         raise ConfigError(f"--resume: {path} is not a checkpoint of `fl-split {command}` (format {FORMAT})")
-    saved = json.loads(blob["config"])
+    saved, config = json.loads(blob["config"]), plain(config)
     changed = sorted(k for k in set(saved) | set(config) if k not in MAY_CHANGE and saved.get(k) != config.get(k))
     if changed:
         diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {config.get(k)!r}" for k in changed[:5])

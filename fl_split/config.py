@@ -1,19 +1,28 @@
-"""Run configurations: a typed schema per command, YAML files in ``conf/``, ``--set`` overrides.
+"""Run configurations: a frozen dataclass per command, YAML files in ``conf/``, ``--set`` overrides.
 
-A config is a nested ``dict`` validated against a schema of :class:`Field` s. Keys are addressed
-with dots (``optimizer.lr``); the same keys, with ``-`` for ``_``, are a Flower app's run-config
-keys (``optimizer.lr`` ↔ ``optimizer.lr``, ``out_dir`` ↔ ``out-dir``). Every error names the bad
-key or value and lists the valid keys or choices.
+A command's config is a frozen dataclass deriving from :class:`Config` (``SLConfig``, ``FLConfig``,
+``DDPConfig``, ``GossipConfig``), composed from the shared blocks of :mod:`fl_split.config_blocks`.
+Each field is declared with :func:`key` (default, one line of help, choices, a check); its type
+annotation is the accepted type. The dataclass yields a schema of :class:`Field` s, against which
+every source (schema defaults ← YAML file ← values ← ``--set``) is resolved and validated once, in
+:meth:`Config.load`; the command's cross-key checks (:meth:`Config.check`) run in the same step.
+Keys are addressed with dots (``optimizer.lr``); the same keys, with ``-`` for ``_``, are a Flower
+app's run-config keys (``out_dir`` ↔ ``out-dir``). Every error names the bad key or value and lists
+the valid keys or choices.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import functools
 import json
-from collections.abc import Callable, Collection, Iterable, Mapping
+import types
+import typing
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Self
 
 import yaml
 
@@ -268,7 +277,155 @@ def from_run_config(
 
 def config_digest(config: Mapping[str, Any]) -> str:
     """Canonical JSON of a config (sorted keys): its identity in logs and message headers."""
-    return json.dumps(config, sort_keys=True, separators=(",", ":"))
+    return json.dumps(plain(config), sort_keys=True, separators=(",", ":"))
+
+
+def plain(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A config (a :class:`Config` or a mapping) as nested plain ``dict`` s, for JSON and Flower records."""
+    return {k: (plain(v) if isinstance(v, Mapping) else copy.deepcopy(v)) for k, v in config.items()}
+
+
+# ---------------------------------------------------------------- typed configs (frozen dataclasses)
+def key(default: Any, help: str, choices: Any = None, *, check: Check | None = None) -> Any:
+    """Declare one key of a :class:`Config` dataclass (its annotation gives the accepted types).
+
+    Parameters
+    ----------
+    default:
+        Value when no source sets it.
+    help:
+        One line for listings and error messages.
+    choices:
+        Allowed values, or a callable returning them (a registry).
+    check:
+        Extra validation: returns an error message (without the key name) or ``None``.
+    """
+    return field(default=default, metadata={"help": help, "choices": choices, "check": check})
+
+
+def block(cls: type[Any]) -> Any:
+    """Declare a nested block (``optimizer``, ``flower``, ``stream``) of a :class:`Config` dataclass."""
+    return field(default_factory=cls)
+
+
+def _accepted_types(annotation: Any) -> tuple[type, ...]:
+    """``float`` → ``(float,)``, ``str | None`` → ``(str, NoneType)``, ``list[int] | None`` → ``(list, NoneType)``."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        return tuple(t for arg in typing.get_args(annotation) for t in _accepted_types(arg))
+    if annotation is None or annotation is type(None):
+        return (type(None),)
+    origin = typing.get_origin(annotation)
+    return (origin if origin is not None else annotation,)
+
+
+class Config(Mapping[str, Any]):
+    """Base of a frozen dataclass config: typed attributes, and read-only ``config["key"]`` access.
+
+    Subclasses are ``@dataclass(frozen=True)`` with every field declared by :func:`key` or
+    :func:`block`, and set :attr:`command` (where named configs live: ``conf/<command>/``). Build
+    one with :meth:`load` (or :meth:`from_dict`, :meth:`from_run_config`, :meth:`replace`): the
+    values are checked key by key and then by :meth:`check`, once, before anything runs. (Calling
+    the class directly takes its arguments unchecked; the defaults alone are a valid config.) The
+    mapping view serves serialization (:func:`plain`, :func:`to_run_config`, checkpoints) and code
+    that takes any mapping.
+    """
+
+    command: ClassVar[str] = ""
+
+    # ---- the mapping view
+    def __getitem__(self, name: str) -> Any:
+        if name not in _field_names(type(self)):
+            raise KeyError(name)
+        return getattr(self, name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_field_names(type(self)))
+
+    def __len__(self) -> int:
+        return len(_field_names(type(self)))
+
+    # ---- building
+    @classmethod
+    def schema(cls) -> Schema:
+        """The :class:`Field` schema the dataclass declares (nested for blocks)."""
+        return _schema(cls)
+
+    @classmethod
+    def load(
+        cls,
+        file: str | Path | None = None,
+        overrides: Iterable[str] = (),
+        values: Mapping[str, Any] | None = None,
+    ) -> Self:
+        """Resolve defaults ← ``file`` (a name in ``conf/`` or a path) ← ``values`` ← ``--set`` ``overrides``.
+
+        Raises
+        ------
+        ConfigError
+            An unknown key (with the valid keys), a wrong type or value (with the choices), or a
+            failed cross-key check.
+        """
+        resolved = build_config(cls.schema(), file=file, values=values, overrides=overrides, command=cls.command)
+        return cls._checked(resolved)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        """A validated config from nested or dotted keys (missing keys take their defaults)."""
+        return cls.load(values=data)
+
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, Any], *, ignore: Collection[str] = ()) -> Self:
+        """A validated config from Flower run-config keys (see :func:`from_run_config`)."""
+        return cls._checked(from_run_config(cls.schema(), run_config, ignore=ignore))
+
+    @classmethod
+    def _checked(cls, resolved: Mapping[str, Any]) -> Self:
+        config = _construct(cls, resolved)
+        config.check()
+        return config
+
+    def check(self) -> None:
+        """Cross-key checks a single key's schema cannot express (raise :class:`ConfigError`)."""
+
+    def replace(self, **changes: Any) -> Self:
+        """A validated copy with ``changes``: keys (``rounds=3``), a block's keys as a mapping
+        (``optimizer={"lr": 0.1}``: the block's other keys keep their values), or dotted keys
+        (``**{"optimizer.lr": 0.1}``)."""
+        return type(self).from_dict({**_flatten(plain(self)), **_flatten(plain(changes))})
+
+    def to_dict(self) -> dict[str, Any]:
+        """Nested plain ``dict`` s (JSON, YAML, Flower records)."""
+        return plain(self)
+
+
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
+@functools.cache
+def _schema(cls: type) -> Schema:
+    hints = typing.get_type_hints(cls)
+    out: dict[str, Field | Schema] = {}
+    for f in dataclasses.fields(cls):
+        kind = hints[f.name]
+        if isinstance(kind, type) and issubclass(kind, Config):
+            out[f.name] = _schema(kind)
+            continue
+        if "help" not in f.metadata:
+            raise TypeError(f"{cls.__name__}.{f.name}: declare config keys with fl_split.config.key(...)")
+        meta = f.metadata
+        out[f.name] = Field(f.default, _accepted_types(kind), meta["help"], meta["choices"], meta["check"])
+    return out
+
+
+def _construct(cls: type[Any], resolved: Mapping[str, Any]) -> Any:
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        kind, value = hints[f.name], resolved[f.name]
+        kwargs[f.name] = _construct(kind, value) if isinstance(kind, type) and issubclass(kind, Config) else value
+    return cls(**kwargs)
 
 
 # ---------------------------------------------------------------- checks shared by every schema

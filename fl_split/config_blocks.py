@@ -1,48 +1,92 @@
-"""Schema blocks every command that trains shares: the data, the partition, SGD, Ray's resources.
+"""Config blocks every command that trains shares: the data, the partition, SGD, Ray's resources, outputs.
 
-Each command's schema (``fl_split.sl.config``, ``fl.config``, ``ddp.config``, ``gossip.config``)
-is composed from these and its own keys, so one key means the same thing, with the same default
-and check, wherever it appears.
+Each command's config (``SLConfig``, ``FLConfig``, ``DDPConfig``, ``GossipConfig``) is a frozen
+dataclass composed from these: the flat blocks (:class:`DataKeys`, :class:`PartitionKeys`,
+:class:`OutputKeys`) as base classes, so their keys stay top-level (``dataset``, ``out_dir``), and
+the nested ones (:class:`Optimizer`, :class:`RayKeys`) as fields. One key means the same thing,
+with the same check, wherever it appears; a command changes only a default (and says so by
+redeclaring the key).
 """
 
 from __future__ import annotations
 
-from fl_split.config import Field, Schema, at_least_one, dataset_choices, model_choices, non_negative, positive
+from dataclasses import dataclass
+
+from fl_split.config import (
+    Config,
+    at_least_one,
+    dataset_choices,
+    fraction,
+    key,
+    model_choices,
+    non_negative,
+    positive,
+)
 from fl_split.data.partition import PARTITIONERS
+from fl_split.metrics import EXISTING_OUT
 
 MODEL_HELP = "model name (auto: the dataset's default)"
+OUT_HELP = "where metrics.jsonl, summary.json, model.pt, checkpoint.pt and the plot go"
+CHECKPOINT_HELP = "replace out_dir/checkpoint.pt every this many rounds and after the last (0: never)"
 
 
-def data_fields(model_help: str = MODEL_HELP) -> Schema:
+@dataclass(frozen=True)
+class DataKeys(Config):
     """``dataset``, ``data_dir``, ``model``."""
-    return {
-        "dataset": Field("digits", (str,), "dataset name", dataset_choices),
-        "data_dir": Field(None, (str, type(None)), "folder with torchvision datasets (cifar10, mnist, ...)"),
-        "model": Field("auto", (str,), model_help, model_choices),
-    }
+
+    dataset: str = key("digits", "dataset name", dataset_choices)
+    data_dir: str | None = key(None, "folder with torchvision datasets (cifar10, mnist, ...)")
+    model: str = key("auto", MODEL_HELP, model_choices)
 
 
-def partition_fields() -> Schema:
-    """``partition``, ``dirichlet_alpha``, ``shards_per_client``: how the training set is split among clients."""
-    return {
-        "partition": Field("iid", (str,), "how the training set is split among clients", PARTITIONERS),
-        "dirichlet_alpha": Field(0.3, (float,), "concentration of the dirichlet partition", check=positive),
-        "shards_per_client": Field(2, (int,), "label shards per client for the shard partition", check=at_least_one),
-    }
+@dataclass(frozen=True)
+class PartitionKeys(Config):
+    """How the training set is split among clients: ``partition``, ``dirichlet_alpha``, ``shards_per_client``."""
+
+    partition: str = key("iid", "how the training set is split among clients", PARTITIONERS)
+    dirichlet_alpha: float = key(0.3, "concentration of the dirichlet partition", check=positive)
+    shards_per_client: int = key(2, "label shards per client for the shard partition", check=at_least_one)
 
 
-def optimizer_fields(lr: float, what: str = "SGD", lr_note: str = "", momentum_note: str = "") -> Schema:
-    """The ``optimizer`` block: ``lr`` (default ``lr``), ``momentum`` 0.9, ``weight_decay`` 5e-4."""
-    return {
-        "lr": Field(lr, (float,), f"{what} learning rate{lr_note}", check=positive),
-        "momentum": Field(0.9, (float,), f"{what} momentum{momentum_note}", check=non_negative),
-        "weight_decay": Field(5e-4, (float,), f"{what} weight decay", check=non_negative),
-    }
+@dataclass(frozen=True)
+class FederationKeys(Config):
+    """The clients of split and federated learning: ``clients``, ``fraction`` sampled per round, ``seed``."""
+
+    clients: int = key(10, "number of clients (Flower virtual nodes / data partitions)", check=at_least_one)
+    fraction: float = key(1.0, "fraction of clients sampled per round", check=fraction)
+    seed: int = key(0, "seed of initialisation, partitioning, batch order and sampling")
 
 
-def ray_fields() -> Schema:
+@dataclass(frozen=True)
+class OutputKeys(Config):
+    """A command's outputs: ``out_dir`` (each command redeclares its default), ``existing_out``,
+    ``checkpoint_every``, ``progress``."""
+
+    out_dir: str = key("runs", OUT_HELP)
+    existing_out: str = key(
+        "refuse", "out_dir already holds a run: refuse, resume (from checkpoint.pt) or overwrite", EXISTING_OUT
+    )
+    checkpoint_every: int = key(1, CHECKPOINT_HELP, check=non_negative)
+    progress: bool = key(True, "show a progress bar (on stderr)")
+
+
+def checkpoint_at_rows(rows_every: str, unit: str = "rounds") -> str:
+    """``checkpoint_every``'s help for a command that writes a metrics row every ``rows_every`` ``unit``."""
+    return CHECKPOINT_HELP.replace("rounds", unit) + f"; at metrics rows only ({rows_every})"
+
+
+@dataclass(frozen=True)
+class Optimizer(Config):
+    """The ``optimizer`` block: SGD ``lr`` (0.05 unless a command redeclares it), ``momentum``, ``weight_decay``."""
+
+    lr: float = key(0.05, "SGD learning rate", check=positive)
+    momentum: float = key(0.9, "SGD momentum (FL: buffers start at zero each round)", check=non_negative)
+    weight_decay: float = key(5e-4, "SGD weight decay", check=non_negative)
+
+
+@dataclass(frozen=True)
+class RayKeys(Config):
     """``num_cpus``, ``num_gpus`` of the ``flower`` block: Ray's resources per virtual client."""
-    return {
-        "num_cpus": Field(1.0, (float,), "Ray CPUs per virtual client", check=positive),
-        "num_gpus": Field(0.0, (float,), "Ray GPU fraction per virtual client", check=non_negative),
-    }
+
+    num_cpus: float = key(1.0, "Ray CPUs per virtual client", check=positive)
+    num_gpus: float = key(0.0, "Ray GPU fraction per virtual client", check=non_negative)

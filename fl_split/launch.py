@@ -2,7 +2,7 @@
 
 Used by ``fl-split ddp`` (one rank per data-parallel worker) and ``fl-split gossip`` with
 ``transport = distributed`` (one rank per node). Each rank runs ``fn(rank, world, config, *args)``
-in an initialised gloo group (timeout ``config["timeout_s"]``) and writes what it returned to
+in an initialised gloo group (timeout ``config.timeout_s``) and writes what it returned to
 ``out_dir/rank{r}.json`` — with ``error`` when it raised, so a caller can read every rank's failure.
 """
 
@@ -14,7 +14,7 @@ import socket
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -23,12 +23,22 @@ import torch.multiprocessing as mp
 RankFn = Callable[..., dict[str, Any]]
 
 
-def run_rank(fn: RankFn, rank: int, world: int, config: dict[str, Any], *args: Any) -> None:
+class RankConfig(Protocol):
+    """What the launcher reads from a command's config (``DDPConfig``, ``GossipConfig``)."""
+
+    @property
+    def out_dir(self) -> str: ...
+
+    @property
+    def timeout_s(self) -> float: ...
+
+
+def run_rank(fn: RankFn, rank: int, world: int, config: RankConfig, *args: Any) -> None:
     """Initialise the group, run ``fn``, write ``rank{r}.json`` (with ``error`` when ``fn`` raised), leave the group."""
-    out = Path(config["out_dir"])
+    out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"rank": rank}
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=float(config["timeout_s"])))
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=config.timeout_s))
     try:
         result = fn(rank, world, config, *args)
     except Exception as exc:
@@ -39,7 +49,7 @@ def run_rank(fn: RankFn, rank: int, world: int, config: dict[str, Any], *args: A
         dist.destroy_process_group()
 
 
-def _spawned(rank: int, fn: RankFn, world: int, port: int, config: dict[str, Any], args: tuple[Any, ...]) -> None:
+def _spawned(rank: int, fn: RankFn, world: int, port: int, config: RankConfig, args: tuple[Any, ...]) -> None:
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
     run_rank(fn, rank, world, config, *args)
 
@@ -51,7 +61,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def launch(fn: RankFn, config: dict[str, Any], world: int, *args: Any, world_must_match: bool = False) -> bool:
+def launch(fn: RankFn, config: RankConfig, world: int, *args: Any, world_must_match: bool = False) -> bool:
     """Run ``fn`` on every rank; ``True`` here if this process spawned the ranks (and they all finished).
 
     Under ``torchrun`` (``RANK`` and ``WORLD_SIZE`` set) this process is one rank of

@@ -15,6 +15,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from fl_split.config import plain
 from fl_split.durable import append_line, atomic_write_text
 
 ROUND_KEYS = (
@@ -110,7 +111,7 @@ class RunWriter:
         rows = self.rows
         last = rows[-1] if rows else {}
         summary: dict[str, Any] = {
-            "config": dict(config),
+            "config": plain(config),
             "rounds_completed": len(rows),
             "final_test_accuracy": last.get("test_accuracy"),
             "final_test_accuracy_dense": last.get("test_accuracy_dense"),

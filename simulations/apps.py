@@ -23,13 +23,13 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 from flwr.serverapp import Grid, ServerApp
 
-from fl_split.config import ConfigError, Schema, flat_fields, from_run_config
+from fl_split.config import ConfigError, flat_fields
 from fl_split.fl.client import local_train
-from fl_split.fl.config import FL_SCHEMA, validate_fl
+from fl_split.fl.config import FLConfig
 from fl_split.fl.mods import compress_update
 from fl_split.node_config import node_partition
 from fl_split.sl.client import BEGIN, STEP, ClientState, client_handle
-from fl_split.sl.config import SL_SCHEMA, validate_sl
+from fl_split.sl.config import SLConfig
 from fl_split.sl.records import RECORD, from_record, to_record
 from fl_split.sl.stream_client import StreamFault, stream_round
 from fl_split.sl.stream_server import ADDRESS
@@ -37,11 +37,8 @@ from fl_split.sl.stream_server import ADDRESS
 #: ``mode`` value of the run config that selects federated learning.
 FL_MODE = "fl"
 
-#: task → (schema, cross-key validation); ``sl`` is every ``mode`` but ``fl``.
-TASKS: dict[str, tuple[Schema, Callable[[dict[str, Any]], None]]] = {
-    "sl": (SL_SCHEMA, validate_sl),
-    "fl": (FL_SCHEMA, validate_fl),
-}
+#: task → its config class; ``sl`` is every ``mode`` but ``fl``.
+TASKS: dict[str, type[SLConfig] | type[FLConfig]] = {"sl": SLConfig, "fl": FLConfig}
 
 
 def task_of(run_config: Mapping[str, Any]) -> str:
@@ -49,7 +46,7 @@ def task_of(run_config: Mapping[str, Any]) -> str:
     return "fl" if run_config.get("mode") == FL_MODE else "sl"
 
 
-def task_config(run_config: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+def task_config(run_config: Mapping[str, Any]) -> tuple[str, SLConfig | FLConfig]:
     """The task a run config selects and its resolved, validated config.
 
     Empty values (``""``) take the task's defaults. Keys of the other task only are skipped while
@@ -61,10 +58,9 @@ def task_config(run_config: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
         An unknown key, a bad value, or a key of the other task set (saying which ``mode`` it needs).
     """
     task = task_of(run_config)
-    schema, validate = TASKS[task]
     other = "fl" if task == "sl" else "sl"
-    own = flat_fields(schema)
-    theirs = flat_fields(TASKS[other][0])
+    own = flat_fields(TASKS[task].schema())
+    theirs = flat_fields(TASKS[other].schema())
     values: dict[str, Any] = {}
     for key, value in run_config.items():
         dotted = key.replace("-", "_")
@@ -81,7 +77,7 @@ def task_config(run_config: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
         if value == "":
             continue  # the task's default
         values[key] = value
-    return task, from_run_config(schema, values, validate=validate)
+    return task, TASKS[task].from_run_config(values)
 
 
 _TASK_NAMES = {"sl": "split learning", "fl": "federated learning"}
@@ -163,7 +159,7 @@ def fl_train(msg: Message, context: Context) -> Message:
     weights = msg.content.array_records["arrays"].to_torch_state_dict()
     pid, num = node_partition(context.node_config)
     delta, examples, loss = local_train(fl_config, weights, pid, num, int(str(config["server-round"])))
-    metrics = MetricRecord({"num-examples": examples, "train-loss": loss})
+    metrics = MetricRecord({"num-examples": examples, "train-loss": loss, "partition-id": pid})
     return Message(
         content=RecordDict({"arrays": ArrayRecord(torch_state_dict=delta), "metrics": metrics}), reply_to=msg
     )

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from fl_split.sl.config import load_sl_config
+from fl_split.sl.config import SLConfig, load_sl_config
 from fl_split.sl.transport import InProcessTransport, Reply, Transport
 from strategies.split_learning import SplitLearningStrategy
 
@@ -133,7 +133,7 @@ def cell_config(
     wait_ms: float,
     batching: bool = False,
     device: str = "cpu",
-) -> dict[str, Any]:
+) -> SLConfig:
     """The config of one benchmark cell: one round, ``steps`` batches per client, MS uplink."""
     spec = MODELS[model]
     return load_sl_config(
@@ -156,7 +156,7 @@ def cell_config(
     )
 
 
-def measure(config: dict[str, Any], transport: Transport, engine: str) -> dict[str, Any]:
+def measure(config: SLConfig, transport: Transport, engine: str) -> dict[str, Any]:
     """Run one cell's round; its throughput and time breakdown."""
     strategy = SplitLearningStrategy(config)
     with PeakRss() as rss:
@@ -166,14 +166,14 @@ def measure(config: dict[str, Any], transport: Transport, engine: str) -> dict[s
     transport_s = row.get("transport_s", 0.0)
     client_s = row.get("client_s", 0.0)
     return {
-        "model": config["model"],
+        "model": config.model,
         "engine": engine,
-        "mode": config["mode"],
+        "mode": config.mode,
         "clients": row["clients"],
-        "batches_per_message": config["batches_per_message"],
-        "batch_size": config["batch_size"],
-        "server_batching": config["server_batching"],
-        "server_device": config["server_device"],
+        "batches_per_message": config.batches_per_message,
+        "batch_size": config.batch_size,
+        "server_batching": config.server_batching,
+        "server_device": config.server_device,
         "steps": row["steps"],
         "server_steps": row["server_steps"],
         "samples": row["samples"],
@@ -278,7 +278,7 @@ def run_many(clients: int, rounds: int) -> dict[str, Any]:
     later = [r["s"] for r in per_round[1:]]
     return {
         "clients": clients,
-        "mode": config["mode"],
+        "mode": config.mode,
         "rounds": rounds,
         "completed": len(per_round) == rounds,
         "wall_s": round(time.perf_counter() - t0, 1),

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from fl_split.config import CONF_DIR
-from fl_split.sl.config import load_sl_config
+from fl_split.sl.config import SLConfig, load_sl_config
 from simulations.sl import run_sl
 from strategies.split_learning import TrainingFailed
 
@@ -67,7 +67,7 @@ def aggregate(cells: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
     return out
 
 
-def run_cell(config: dict[str, Any]) -> dict[str, Any]:
+def run_cell(config: SLConfig) -> dict[str, Any]:
     """One run; its accuracies and measured byte totals."""
     t0 = time.perf_counter()
     try:
@@ -90,7 +90,7 @@ def run_cell(config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _elements(metrics: list[dict[str, Any]], config: dict[str, Any]) -> int:
+def _elements(metrics: list[dict[str, Any]], config: SLConfig) -> int:
     """Activation elements sent over the run: samples × elements per sample at the cut."""
     from fl_split.sl.setup import check_model_fits_data
 

@@ -22,7 +22,11 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fl_split.ddp.config import DDPConfig
+    from fl_split.gossip.config import GossipConfig
 
 
 def _codecs(args: argparse.Namespace) -> int:
@@ -108,7 +112,7 @@ def _spawned(
     parser: argparse.ArgumentParser,
     command: str,
     unit: str,
-    last_line: Callable[[dict[str, Any], dict[str, Any], dict[str, Any]], str],
+    last_line: Callable[[Any, dict[str, Any], dict[str, Any]], str],
 ) -> int:
     """``ddp`` and ``gossip``: resolve the config, run (local ranks or one ``torchrun`` rank), print the results.
 
@@ -129,7 +133,7 @@ def _spawned(
         parser.error(str(err))
     if os.environ.get("RANK", "0") != "0":
         return 0
-    out = Path(config["out_dir"])
+    out = Path(config.out_dir)
     rows = read_metrics(out / "metrics.jsonl")
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     print(results_table(summary, rows, out, unit))
@@ -137,14 +141,14 @@ def _spawned(
     return 0
 
 
-def _ddp_line(config: dict[str, Any], last: dict[str, Any], summary: dict[str, Any]) -> str:
-    ranks = os.environ.get("WORLD_SIZE", config["world_size"])
+def _ddp_line(config: DDPConfig, last: dict[str, Any], summary: dict[str, Any]) -> str:
+    ranks = os.environ.get("WORLD_SIZE", config.world_size)
     if last["cum_uplink_bytes"] is None:
         return f"{ranks} ranks, DDP's own all-reduce (hook=false: no payload bytes to measure)"
-    return f"{last['cum_uplink_bytes'] / 1e6:.3f} MB of payloads sent by {ranks} ranks ({config['codec']})"
+    return f"{last['cum_uplink_bytes'] / 1e6:.3f} MB of payloads sent by {ranks} ranks ({config.codec})"
 
 
-def _gossip_line(config: dict[str, Any], last: dict[str, Any], summary: dict[str, Any]) -> str:
+def _gossip_line(config: GossipConfig, last: dict[str, Any], summary: dict[str, Any]) -> str:
     return (
         f"accuracy of the average model; {last['cum_uplink_bytes'] / 1e6:.3f} MB over all edges, consensus "
         f"distance {last['consensus_distance']:.4g}, sparsity {last['model_sparsity']:.3f} ({summary['codec']})"

@@ -25,6 +25,7 @@ import yaml
 from fl_split.compare.cells import Cell, cell_result, expand_grid
 from fl_split.config import ConfigError, resolve_config_path
 from fl_split.metrics import read_metrics
+from fl_split.sl.config import SLConfig
 
 #: Columns of ``summary.csv`` / ``summary.md``, in order.
 COLUMNS = [
@@ -49,9 +50,9 @@ def run_cell(cell: Cell, cell_dir: str) -> str:
     """Run one cell into ``cell_dir``; ``"completed"``, or ``"failed: ..."`` (the traceback in ``error.txt``)."""
     out = Path(cell_dir)
     out.mkdir(parents=True, exist_ok=True)
-    config = {**cell.config, "out_dir": str(out), "progress": False, "existing_out": "overwrite"}
+    config = cell.config.replace(out_dir=str(out), progress=False, existing_out="overwrite")
     try:
-        if cell.scheme == "sl":
+        if isinstance(config, SLConfig):
             from simulations.sl import run_sl
 
             run_sl(config)

@@ -18,6 +18,7 @@ from flwr.serverapp import Grid
 from fl_split.checkpoint import load_checkpoint, save_checkpoint, save_model
 from fl_split.errors import TrainingFailed
 from fl_split.fl.client import accuracy, build_model
+from fl_split.fl.config import FLConfig
 from fl_split.metrics import RunWriter, failure_summary
 from fl_split.report import RunReporter
 from fl_split.sl.setup import check_model_fits_data, load_split
@@ -30,11 +31,11 @@ log = logging.getLogger(__name__)
 class FLRun:
     """The server side of one run: the strategy, the centralized evaluation and the metrics rows."""
 
-    def __init__(self, config: dict[str, Any], writer: RunWriter | None = None) -> None:
+    def __init__(self, config: FLConfig, writer: RunWriter | None = None) -> None:
         check_model_fits_data({**config, "cut": "shallow"})
         self.config = config
         self.strategy = CompressedFedAvg(config)
-        self.model = build_model(config, seed=int(config["seed"]))
+        self.model = build_model(config, seed=config.seed)
         self.x_test, self.y_test = load_split(config, "test")
         self.writer = writer
         self.rows: list[dict[str, Any]] = []
@@ -46,12 +47,12 @@ class FLRun:
         """Flower's ``evaluate_fn``: test accuracy of the global model; after round >= 1, write the row
         and (every ``checkpoint_every`` rounds) the checkpoint."""
         self.model.load_state_dict(arrays.to_torch_state_dict())
-        acc = accuracy(self.model, self.x_test, self.y_test, int(self.config["eval_batch_size"]) or 512)
+        acc = accuracy(self.model, self.x_test, self.y_test, self.config.eval_batch_size or 512)
         if server_round >= 1:
             rnd = server_round + self.done_rounds
             self._write(rnd, acc)
-            every = int(self.config["checkpoint_every"])
-            if self.writer is not None and every and (rnd % every == 0 or rnd == int(self.config["rounds"])):
+            every = self.config.checkpoint_every
+            if self.writer is not None and every and (rnd % every == 0 or rnd == self.config.rounds):
                 save_checkpoint(self.writer.out_dir, "fl", rnd, self.config, self.state_dict())
         return MetricRecord({"test-accuracy": acc})
 
@@ -102,13 +103,13 @@ class FLRun:
         TrainingFailed
             If fewer than ``clients`` nodes connect within ``flower.wait_for_nodes_s``.
         """
-        wait_for_nodes(grid, int(self.config["clients"]), float(self.config["flower"]["wait_for_nodes_s"]))
+        wait_for_nodes(grid, self.config.clients, self.config.flower.wait_for_nodes_s)
         initial = ArrayRecord(torch_state_dict=self.model.state_dict())
         self.strategy.start(
             grid,
             initial,
-            num_rounds=int(self.config["rounds"]) - self.done_rounds,
-            timeout=float(self.config["flower"]["timeout_s"]),
+            num_rounds=self.config.rounds - self.done_rounds,
+            timeout=self.config.flower.timeout_s,
             evaluate_fn=self.evaluate,
         )
 
@@ -130,36 +131,36 @@ def wait_for_nodes(grid: Grid, needed: int, timeout_s: float, poll_s: float = 0.
         time.sleep(poll_s)
 
 
-def _build(config: dict[str, Any]) -> tuple[FLRun, RunReporter]:
+def _build(config: FLConfig) -> tuple[FLRun, RunReporter]:
     """The run (resumed from ``out_dir``'s checkpoint with ``existing_out=resume``) and its reporter."""
     run = FLRun(config)
     done = 0
-    if config["existing_out"] == "resume":
-        done, state = load_checkpoint(config["out_dir"], "fl", config)
+    if config.existing_out == "resume":
+        done, state = load_checkpoint(config.out_dir, "fl", config)
         run.load_state_dict(state, done)
-        log.info("resuming %s after round %d", config["out_dir"], done)
+        log.info("resuming %s after round %d", config.out_dir, done)
     run.writer = RunReporter(
-        config["out_dir"],
-        config["existing_out"],
+        config.out_dir,
+        config.existing_out,
         done,
-        total=int(config["rounds"]),
+        total=config.rounds,
         desc="FL",
-        progress=config["progress"],
+        progress=config.progress,
     )
     return run, run.writer
 
 
-def run_fl(config: dict[str, Any], *, echo: bool = False, mods: tuple = ()) -> dict[str, Any]:
+def run_fl(config: FLConfig, *, echo: bool = False, mods: tuple = ()) -> dict[str, Any]:
     """Run federated learning as ``config`` says (Flower's simulation engine); return ``summary.json``'s content."""
     from simulations.engine import run_flower_simulation
 
     run, writer = _build(config)
-    flower = config["flower"]
+    flower = config.flower
     try:
         run_flower_simulation(
             build_server_app(lambda grid, _context: run.start(grid)),
             build_client_app(mods),
-            int(config["clients"]),
+            config.clients,
             num_cpus=flower["num_cpus"],
             num_gpus=flower["num_gpus"],
         )
@@ -168,7 +169,7 @@ def run_fl(config: dict[str, Any], *, echo: bool = False, mods: tuple = ()) -> d
     return _finish(config, run, writer, echo)
 
 
-def run_fl_on_grid(config: dict[str, Any], grid: Grid) -> dict[str, Any]:
+def run_fl_on_grid(config: FLConfig, grid: Grid) -> dict[str, Any]:
     """Run federated learning on an existing grid (the ServerApp of ``flwr run .`` with ``mode = "fl"``)."""
     run, writer = _build(config)
     try:
@@ -183,7 +184,7 @@ def run_fl_on_grid(config: dict[str, Any], grid: Grid) -> dict[str, Any]:
 
 
 def _finish(
-    config: dict[str, Any], run: FLRun, writer: RunWriter, echo: bool, error: BaseException | None = None
+    config: FLConfig, run: FLRun, writer: RunWriter, echo: bool, error: BaseException | None = None
 ) -> dict[str, Any]:
     """Write ``summary.json`` (status, failures by reason, ``s_per_round``, ``start_s``) and the plot;
     print the table when ``echo``.
@@ -192,8 +193,8 @@ def _finish(
     update (every round kept the initial model): ``status: failed`` and ``error`` say so.
     """
     title = json.dumps({k: config[k] for k in ("clients", "fraction", "uplink", "error_feedback", "partition")})
-    if error is None and len(writer.rows) < int(config["rounds"]):
-        error = TrainingFailed(f"completed {len(writer.rows)} of {config['rounds']} rounds; see the log above")
+    if error is None and len(writer.rows) < config.rounds:
+        error = TrainingFailed(f"completed {len(writer.rows)} of {config.rounds} rounds; see the log above")
     if error is None and not any(r["aggregated"] for r in writer.rows):
         first = run.strategy.failures[0]["error"] if run.strategy.failures else "no reply arrived"
         error = TrainingFailed(f"no round aggregated an update: the model never changed; first failure: {first}")

@@ -13,6 +13,7 @@ from typing import Any
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from fl_split.fl.config import FLConfig
 from simulations.apps import build_server_app, task_config
 from simulations.fl import run_fl_on_grid
 from simulations.sl import run_on_grid
@@ -21,8 +22,8 @@ from strategies.split_learning import SplitLearningStrategy
 
 def run_from_context(grid: Grid, context: Context) -> dict[str, Any]:
     """``flwr run .``: resolve the task's config from the run config, run it, write its outputs."""
-    task, config = task_config(context.run_config)
-    if task == "fl":
+    _, config = task_config(context.run_config)
+    if isinstance(config, FLConfig):
         return run_fl_on_grid(config, grid)
     return run_on_grid(config, grid)
 

@@ -15,6 +15,7 @@ from flwr.serverapp import Grid
 from fl_split.checkpoint import load_checkpoint, save_model
 from fl_split.metrics import failure_summary
 from fl_split.report import RunReporter
+from fl_split.sl.config import SLConfig
 from fl_split.sl.transport import InProcessTransport
 from simulations.apps import build_client_app, build_server_app
 from strategies.split_learning import SplitLearningStrategy, TrainingFailed, describe
@@ -22,28 +23,28 @@ from strategies.split_learning import SplitLearningStrategy, TrainingFailed, des
 log = logging.getLogger(__name__)
 
 
-def _build(config: dict[str, Any]) -> tuple[SplitLearningStrategy, RunReporter]:
+def _build(config: SLConfig) -> tuple[SplitLearningStrategy, RunReporter]:
     """The strategy (resumed from ``out_dir``'s checkpoint with ``existing_out=resume``) and its reporter."""
     strategy = SplitLearningStrategy(config)  # validates model/data/codecs before anything starts
     resume_round = 0
-    if config["existing_out"] == "resume":
-        resume_round, state = load_checkpoint(config["out_dir"], "sl", config)
+    if config.existing_out == "resume":
+        resume_round, state = load_checkpoint(config.out_dir, "sl", config)
         strategy.load_state_dict(state)
-        log.info("resuming %s after round %d", config["out_dir"], resume_round)
+        log.info("resuming %s after round %d", config.out_dir, resume_round)
     reporter = RunReporter(
-        config["out_dir"],
-        config["existing_out"],
+        config.out_dir,
+        config.existing_out,
         resume_round,
-        total=int(config["rounds"]),
-        desc=f"SL {config['mode']} ({config['engine']})",
-        progress=config["progress"],
+        total=config.rounds,
+        desc=f"SL {config.mode} ({config.engine})",
+        progress=config.progress,
     )
     strategy.writer = reporter
     return strategy, reporter
 
 
 def _finish(
-    config: dict[str, Any],
+    config: SLConfig,
     writer: RunReporter,
     echo: bool,
     error: BaseException | None = None,
@@ -70,7 +71,7 @@ def _finish(
     return summary
 
 
-def _run(config: dict[str, Any], start: Callable[[SplitLearningStrategy], object], echo: bool) -> dict[str, Any]:
+def _run(config: SLConfig, start: Callable[[SplitLearningStrategy], object], echo: bool) -> dict[str, Any]:
     strategy, writer = _build(config)
     try:
         start(strategy)
@@ -79,12 +80,12 @@ def _run(config: dict[str, Any], start: Callable[[SplitLearningStrategy], object
     return _finish(config, writer, echo, strategy=strategy)
 
 
-def run_on_grid(config: dict[str, Any], grid: Grid) -> dict[str, Any]:
+def run_on_grid(config: SLConfig, grid: Grid) -> dict[str, Any]:
     """Run the strategy over a ServerApp's grid (``flwr run``), print the table; return the summary."""
     return _run(config, lambda strategy: strategy.start(grid), echo=True)
 
 
-def run_sl(config: dict[str, Any], *, echo: bool = False) -> dict[str, Any]:
+def run_sl(config: SLConfig, *, echo: bool = False) -> dict[str, Any]:
     """Run split learning as ``config`` says (engine ``flower`` or ``inprocess``); return ``summary.json``'s content.
 
     With ``echo``, print the results table and the paths written.
@@ -98,25 +99,25 @@ def run_sl(config: dict[str, Any], *, echo: bool = False) -> dict[str, Any]:
     return _run(config, lambda strategy: _start(strategy, config), echo)
 
 
-def _start(strategy: SplitLearningStrategy, config: dict[str, Any]) -> None:
+def _start(strategy: SplitLearningStrategy, config: SLConfig) -> None:
     """Run the strategy on the configured engine."""
-    if config["engine"] == "inprocess":
-        strategy.start(InProcessTransport(int(config["clients"])))
+    if config.engine == "inprocess":
+        strategy.start(InProcessTransport(config.clients))
     else:
         from simulations.engine import run_flower_simulation
 
-        flower = config["flower"]
+        flower = config.flower
         run_flower_simulation(
             build_server_app(lambda grid, _context: strategy.start(grid, local=True)),
             build_client_app(),
-            int(config["clients"]),
+            config.clients,
             num_cpus=flower["num_cpus"],
             num_gpus=flower["num_gpus"],
             engine_wait_ms=flower["engine_wait_ms"],
         )
 
 
-def main(config: dict[str, Any]) -> int:
+def main(config: SLConfig) -> int:
     """Run and print the results table (the CLI's ``sl`` command)."""
     run_sl(config, echo=True)
     return 0

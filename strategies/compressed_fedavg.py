@@ -32,6 +32,7 @@ from fl_split import validate
 from fl_split.codecs import CodecError
 from fl_split.config import ConfigError, config_digest
 from fl_split.fl.client import build_model
+from fl_split.fl.config import FLConfig
 from fl_split.fl.update import DOWN_RECORD, UPDATE_RECORD, decode_update, encode_update
 from fl_split.sl.setup import load_split
 from fl_split.validate import reason_of
@@ -80,9 +81,9 @@ class CompressedFedAvg(FedAvg):
         A resolved ``fl`` config (:func:`fl_split.fl.config.load_fl_config`).
     """
 
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(self, config: FLConfig) -> None:
         super().__init__(
-            fraction_train=float(config["fraction"]),
+            fraction_train=config.fraction,
             fraction_evaluate=0.0,  # the server evaluates the global model itself (evaluate_fn)
             min_train_nodes=1,
             min_evaluate_nodes=0,
@@ -106,11 +107,11 @@ class CompressedFedAvg(FedAvg):
         #: downlink compression: the global model as the clients in sync hold it, and who holds which round
         self._view: dict[str, torch.Tensor] | None = None
         self._synced: dict[int, int] = {}
-        if config["downlink"] != "none":
+        if config.downlink != "none":
             model = build_model(config, seed=0).state_dict()
             if not all(t.is_floating_point() for t in model.values()):
                 raise ConfigError(
-                    f"downlink {config['downlink']!r} needs a model whose state is all floating point "
+                    f"downlink {config.downlink!r} needs a model whose state is all floating point "
                     "(BatchNorm's batch counters are not); use downlink=none with this model"
                 )
 
@@ -121,14 +122,14 @@ class CompressedFedAvg(FedAvg):
         server_round += self.round_offset
         self._global = arrays.to_torch_state_dict()
         self.counters = RoundCounters()
-        config["uplink"] = str(self.config["uplink"])
-        config["downlink"] = str(self.config["downlink"])
-        config["error-feedback"] = bool(self.config["error_feedback"])
-        config["dense-below"] = int(self.config["dense_below"])
+        config["uplink"] = self.config.uplink
+        config["downlink"] = self.config.downlink
+        config["error-feedback"] = self.config.error_feedback
+        config["dense-below"] = self.config.dense_below
         config["fl-config"] = self._config_json
         messages = list(super().configure_train(server_round, arrays, config, grid))
         self.counters.sampled_nodes = [msg.metadata.dst_node_id for msg in messages]
-        if self.config["downlink"] == "none":
+        if self.config.downlink == "none":
             self.counters.downlink_bytes = len(messages) * array_bytes(arrays)
         else:
             self._compress_downlink(server_round, messages, config)
@@ -140,7 +141,7 @@ class CompressedFedAvg(FedAvg):
         The clients' copy (``view``) advances by the decoded change, so what the codec dropped stays in
         ``global - view`` and is sent in a later round (error feedback on the downlink for free).
         """
-        spec, dense = str(self.config["downlink"]), int(self.config["dense_below"])
+        spec, dense = self.config.downlink, self.config.dense_below
         down: ConfigRecord | None = None
         if self._view is None:
             self._view = {k: v.clone() for k, v in self._global.items()}
@@ -168,7 +169,7 @@ class CompressedFedAvg(FedAvg):
         """Decode every reply's update, let ``FedAvg`` average the deltas, step the global model."""
         server_round += self.round_offset
         c = self.counters
-        decoded: list[Message] = []
+        decoded: list[tuple[int, int, Message, float]] = []  # (partition, node, reply, loss × examples)
         replied = set()
         for msg in replies:
             c.replies += 1
@@ -186,9 +187,10 @@ class CompressedFedAvg(FedAvg):
                 loss = validate.number(metrics.get("train-loss", 0.0), "train-loss")
                 residual = validate.count(metrics.get("residual-bytes", 0), "residual-bytes")
                 view = validate.count(metrics.get("view-bytes", 0), "view-bytes")
+                partition = validate.count(metrics.get("partition-id", 0), "partition-id")
                 validate.finite(delta.values(), "the update")
                 size = validate.bounded_change(
-                    delta.values(), [self._global[k] for k in delta], float(self.config["max_update_norm"]), "its model"
+                    delta.values(), [self._global[k] for k in delta], self.config.max_update_norm, "its model"
                 )
             except (CodecError, KeyError, TypeError, ValueError, OverflowError) as exc:
                 self._synced.pop(node, None)
@@ -198,7 +200,6 @@ class CompressedFedAvg(FedAvg):
             c.uplink_bytes += nbytes
             c.update_size_max = max(c.update_size_max, size)
             c.samples += examples
-            c.loss_sum += loss * examples
             self.residual_by_node[node] = residual
             self.view_by_node[node] = view
             # only the checked values go on to Flower's FedAvg (extra or missing keys would make its
@@ -207,7 +208,7 @@ class CompressedFedAvg(FedAvg):
                 {"num-examples": examples, "train-loss": loss, "residual-bytes": residual, "view-bytes": view}
             )
             msg.content = RecordDict({"arrays": ArrayRecord(torch_state_dict=delta), "metrics": checked})
-            decoded.append(msg)
+            decoded.append((partition, node, msg, loss * examples))
         for node in c.sampled_nodes:
             if node not in replied:
                 self._fail(server_round, node, "timed_out", "sent no reply within flower.timeout_s")
@@ -217,10 +218,14 @@ class CompressedFedAvg(FedAvg):
         if not decoded:
             log.error("round %d: no update decoded; the global model stays as it was", server_round)
             return None, None
-        mean, agg_metrics = super().aggregate_train(server_round, decoded)
+        # FedAvg's float32 sums depend on their order: sum in partition order, not in arrival order, so
+        # a run (and a resumed one) gives the same model bit for bit however the replies arrive
+        decoded.sort(key=lambda item: item[:2])
+        c.loss_sum += sum(item[3] for item in decoded)
+        mean, agg_metrics = super().aggregate_train(server_round, [item[2] for item in decoded])
         if mean is None:
             return None, agg_metrics
-        step = float(self.config["server_lr"])
+        step = self.config.server_lr
         delta = mean.to_torch_state_dict()
         new = {k: (v + step * delta[k].to(v.dtype)) if k in delta else v for k, v in self._global.items()}
         return ArrayRecord(torch_state_dict=new), agg_metrics
@@ -263,8 +268,8 @@ class CompressedFedAvg(FedAvg):
             [str(n) for n in names],
             [p if isinstance(p, bytes) else b"" for p in payloads],
             like,
-            str(self.config["uplink"]),
-            dense_below=int(self.config["dense_below"]),
+            self.config.uplink,
+            dense_below=self.config.dense_below,
         )
         return delta, msg.content.metric_records["metrics"], sum(len(p) for p in payloads if isinstance(p, bytes))
 

@@ -55,7 +55,7 @@ def inprocess_twin(flower: Any) -> Any:
     from fl_split.sl.transport import InProcessTransport
     from strategies.split_learning import SplitLearningStrategy
 
-    config = {**flower.config, "engine": "inprocess", "transport": "messages"}
+    config = flower.config.replace(engine="inprocess", transport="messages")
     nodes = sorted(flower.partitions, key=flower.partitions.get)
     assert [flower.partitions[n] for n in nodes] == list(range(int(config["clients"]))), flower.partitions
     local = SplitLearningStrategy(config, keep_history=True)

@@ -79,6 +79,36 @@ def test_with_codec_none_aggregation_equals_flowers_plain_fedavg() -> None:
     assert (row["samples"], row["dropped"], row["failed_clients"]) == (387, 0, 0)
 
 
+def test_aggregation_sums_in_partition_order_whatever_order_the_replies_arrive_in() -> None:
+    """Ray delivers replies in any order; float32 sums depend on it. The strategy sums in partition order,
+    so a run (and a resumed one) gives the same model bit for bit."""
+    cfg = _config(uplink="none", dense_below=0)
+    global_sd = build_model(cfg, seed=0).state_dict()
+    g = torch.Generator().manual_seed(3)
+    deltas = [{k: (10.0**i) * torch.randn(v.shape, generator=g) for k, v in global_sd.items()} for i in range(-3, 3)]
+    examples = [100, 250, 37, 80, 12, 400]
+
+    def aggregate(order: list[int]) -> dict[str, torch.Tensor]:
+        ours = CompressedFedAvg(cfg)
+        ours._global = {k: v.clone() for k, v in global_sd.items()}
+        replies = []
+        for i in order:
+            names, payloads, _ = encode_update(deltas[i], "none")
+            metrics = MetricRecord({"num-examples": examples[i], "partition-id": i})
+            update = ConfigRecord({"names": names, "payloads": payloads})
+            content = RecordDict({UPDATE_RECORD: update, "metrics": metrics})
+            replies.append(_reply(10 + order.index(i), content))  # node ids in arrival order, as Ray's may be
+        got, _ = ours.aggregate_train(1, replies)
+        assert got is not None
+        return got.to_torch_state_dict()
+
+    forward, backward = aggregate([0, 1, 2, 3, 4, 5]), aggregate([5, 3, 1, 4, 0, 2])
+    assert all(torch.equal(forward[k], backward[k]) for k in forward)
+    # the check has teeth: summed in those two orders, float32 gives different bits
+    w = [examples[i] * deltas[i]["0.0.weight"] for i in range(6)]
+    assert not torch.equal(sum(w[i] for i in [0, 1, 2, 3, 4, 5]), sum(w[i] for i in [5, 3, 1, 4, 0, 2]))
+
+
 def test_a_reply_that_does_not_decode_is_dropped_and_the_others_are_averaged(caplog: pytest.LogCaptureFixture) -> None:
     cfg = _config(uplink="qsgd:levels=16", dense_below=0)
     global_sd = build_model(cfg, seed=0).state_dict()

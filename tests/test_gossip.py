@@ -14,7 +14,7 @@ from torch import nn
 from fl_split.codecs import codec_from_spec, seeded_codec_from_spec
 from fl_split.config import ConfigError
 from fl_split.gossip import TopologyError, make_topology, mixing_matrix, soft_threshold
-from fl_split.gossip.config import load_gossip_config
+from fl_split.gossip.config import GossipConfig, load_gossip_config
 from fl_split.gossip.inprocess import InProcessGossip
 from fl_split.gossip.node import GossipNode, LocalObjective, gossip_round, local_exchange
 from fl_split.gossip.run import run_gossip
@@ -206,7 +206,7 @@ def test_default_run_reaches_090_on_a_ring_of_8(tmp_path: Path) -> None:
     assert summary["final_test_accuracy"] >= 0.90 and rows[-1]["train_loss"] < rows[0]["train_loss"]
     assert rows[-1]["consensus_distance"] < 5.0  # the nodes stay together (it grows without bound at gamma 0.5)
     # bytes: every node's payload over each of its 2 edges, measured; about 0.5 bits per parameter
-    d = sum(p.numel() for p in LocalObjective(summary["config"], 8).model.parameters())
+    d = sum(p.numel() for p in LocalObjective(GossipConfig.from_dict(summary["config"]), 8).model.parameters())
     assert 8 * 2 * 50 * d / 64 < rows[-1]["uplink_bytes"] < 8 * 2 * 50 * d / 4
     assert (tmp_path / "summary.json").exists() and (tmp_path / "accuracy_vs_mb.png").exists()
     assert np.asarray(summary["edge_bytes"]).sum() == rows[0]["cum_uplink_bytes"] + rows[1]["uplink_bytes"]

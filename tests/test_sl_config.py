@@ -11,7 +11,7 @@ import pytest
 from fl_split.codecs import codec_from_spec, parse_codec_spec
 from fl_split.config import ConfigError, flat_fields, from_run_config, to_run_config
 from fl_split.fl.config import FL_SCHEMA, load_fl_config
-from fl_split.sl.config import SL_SCHEMA, load_sl_config, validate_sl
+from fl_split.sl.config import SL_SCHEMA, SLConfig, load_sl_config, validate_sl
 from simulations.apps import task_config
 from simulations.cli import main
 
@@ -94,15 +94,13 @@ def test_flower_run_config_in_pyproject_gives_each_task_the_defaults_of_its_comm
     flat = _pyproject_run_config()
     fl_keys, sl_keys = set(flat_fields(FL_SCHEMA)), set(flat_fields(SL_SCHEMA))
     task, sl = task_config(flat)
-    from_yaml = load_sl_config("sl")
-    from_yaml["progress"] = sl["progress"]  # flwr run has no terminal for a bar
+    from_yaml = load_sl_config("sl").replace(progress=sl.progress)  # flwr run has no terminal for a bar
     assert task == "sl" and sl == from_yaml
     fl_only = {k.replace("_", "-") for k in fl_keys - sl_keys}
     assert set(flat) == set(to_run_config(from_yaml)) | fl_only, "every config key of both tasks is a run-config key"
     # mode = "fl": the same run config gives `fl-split fl`'s defaults, not split learning's
     task, fl = task_config({**flat, "mode": "fl"})
-    from_fl_yaml = load_fl_config("fl")
-    from_fl_yaml["progress"] = fl["progress"]
+    from_fl_yaml = load_fl_config("fl").replace(progress=fl.progress)
     assert task == "fl" and fl == from_fl_yaml
     assert (fl["rounds"], fl["optimizer"]["lr"], fl["uplink"], fl["out_dir"]) == (
         30,
@@ -132,9 +130,10 @@ def test_flower_run_config_in_pyproject_gives_each_task_the_defaults_of_its_comm
 
 def test_run_config_round_trip_and_unknown_run_config_key() -> None:
     cfg = load_sl_config("sl", ["data_dir=/data"])
-    assert from_run_config(SL_SCHEMA, to_run_config(cfg)) == cfg
+    assert from_run_config(SL_SCHEMA, to_run_config(cfg)) == cfg.to_dict()
+    assert SLConfig.from_run_config(to_run_config(cfg)) == cfg
     with pytest.raises(ConfigError, match="valid keys: batch-size"):
-        from_run_config(SL_SCHEMA, {"num-server-rounds": 3})
+        SLConfig.from_run_config({"num-server-rounds": 3})
 
 
 def test_cli_sl_inprocess_writes_outputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -202,4 +201,4 @@ def test_every_shipped_sl_config_resolves(path: Path) -> None:
 
     values = {"data_dir": "/data"} if "cifar" in path.stem else {}
     cfg = build_config(SL_SCHEMA, file=path, values=values, validate=validate_sl)
-    assert cfg == load_sl_config(path.stem, values=values)  # found by name under conf/sl/
+    assert cfg == load_sl_config(path.stem, values=values).to_dict()  # found by name under conf/sl/

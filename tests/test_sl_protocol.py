@@ -187,8 +187,8 @@ def test_the_names_external_harnesses_use_stay_importable() -> None:
     from fl_split.sl.wire import WEIGHTS as weights
     from strategies.split_learning import SplitLearningStrategy as Strategy
 
-    cfg = load_sl_config("sl", values={"engine": "inprocess", "progress": False, "clients": 1, "rounds": 1})
-    cfg["max_steps_per_round"] = 1
+    values = {"engine": "inprocess", "progress": False, "clients": 1, "rounds": 1, "max_steps_per_round": 1}
+    cfg = load_sl_config("sl", values=values)
     transport = InProcess(1)
     strategy = Strategy(cfg)
     transport.send(0, begin, strategy.begin_fields(1), 1)

@@ -17,6 +17,8 @@ from itertools import product
 from typing import Any
 
 from fl_split.config import ConfigError
+from fl_split.fl.config import FLConfig
+from fl_split.sl.config import SLConfig
 
 #: Keys of a cell's config that do not change its result.
 _NOT_KEYED = ("out_dir", "progress", "existing_out", "checkpoint_every")
@@ -38,7 +40,7 @@ class Cell:
 
     scheme: str
     label: str
-    config: dict[str, Any]
+    config: SLConfig | FLConfig
 
     @property
     def key(self) -> str:
@@ -107,7 +109,7 @@ def cell_result(cell: Cell, summary: Mapping[str, Any], rows: Sequence[Mapping[s
     return {
         "cell": cell.label,
         "scheme": cell.scheme,
-        "codec": cell.config["uplink"],
+        "codec": cell.config.uplink,
         "cut": cell.config.get("cut", "") if cell.scheme == "sl" else "",
         "mode": cell.config.get("mode", "") if cell.scheme == "sl" else "fedavg",
         "error_feedback": cell.config.get("error_feedback", "") if cell.scheme == "fl" else "",

@@ -1,53 +1,59 @@
-"""The data-parallel configuration schema (``fl-split ddp``)."""
+"""The data-parallel configuration (``fl-split ddp``)."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
-from fl_split.checkpoint import output_fields
 from fl_split.config import (
-    Field,
     Schema,
     at_least_one,
-    build_config,
+    block,
     check_data_source,
+    key,
+    non_negative,
     positive,
     signed_codec_check,
 )
-from fl_split.config_blocks import data_fields, optimizer_fields
+from fl_split.config_blocks import OUT_HELP, DataKeys, Optimizer, OutputKeys, checkpoint_at_rows
 
-DDP_SCHEMA: Schema = {
-    "world_size": Field(2, (int,), "processes (ranks) started on this machine", check=at_least_one),
-    "steps": Field(
-        120, (int,), "optimizer steps (each rank: one batch of its data shard per step)", check=at_least_one
-    ),
-    "log_every": Field(20, (int,), "steps per metrics row (and test evaluation)", check=at_least_one),
-    "batch_size": Field(32, (int,), "batch size per rank", check=at_least_one),
-    **data_fields(),
-    "seed": Field(0, (int,), "seed of initialisation and batch order"),
-    "codec": Field(
+
+@dataclass(frozen=True)
+class DDPConfig(DataKeys, OutputKeys):
+    """The data-parallel config: DDP with a codec comm hook (or plain DDP, ``hook=false``)."""
+
+    command: ClassVar[str] = "ddp"
+
+    world_size: int = key(2, "processes (ranks) started on this machine", check=at_least_one)
+    steps: int = key(120, "optimizer steps (each rank: one batch of its data shard per step)", check=at_least_one)
+    log_every: int = key(20, "steps per metrics row (and test evaluation)", check=at_least_one)
+    batch_size: int = key(32, "batch size per rank", check=at_least_one)
+    seed: int = key(0, "seed of initialisation and batch order")
+    codec: str = key(
         "topk:keep=0.01",
-        (str,),
         "codec spec for each gradient bucket (none: exact DDP bytes)",
         check=signed_codec_check("a gradient"),
-    ),
-    "error_feedback": Field(True, (bool,), "keep a residual per bucket"),
-    "hook": Field(True, (bool,), "false: plain DDP (its own float32 all-reduce, the baseline; no bytes measured)"),
-    "bucket_cap_mb": Field(
-        25.0, (float,), "DDP's bucket size in MB (the hook encodes one bucket per call)", check=positive
-    ),
-    "optimizer": optimizer_fields(0.05),
-    "timeout_s": Field(
-        60.0, (float,), "process-group timeout: a rank stuck in a collective fails after this", check=positive
-    ),
-    **output_fields("runs/ddp", rows_every="log_every", unit="steps"),
-}
+    )
+    error_feedback: bool = key(True, "keep a residual per bucket")
+    hook: bool = key(True, "false: plain DDP (its own float32 all-reduce, the baseline; no bytes measured)")
+    bucket_cap_mb: float = key(25.0, "DDP's bucket size in MB (the hook encodes one bucket per call)", check=positive)
+    optimizer: Optimizer = block(Optimizer)
+    timeout_s: float = key(60.0, "process-group timeout: a rank stuck in a collective fails after this", check=positive)
+    out_dir: str = key("runs/ddp", OUT_HELP)
+    checkpoint_every: int = key(1, checkpoint_at_rows("log_every", "steps"), check=non_negative)
+
+    def check(self) -> None:
+        """Cross-key checks: a dataset read from disk needs ``data_dir``."""
+        check_data_source(self)
+
+
+#: The schema :class:`DDPConfig` declares.
+DDP_SCHEMA: Schema = DDPConfig.schema()
 
 
 def load_ddp_config(
-    file: str | None = None, overrides: list[str] | tuple[str, ...] = (), values: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """The resolved data-parallel config."""
-    return build_config(
-        DDP_SCHEMA, file=file, values=values, overrides=overrides, command="ddp", validate=check_data_source
-    )
+    file: str | None = None, overrides: list[str] | tuple[str, ...] = (), values: Mapping[str, Any] | None = None
+) -> DDPConfig:
+    """The resolved, validated data-parallel config (:meth:`DDPConfig.load`)."""
+    return DDPConfig.load(file, overrides, values)

@@ -37,6 +37,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from fl_split.checkpoint import check_resumable, due, load_rank_checkpoint, save_model, save_rank_checkpoint
 from fl_split.codecs import seeded_codec_from_spec
 from fl_split.codecs.rng_state import codec_rng_state, load_codec_rng_state
+from fl_split.ddp.config import DDPConfig
 from fl_split.ddp.hook import CodecHookState, register_codec_hook
 from fl_split.launch import launch, read_rank_results
 from fl_split.metrics import refuse_used
@@ -90,7 +91,7 @@ def _settle_buckets(ddp: DDP, model: nn.Module, x: torch.Tensor) -> None:
     model.train()
 
 
-def train_rank(rank: int, world: int, config: dict[str, Any], on_state: StateCallback | None = None) -> dict[str, Any]:
+def train_rank(rank: int, world: int, config: DDPConfig, on_state: StateCallback | None = None) -> dict[str, Any]:
     """One rank's training loop (the process group is initialised); this rank's result.
 
     Returns
@@ -103,21 +104,21 @@ def train_rank(rank: int, world: int, config: dict[str, Any], on_state: StateCal
         ``test_accuracy`` and ``final_train_loss`` (this rank's last batch).
     """
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
-    out = Path(config["out_dir"])
-    model = build_model(config, seed=int(config["seed"]))
+    out = Path(config.out_dir)
+    model = build_model(config, seed=config.seed)
     x, y = iid_shard(config, rank, world)
-    bs, nb = int(config["batch_size"]), batches_per_epoch(len(y), int(config["batch_size"]))
+    bs, nb = config.batch_size, batches_per_epoch(len(y), config.batch_size)
     start, resumed = 0, None
-    if config["existing_out"] == "resume":  # collective: every rank gets its part (or the same error)
+    if config.existing_out == "resume":  # collective: every rank gets its part (or the same error)
         start, shared, local = load_rank_checkpoint(out, "ddp", config)
         resumed = (shared, local)
         model.load_state_dict(shared["model"])
-    ddp = DDP(model, bucket_cap_mb=float(config["bucket_cap_mb"]))
+    ddp = DDP(model, bucket_cap_mb=config.bucket_cap_mb)
     state = None
-    if config["hook"]:
+    if config.hook:
         _settle_buckets(ddp, model, x[:bs])
-        codec = seeded_codec_from_spec(str(config["codec"]), int(config["seed"]), rank)  # reruns draw the same
-        state = register_codec_hook(ddp, codec, error_feedback=bool(config["error_feedback"]))
+        codec = seeded_codec_from_spec(config.codec, config.seed, rank)  # reruns draw the same
+        state = register_codec_hook(ddp, codec, error_feedback=config.error_feedback)
         if on_state is not None:
             on_state(rank, state)
     sgd = make_sgd(ddp.parameters(), config)
@@ -129,20 +130,18 @@ def train_rank(rank: int, world: int, config: dict[str, Any], on_state: StateCal
         if state is not None:
             state.load_state_dict(local["hook"])
             load_codec_rng_state(state.codec, local["codec_rng"])
-    steps, log_every, saved = int(config["steps"]), int(config["log_every"]), start
+    steps, log_every, saved = config.steps, config.log_every, start
     writer = None
     if rank == 0:  # the bar counts steps; it moves at the metrics rows (every log_every steps)
-        progress = bool(config["progress"])
-        writer = RunReporter(
-            out, config["existing_out"], start, total=steps, desc="DDP", unit="step", progress=progress
-        )
+        progress = config.progress
+        writer = RunReporter(out, config.existing_out, start, total=steps, desc="DDP", unit="step", progress=progress)
     xt, yt = load_split(config, "test")
     sent0, recv0 = (state.bytes_sent, state.bytes_received) if state else (0, 0)
     step_times: list[float] = []
     loss = torch.zeros(())
     for step in range(start, steps):
         ts = time.perf_counter()
-        idx = batch_indices(len(y), bs, int(config["seed"]), rank, step // nb, step % nb)
+        idx = batch_indices(len(y), bs, config.seed, rank, step // nb, step % nb)
         loss = nn.functional.cross_entropy(ddp(x[idx]), y[idx])
         sgd.zero_grad(set_to_none=True)
         loss.backward()
@@ -158,7 +157,7 @@ def train_rank(rank: int, world: int, config: dict[str, Any], on_state: StateCal
         if writer is not None:
             cum = [cum[0] + int(totals[2]), cum[1] + int(totals[3])]
             writer.write_round(_row(step + 1, totals, cum, accuracy(model, xt, yt), state, t0))
-        if due(step + 1, saved, int(config["checkpoint_every"]), steps):  # collective: every rank at once
+        if due(step + 1, saved, config.checkpoint_every, steps):  # collective: every rank at once
             shared = {"model": model.state_dict(), "optimizer": sgd.state_dict(), "cum": cum}
             shared["wall_s"] = time.perf_counter() - t0
             local = {"hook": state.state_dict(), "codec_rng": codec_rng_state(state.codec)} if state else {}
@@ -189,12 +188,12 @@ def train_rank(rank: int, world: int, config: dict[str, Any], on_state: StateCal
         }
     if writer is not None:
         save_model(out, {"model": model.state_dict()})
-        title = f"DDP {world} ranks, {config['codec'] if state else 'plain all-reduce'}"
+        title = f"DDP {world} ranks, {config.codec if state else 'plain all-reduce'}"
         writer.write_summary(config, {"title": title, "mode": "ddp"})
     return result
 
 
-def run_ddp(config: dict[str, Any], on_state: StateCallback | None = None) -> list[dict[str, Any]] | None:
+def run_ddp(config: DDPConfig, on_state: StateCallback | None = None) -> list[dict[str, Any]] | None:
     """Run under ``torchrun`` (its environment) or spawn ``world_size`` local ranks and wait for them.
 
     Returns
@@ -208,11 +207,11 @@ def run_ddp(config: dict[str, Any], on_state: StateCallback | None = None) -> li
     torch.multiprocessing.ProcessRaisedException
         A spawned rank raised (its message names the rank; ``rank{r}.json`` holds every rank's error).
     """
-    world = int(config["world_size"])
-    if config["existing_out"] == "refuse":
-        refuse_used(config["out_dir"])  # before any rank starts
-    elif config["existing_out"] == "resume":
-        check_resumable(config["out_dir"], "ddp", config)  # a clear error before any rank starts
+    world = config.world_size
+    if config.existing_out == "refuse":
+        refuse_used(config.out_dir)  # before any rank starts
+    elif config.existing_out == "resume":
+        check_resumable(config.out_dir, "ddp", config)  # a clear error before any rank starts
     if not launch(train_rank, config, world, on_state):
         return None  # this process was one torchrun rank
-    return read_rank_results(config["out_dir"], world)
+    return read_rank_results(config.out_dir, world)

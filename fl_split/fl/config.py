@@ -1,84 +1,83 @@
-"""The federated-learning configuration schema (``fl-split fl``)."""
+"""The federated-learning configuration (``fl-split fl``, the Flower app's ``task = "fl"``)."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
-from fl_split.checkpoint import output_fields
 from fl_split.config import (
-    Field,
     Schema,
     at_least_one,
-    build_config,
+    block,
     check_data_source,
-    fraction,
+    key,
     non_negative,
     positive,
     signed_codec_check,
 )
-from fl_split.config_blocks import data_fields, optimizer_fields, partition_fields, ray_fields
+from fl_split.config_blocks import OUT_HELP, DataKeys, FederationKeys, Optimizer, OutputKeys, PartitionKeys, RayKeys
 
-FL_SCHEMA: Schema = {
-    "clients": Field(10, (int,), "number of clients (Flower virtual nodes / data partitions)", check=at_least_one),
-    "fraction": Field(1.0, (float,), "fraction of clients sampled per round", check=fraction),
-    "rounds": Field(30, (int,), "federated rounds", check=at_least_one),
-    "local_epochs": Field(1, (int,), "passes over its partition a sampled client makes per round", check=at_least_one),
-    "batch_size": Field(32, (int,), "local SGD batch size", check=at_least_one),
-    **data_fields(),
-    **partition_fields(),
-    "seed": Field(0, (int,), "seed of initialisation, partitioning, batch order and sampling"),
-    "uplink": Field(
+
+@dataclass(frozen=True)
+class FLFlowerKeys(RayKeys):
+    """The ``flower`` block of FL: Ray's resources and the ServerApp's waits."""
+
+    timeout_s: float = key(600.0, "give up on the replies of a round after this many seconds", check=positive)
+    wait_for_nodes_s: float = key(
+        300.0, "at the start, wait this long for `clients` nodes to connect, then stop with an error", check=positive
+    )
+
+
+@dataclass(frozen=True)
+class FLConfig(DataKeys, PartitionKeys, FederationKeys, OutputKeys):
+    """The federated-learning config."""
+
+    command: ClassVar[str] = "fl"
+
+    rounds: int = key(30, "federated rounds", check=at_least_one)
+    local_epochs: int = key(1, "passes over its partition a sampled client makes per round", check=at_least_one)
+    batch_size: int = key(32, "local SGD batch size", check=at_least_one)
+    uplink: str = key(
         "ms:keep=0.01,bits=2,signed=true",
-        (str,),
         "codec spec for each tensor of a client's update (model delta)",
         check=signed_codec_check("an update"),
-    ),
-    "downlink": Field(
+    )
+    downlink: str = key(
         "none",
-        (str,),
         "codec spec for the change of the global model sent to clients that hold the last one (none: every "
         "client gets the full float32 model); clients out of sync get the full model",
         check=signed_codec_check("a model change"),
-    ),
-    "error_feedback": Field(True, (bool,), "keep each client's compression residual (per tensor) in its state"),
-    "dense_below": Field(
-        1024,
-        (int,),
-        "tensors with fewer elements are sent uncompressed (float32): biases, small heads",
-        check=non_negative,
-    ),
-    "max_update_norm": Field(
-        10.0,
-        (float,),
-        "refuse an update larger than this times the global model's norm + 1 (0: no bound)",
-        check=non_negative,
-    ),
-    "server_lr": Field(1.0, (float,), "the server's step on the averaged update (1: FedAvg)", check=positive),
-    "optimizer": optimizer_fields(0.05, "local SGD", momentum_note=" (buffers start at zero each round)"),
-    "eval_batch_size": Field(512, (int,), "test batch size of the server's evaluation (0: 512)", check=non_negative),
-    **output_fields("runs/fl"),
-    "flower": {
-        **ray_fields(),
-        "timeout_s": Field(
-            600.0, (float,), "give up on the replies of a round after this many seconds", check=positive
-        ),
-        "wait_for_nodes_s": Field(
-            300.0,
-            (float,),
-            "at the start, wait this long for `clients` nodes to connect, then stop with an error",
-            check=positive,
-        ),
-    },
-}
+    )
+    error_feedback: bool = key(True, "keep each client's compression residual (per tensor) in its state")
+    dense_below: int = key(
+        1024, "tensors with fewer elements are sent uncompressed (float32): biases, small heads", check=non_negative
+    )
+    max_update_norm: float = key(
+        10.0, "refuse an update larger than this times the global model's norm + 1 (0: no bound)", check=non_negative
+    )
+    server_lr: float = key(1.0, "the server's step on the averaged update (1: FedAvg)", check=positive)
+    optimizer: Optimizer = block(Optimizer)
+    eval_batch_size: int = key(512, "test batch size of the server's evaluation (0: 512)", check=non_negative)
+    out_dir: str = key("runs/fl", OUT_HELP)
+    flower: FLFlowerKeys = block(FLFlowerKeys)
+
+    def check(self) -> None:
+        """Cross-key checks: a dataset read from disk needs ``data_dir``."""
+        check_data_source(self)
 
 
-def validate_fl(config: dict[str, Any]) -> None:
-    """Cross-key checks."""
-    check_data_source(config)
+#: The schema :class:`FLConfig` declares.
+FL_SCHEMA: Schema = FLConfig.schema()
+
+
+def validate_fl(config: Mapping[str, Any]) -> None:
+    """Check a resolved FL config as :meth:`FLConfig.check` does."""
+    FLConfig.from_dict(config)
 
 
 def load_fl_config(
-    file: str | None = None, overrides: list[str] | tuple[str, ...] = (), values: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """The resolved federated-learning config (see :func:`fl_split.config.build_config`)."""
-    return build_config(FL_SCHEMA, file=file, values=values, overrides=overrides, command="fl", validate=validate_fl)
+    file: str | None = None, overrides: list[str] | tuple[str, ...] = (), values: Mapping[str, Any] | None = None
+) -> FLConfig:
+    """The resolved, validated federated-learning config (:meth:`FLConfig.load`)."""
+    return FLConfig.load(file, overrides, values)

@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
-from fl_split.checkpoint import output_fields
 from fl_split.config import (
     ConfigError,
-    Field,
     Schema,
     at_least_one,
-    build_config,
     check_data_source,
     fraction,
+    key,
+    model_choices,
     non_negative,
     positive,
     signed_codec_check,
 )
-from fl_split.config_blocks import data_fields
+from fl_split.config_blocks import OUT_HELP, DataKeys, OutputKeys, checkpoint_at_rows
 from fl_split.gossip.topology import TOPOLOGIES
 
 ALGORITHMS = ("malcom", "choco")
@@ -37,66 +38,89 @@ def _two_sizes(value: Any) -> str | None:
     return None if ok else "[rows, cols], two ints >= 2 (rows x cols = nodes)"
 
 
-GOSSIP_SCHEMA: Schema = {
-    "algorithm": Field(
-        "malcom",
-        (str,),
-        "malcom (Malcom-PSGD: L1 prox + dither codec) or choco (CHOCO-SGD with any codec, no L1)",
-        ALGORITHMS,
-    ),
-    "nodes": Field(8, (int,), "number of nodes (each holds an IID shard of the data)", check=at_least_one),
-    "topology": Field("ring", (str,), "communication graph", TOPOLOGIES),
-    "torus_shape": Field(None, (list, type(None)), "torus: [rows, cols] (default: the most square)", check=_two_sizes),
-    "edge_probability": Field(0.3, (float,), "erdos_renyi: probability of each edge", check=fraction),
-    "graph_seed": Field(0, (int,), "erdos_renyi: seed of the graph"),
-    "codec": Field(
+@dataclass(frozen=True)
+class GossipConfig(DataKeys, OutputKeys):
+    """The decentralized-learning config (Malcom-PSGD or CHOCO-SGD over a graph of nodes)."""
+
+    command: ClassVar[str] = "gossip"
+
+    algorithm: str = key(
+        "malcom", "malcom (Malcom-PSGD: L1 prox + dither codec) or choco (CHOCO-SGD with any codec, no L1)", ALGORITHMS
+    )
+    nodes: int = key(8, "number of nodes (each holds an IID shard of the data)", check=at_least_one)
+    topology: str = key("ring", "communication graph", TOPOLOGIES)
+    torus_shape: list[int] | None = key(None, "torus: [rows, cols] (default: the most square)", check=_two_sizes)
+    edge_probability: float = key(0.3, "erdos_renyi: probability of each edge", check=fraction)
+    graph_seed: int = key(0, "erdos_renyi: seed of the graph")
+    codec: str = key(
         "auto",
-        (str,),
         f"codec of the gossiped model differences (auto: malcom {MALCOM_CODEC}, choco qsgd:levels=16)",
         check=lambda v: None if v == "auto" else _model_difference(v),
-    ),
-    "gamma": Field(
-        0.2, (float,), "consensus step size γ (0.5 let the nodes drift apart on the default ring)", check=positive
-    ),
-    "lr": Field(0.1, (float,), "SGD learning rate η (constant; plain SGD, no momentum)", check=positive),
-    "l1": Field(
+    )
+    gamma: float = key(0.2, "consensus step size γ (0.5 let the nodes drift apart on the default ring)", check=positive)
+    lr: float = key(0.1, "SGD learning rate η (constant; plain SGD, no momentum)", check=positive)
+    l1: float | None = key(
         None,
-        (float, type(None)),
         "L1 weight λ: soft-threshold by η·λ after mixing (default: malcom 0.002, choco 0)",
         check=lambda v: None if v is None else non_negative(v),
-    ),
-    "rounds": Field(200, (int,), "iterations: one local SGD step and one gossip exchange each", check=at_least_one),
-    "batch_size": Field(32, (int,), "batch size per node", check=at_least_one),
-    "eval_every": Field(25, (int,), "rounds per metrics row (test accuracy of the average model)", check=at_least_one),
-    **data_fields("model name (auto: the dataset's default; no BatchNorm)"),
-    "seed": Field(0, (int,), "seed of the shared initial model, batch order and each node's codec draws"),
-    "transport": Field(
+    )
+    rounds: int = key(200, "iterations: one local SGD step and one gossip exchange each", check=at_least_one)
+    batch_size: int = key(32, "batch size per node", check=at_least_one)
+    eval_every: int = key(25, "rounds per metrics row (test accuracy of the average model)", check=at_least_one)
+    model: str = key("auto", "model name (auto: the dataset's default; no BatchNorm)", model_choices)
+    seed: int = key(0, "seed of the shared initial model, batch order and each node's codec draws")
+    transport: str = key(
         "inprocess",
-        (str,),
         "inprocess (all nodes in this process) or distributed (one torch.distributed rank per node)",
         TRANSPORTS,
-    ),
-    "threads": Field(0, (int,), "torch threads per process (0: cores / processes)", check=non_negative),
-    "timeout_s": Field(60.0, (float,), "distributed: a rank waiting longer on a neighbour fails", check=positive),
-    **output_fields("runs/gossip", rows_every="eval_every"),
-}
+    )
+    threads: int = key(0, "torch threads per process (0: cores / processes)", check=non_negative)
+    timeout_s: float = key(60.0, "distributed: a rank waiting longer on a neighbour fails", check=positive)
+    out_dir: str = key("runs/gossip", OUT_HELP)
+    checkpoint_every: int = key(1, checkpoint_at_rows("eval_every"), check=non_negative)
+
+    def check(self) -> None:
+        """Cross-key checks.
+
+        Raises
+        ------
+        ConfigError
+            CHOCO-SGD with an L1 weight, fewer than 2 nodes, a topology that does not fit ``nodes``, or a
+            model with buffers (BatchNorm), which gossip would leave unmixed.
+        """
+        if self.nodes < 2:
+            raise ConfigError(f"gossip needs at least 2 nodes, got nodes={self.nodes}")
+        check_data_source(self)
+        if self.algorithm == "choco" and resolved_l1(self) > 0:
+            raise ConfigError("choco solves the unregularized problem: set l1=0 (or algorithm=malcom for the L1 prox)")
+        _refuse_buffers(self)
+        from fl_split.gossip.topology import TopologyError, config_topology
+
+        try:
+            config_topology(self)
+        except TopologyError as exc:
+            raise ConfigError(f"topology: {exc}") from exc
 
 
-def resolved_codec(config: dict[str, Any]) -> str:
+#: The schema :class:`GossipConfig` declares.
+GOSSIP_SCHEMA: Schema = GossipConfig.schema()
+
+
+def resolved_codec(config: Mapping[str, Any]) -> str:
     """The codec spec a run uses (``auto`` resolved by algorithm)."""
     if config["codec"] != "auto":
         return str(config["codec"])
     return MALCOM_CODEC if config["algorithm"] == "malcom" else "qsgd:levels=16"
 
 
-def resolved_l1(config: dict[str, Any]) -> float:
+def resolved_l1(config: Mapping[str, Any]) -> float:
     """The L1 weight a run uses (``None`` resolved by algorithm)."""
     if config["l1"] is not None:
         return float(config["l1"])
     return MALCOM_L1 if config["algorithm"] == "malcom" else 0.0
 
 
-def _refuse_buffers(config: dict[str, Any]) -> None:
+def _refuse_buffers(config: Mapping[str, Any]) -> None:
     """Gossip mixes parameters only: a model with buffers (BatchNorm statistics) would keep them unmixed."""
     from fl_split.training import build_model
 
@@ -110,33 +134,13 @@ def _refuse_buffers(config: dict[str, Any]) -> None:
         )
 
 
-def validate_gossip(config: dict[str, Any]) -> None:
-    """Cross-key checks.
-
-    Raises
-    ------
-    ConfigError
-        CHOCO-SGD with an L1 weight, fewer than 2 nodes, a topology that does not fit ``nodes``, or a
-        model with buffers (BatchNorm), which gossip would leave unmixed.
-    """
-    if config["nodes"] < 2:
-        raise ConfigError(f"gossip needs at least 2 nodes, got nodes={config['nodes']}")
-    check_data_source(config)
-    if config["algorithm"] == "choco" and resolved_l1(config) > 0:
-        raise ConfigError("choco solves the unregularized problem: set l1=0 (or algorithm=malcom for the L1 prox)")
-    _refuse_buffers(config)
-    from fl_split.gossip.topology import TopologyError, config_topology
-
-    try:
-        config_topology(config)
-    except TopologyError as exc:
-        raise ConfigError(f"topology: {exc}") from exc
+def validate_gossip(config: Mapping[str, Any]) -> None:
+    """Check a resolved gossip config as :meth:`GossipConfig.check` does."""
+    GossipConfig.from_dict(config)
 
 
 def load_gossip_config(
-    file: str | None = None, overrides: list[str] | tuple[str, ...] = (), values: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """The resolved and validated gossip config."""
-    config = build_config(GOSSIP_SCHEMA, file=file, values=values, overrides=overrides, command="gossip")
-    validate_gossip(config)
-    return config
+    file: str | None = None, overrides: list[str] | tuple[str, ...] = (), values: Mapping[str, Any] | None = None
+) -> GossipConfig:
+    """The resolved and validated gossip config (:meth:`GossipConfig.load`)."""
+    return GossipConfig.load(file, overrides, values)

@@ -25,7 +25,7 @@ import torch.distributed as dist
 
 from fl_split.checkpoint import due, load_rank_checkpoint, save_model, save_rank_checkpoint
 from fl_split.codecs import codec_from_spec, seeded_codec_from_spec
-from fl_split.gossip.config import resolved_codec, resolved_l1
+from fl_split.gossip.config import GossipConfig, resolved_codec, resolved_l1
 from fl_split.gossip.node import Exchange, GossipNode, LocalObjective, gossip_round
 from fl_split.launch import launch
 
@@ -58,11 +58,11 @@ def _exchange(payload: bytes, neighbours: list[int], t: int) -> dict[int, bytes]
     return {j: bufs[j].numpy().tobytes() for j in neighbours}
 
 
-def node_main(rank: int, n: int, config: dict[str, Any]) -> dict[str, Any]:
+def node_main(rank: int, n: int, config: GossipConfig) -> dict[str, Any]:
     """Node ``rank``'s whole run (the process group is initialised); this node's result."""
     from fl_split.gossip.run import Evaluator, graph, metrics_row, reporter, summary_extra
 
-    threads = int(config["threads"]) or max(1, (os.cpu_count() or 1) // n)
+    threads = config.threads or max(1, (os.cpu_count() or 1) // n)
     torch.set_num_threads(threads)
     adj, w = graph(config)
     neighbours = [int(j) for j in np.flatnonzero(adj[rank])]
@@ -71,25 +71,25 @@ def node_main(rank: int, n: int, config: dict[str, Any]) -> dict[str, Any]:
     objective = LocalObjective(config, n)
     x0 = objective.initial()
     d = x0.numel()
-    lr, gamma = float(config["lr"]), float(config["gamma"])
-    codec = seeded_codec_from_spec(spec, int(config["seed"]), rank)
+    lr, gamma = config.lr, config.gamma
+    codec = seeded_codec_from_spec(spec, config.seed, rank)
     node = GossipNode(rank, x0, w, codec, codec_from_spec(spec), objective.shapes, lr, gamma, lr * l1, objective)
     if node.neighbours != neighbours:
         raise RuntimeError(
             f"node {rank}: the mixing matrix's neighbours {node.neighbours} are not the graph's {neighbours}"
         )
     exchange = point_to_point(rank, neighbours)
-    out = Path(config["out_dir"])
+    out = Path(config.out_dir)
     edge_bytes = torch.zeros(n, n, dtype=torch.int64)
     t0, loss_sum, sent, cum, start = time.perf_counter(), 0.0, 0, 0, 0
-    if config["existing_out"] == "resume":
+    if config.existing_out == "resume":
         start, shared, mine = load_rank_checkpoint(out, "gossip", config)
         node.load_state(mine)
         edge_bytes[rank] = torch.tensor(mine["edge_bytes"], dtype=torch.int64)
         cum, t0 = int(shared["cum"]), t0 - float(shared["wall_s"])
     writer = reporter(config, start) if rank == 0 else None
     evaluate = Evaluator(objective) if rank == 0 else None
-    rounds, every, saved = int(config["rounds"]), int(config["eval_every"]), start
+    rounds, every, saved = config.rounds, config.eval_every, start
     for t in range(start, rounds):
         ((size, loss),) = gossip_round([node], t, exchange)
         loss_sum += loss
@@ -110,12 +110,12 @@ def node_main(rank: int, n: int, config: dict[str, Any]) -> dict[str, Any]:
             cum += int(totals[1])
             k = t % every + 1  # rounds in this row
             loss_mean = float(totals[0]) / (n * k)
-            samples = (t + 1) * n * int(config["batch_size"])
+            samples = (t + 1) * n * config.batch_size
             distance, sparsity = float(dev[0]) ** 0.5, float(totals[2]) / (n * d)  # over all nodes
             test_acc = evaluate(x_bar)
             row = metrics_row(t + 1, loss_mean, int(totals[1]), cum, test_acc, samples, t0, degrees, distance, sparsity)
             writer.write_round(row)
-        if due(t + 1, saved, int(config["checkpoint_every"]), rounds):  # collective: every rank at once
+        if due(t + 1, saved, config.checkpoint_every, rounds):  # collective: every rank at once
             local = {**node.state(), "edge_bytes": edge_bytes[rank].tolist()}
             shared = {"cum": cum, "wall_s": time.perf_counter() - t0}
             save_rank_checkpoint(out, "gossip", t + 1, config, shared, local)
@@ -134,8 +134,8 @@ def node_main(rank: int, n: int, config: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def run_distributed(config: dict[str, Any]) -> dict[str, Any]:
+def run_distributed(config: GossipConfig) -> dict[str, Any]:
     """Spawn ``nodes`` local ranks (or be one rank under ``torchrun``); rank 0's summary (``{}`` on other ranks)."""
-    launch(node_main, config, int(config["nodes"]), world_must_match=True)
-    summary = Path(config["out_dir"]) / "summary.json"
+    launch(node_main, config, config.nodes, world_must_match=True)
+    summary = Path(config.out_dir) / "summary.json"
     return json.loads(summary.read_text(encoding="utf-8")) if summary.exists() else {}

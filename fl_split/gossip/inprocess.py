@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from fl_split.codecs import codec_from_spec, seeded_codec_from_spec
+from fl_split.gossip.config import GossipConfig
 from fl_split.gossip.node import GossipNode, LocalObjective, gossip_round, local_exchange
 
 
@@ -48,13 +49,13 @@ class InProcessGossip:
     """
 
     def __init__(
-        self, config: dict[str, Any], w: np.ndarray, codec_spec: str, l1: float, objective: LocalObjective | None = None
+        self, config: GossipConfig, w: np.ndarray, codec_spec: str, l1: float, objective: LocalObjective | None = None
     ) -> None:
         self.n = w.shape[0]
         self.objective = objective or LocalObjective(config, self.n)
         x0 = self.objective.initial()
         self.d = x0.numel()
-        lr, gamma, seed = float(config["lr"]), float(config["gamma"]), int(config["seed"])
+        lr, gamma, seed = config.lr, config.gamma, config.seed
         decoder = codec_from_spec(codec_spec)  # receivers decode from the bytes alone
         self.nodes = [
             GossipNode(

@@ -28,6 +28,7 @@ from torch import nn
 from fl_split.codecs import Codec
 from fl_split.codecs.parts import decode_parts, encode_parts
 from fl_split.codecs.rng_state import codec_rng_state, load_codec_rng_state
+from fl_split.gossip.config import GossipConfig
 from fl_split.training import batch_indices, batches_per_epoch, build_model, iid_shard
 
 #: Delivers a round's payloads: ``(t, {sender: payload})`` for the senders in this process →
@@ -56,15 +57,15 @@ class LocalObjective:
         from its parameters.
     """
 
-    def __init__(self, config: Mapping[str, Any], nodes: int, model: nn.Module | None = None) -> None:
+    def __init__(self, config: GossipConfig, nodes: int, model: nn.Module | None = None) -> None:
         self.config = config
         self.nodes = nodes
-        self.model: nn.Module = model if model is not None else build_model(self.config, seed=int(config["seed"]))
+        self.model: nn.Module = model if model is not None else build_model(self.config, seed=config.seed)
         for p in self.model.parameters():
             p.requires_grad_(True)
         self.shapes = [p.shape for p in self.model.parameters()]
-        self.batch_size = int(config["batch_size"])
-        self.seed = int(config["seed"])
+        self.batch_size = config.batch_size
+        self.seed = config.seed
 
     def initial(self) -> torch.Tensor:
         """The shared initial model as a flat float32 vector (every node starts here, spec R5)."""

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from fl_split.checkpoint import check_resumable, due, load_checkpoint, save_checkpoint, save_model
-from fl_split.gossip.config import resolved_codec, resolved_l1
+from fl_split.gossip.config import GossipConfig, resolved_codec, resolved_l1
 from fl_split.gossip.node import LocalObjective
 from fl_split.gossip.topology import config_topology, mixing_matrix, spectral_gap
 from fl_split.metrics import refuse_used
@@ -17,7 +17,7 @@ from fl_split.report import RunReporter
 from fl_split.training import accuracy, load_split
 
 
-def graph(config: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+def graph(config: GossipConfig) -> tuple[np.ndarray, np.ndarray]:
     """``(adjacency, mixing matrix)`` of the configured topology."""
     adj = config_topology(config)
     return adj, mixing_matrix(adj)
@@ -78,32 +78,32 @@ def metrics_row(
     }
 
 
-def reporter(config: dict[str, Any], start: int) -> RunReporter:
+def reporter(config: GossipConfig, start: int) -> RunReporter:
     """The run's reporter (rows, bar, summary), resumed after round ``start``; one per run (rank 0)."""
     return RunReporter(
-        config["out_dir"],
-        config["existing_out"],
+        config.out_dir,
+        config.existing_out,
         start,
-        total=int(config["rounds"]),
-        desc=f"gossip {config['algorithm']}",
-        progress=config["progress"],
+        total=config.rounds,
+        desc=f"gossip {config.algorithm}",
+        progress=config.progress,
     )
 
 
-def run_gossip(config: dict[str, Any]) -> dict[str, Any]:
+def run_gossip(config: GossipConfig) -> dict[str, Any]:
     """Run the configured algorithm on the configured transport; write and return the summary."""
-    if config["existing_out"] == "refuse":
-        refuse_used(config["out_dir"])  # before anything starts
-    if config["transport"] == "distributed":
+    if config.existing_out == "refuse":
+        refuse_used(config.out_dir)  # before anything starts
+    if config.transport == "distributed":
         from fl_split.gossip.distributed import run_distributed
 
-        if config["existing_out"] == "resume":
-            check_resumable(config["out_dir"], "gossip", config)  # a clear error before any rank starts
+        if config.existing_out == "resume":
+            check_resumable(config.out_dir, "gossip", config)  # a clear error before any rank starts
         return run_distributed(config)
     from fl_split.gossip.inprocess import InProcessGossip
 
-    n = int(config["nodes"])
-    threads = int(config["threads"])
+    n = config.nodes
+    threads = config.threads
     if threads:
         torch.set_num_threads(threads)
     adj, w = graph(config)
@@ -112,13 +112,13 @@ def run_gossip(config: dict[str, Any]) -> dict[str, Any]:
     evaluate = Evaluator(sim.objective)
     edge_bytes = np.zeros((n, n), dtype=np.int64)
     t0, losses, sent, cum, start = time.perf_counter(), [], 0, 0, 0
-    if config["existing_out"] == "resume":
-        start, state = load_checkpoint(config["out_dir"], "gossip", config)
+    if config.existing_out == "resume":
+        start, state = load_checkpoint(config.out_dir, "gossip", config)
         sim.load_state(state["ranks"])
         edge_bytes = np.array([r["edge_bytes"] for r in state["ranks"]], dtype=np.int64)
         cum, t0 = int(state["shared"]["cum"]), t0 - float(state["shared"]["wall_s"])
     writer = reporter(config, start)
-    rounds, every, saved = int(config["rounds"]), int(config["eval_every"]), start
+    rounds, every, saved = config.rounds, config.eval_every, start
     for t in range(start, rounds):
         stats = sim.step(t)
         losses += stats.losses
@@ -130,7 +130,7 @@ def run_gossip(config: dict[str, Any]) -> dict[str, Any]:
         cum += sent
         x = sim.models()
         acc = evaluate(x.mean(0))
-        samples = (t + 1) * n * int(config["batch_size"])
+        samples = (t + 1) * n * config.batch_size
         row = metrics_row(
             t + 1,
             float(np.mean(losses)),
@@ -145,7 +145,7 @@ def run_gossip(config: dict[str, Any]) -> dict[str, Any]:
         )
         writer.write_round(row)
         losses, sent = [], 0
-        if due(t + 1, saved, int(config["checkpoint_every"]), rounds):
+        if due(t + 1, saved, config.checkpoint_every, rounds):
             ranks = [s | {"edge_bytes": edge_bytes[i].tolist()} for i, s in enumerate(sim.state())]
             shared = {"cum": cum, "wall_s": time.perf_counter() - t0}
             save_checkpoint(writer.out_dir, "gossip", t + 1, config, {"shared": shared, "ranks": ranks})
@@ -160,12 +160,11 @@ def run_gossip(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def summary_extra(
-    config: dict[str, Any], w: np.ndarray, d: int, edge_bytes: list[list[int]], last: dict[str, Any], transport: str
+    config: GossipConfig, w: np.ndarray, d: int, edge_bytes: list[list[int]], last: dict[str, Any], transport: str
 ) -> dict[str, Any]:
     """What a gossip ``summary.json`` adds to the common one (both transports; ``last``: the final metrics row)."""
     return {
-        "title": f"{config['algorithm']} on a {config['topology']} of {w.shape[0]}, {resolved_codec(config)}"
-        f" ({transport})",
+        "title": f"{config.algorithm} on a {config.topology} of {w.shape[0]}, {resolved_codec(config)} ({transport})",
         "mode": "gossip",
         "codec": resolved_codec(config),
         "l1": resolved_l1(config),

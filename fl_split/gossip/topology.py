@@ -8,10 +8,12 @@ turns it into the symmetric doubly-stochastic ``W`` with Metropolis–Hastings w
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from fl_split.gossip.config import GossipConfig
 
 #: Topology names accepted by :func:`make_topology`.
 TOPOLOGIES = ("ring", "torus", "complete", "erdos_renyi")
@@ -104,15 +106,15 @@ def make_topology(
     return adj
 
 
-def config_topology(config: Mapping[str, Any]) -> np.ndarray:
+def config_topology(config: GossipConfig) -> np.ndarray:
     """The adjacency matrix a gossip config describes (``topology``, ``nodes``, ``torus_shape``,
     ``edge_probability``, ``graph_seed``); raises :class:`TopologyError` as :func:`make_topology`."""
     return make_topology(
-        str(config["topology"]),
-        int(config["nodes"]),
-        torus_shape=config["torus_shape"],
-        p=float(config["edge_probability"]),
-        seed=int(config["graph_seed"]),
+        config.topology,
+        config.nodes,
+        torus_shape=config.torus_shape,
+        p=config.edge_probability,
+        seed=config.graph_seed,
     )
 
 

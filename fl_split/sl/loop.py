@@ -41,7 +41,7 @@ from fl_split.data import dataset_info
 from fl_split.errors import TrainingFailed
 from fl_split.metrics import RunWriter
 from fl_split.sl.client import BEGIN, STEP
-from fl_split.sl.config import MASK
+from fl_split.sl.config import MASK, SLConfig
 from fl_split.sl.protocol import RoundProtocol, Session, SessionStatus, create_protocol, mergeable
 from fl_split.sl.server import ServerStep, StepInput, evaluate, server_step_batched
 from fl_split.sl.setup import batches_per_epoch, build_halves, check_model_fits_data, load_split, make_sgd
@@ -128,7 +128,7 @@ class SplitLearningLoop:
 
     def __init__(
         self,
-        config: dict[str, Any],
+        config: SLConfig,
         writer: RunWriter | None = None,
         on_round: Callable[[dict[str, Any]], None] | None = None,
         keep_history: bool = False,
@@ -138,17 +138,17 @@ class SplitLearningLoop:
         self.on_round = on_round
         self.keep_history = keep_history
         self.sample_shape = check_model_fits_data(config)
-        self.num_classes = dataset_info(str(config["dataset"])).num_classes
-        self.device = server_device(str(config["server_device"]))
-        self.client_half, server_half = build_halves(config, seed=int(config["seed"]))
+        self.num_classes = dataset_info(config.dataset).num_classes
+        self.device = server_device(config.server_device)
+        self.client_half, server_half = build_halves(config, seed=config.seed)
         self.server_half = server_half.to(self.device)
-        self.uplink: Codec = codec_from_spec(str(config["uplink"]))
-        self.downlink: Codec | None = None if config["downlink"] == MASK else codec_from_spec(str(config["downlink"]))
+        self.uplink: Codec = codec_from_spec(config.uplink)
+        self.downlink: Codec | None = None if config.downlink == MASK else codec_from_spec(config.downlink)
         self.server_optimizer = make_sgd(self.server_half.parameters(), config)
         self.x_test, self.y_test = load_split(config, "test")
-        self.rng = random.Random(int(config["seed"]))
+        self.rng = random.Random(config.seed)
         self.protocol: RoundProtocol = create_protocol(
-            str(config["mode"]),
+            config.mode,
             self.client_half,
             self.server_half,
             self.server_optimizer,
@@ -178,7 +178,7 @@ class SplitLearningLoop:
     def sample(self, nodes: list[int]) -> list[int]:
         """The clients of one round: ``max(1, round(fraction · n))`` drawn without replacement, ascending."""
         nodes = sorted(nodes)
-        k = max(1, round(float(self.config["fraction"]) * len(nodes)))
+        k = max(1, round(self.config.fraction * len(nodes)))
         return sorted(self.rng.sample(nodes, k)) if k < len(nodes) else nodes
 
     def begin_fields(self, rnd: int) -> dict[str, Any]:
@@ -203,19 +203,19 @@ class SplitLearningLoop:
         nodes = transport.node_ids()
         if not nodes:
             raise RuntimeError("no clients are connected: nothing to train")
-        if len(nodes) != int(self.config["clients"]):
+        if len(nodes) != self.config.clients:
             log.warning(
                 "%d nodes are connected but the config says clients=%d: training on the %d nodes",
                 len(nodes),
-                self.config["clients"],
+                self.config.clients,
                 len(nodes),
             )
-        for rnd in range(self.first_round, int(self.config["rounds"]) + 1):
+        for rnd in range(self.first_round, self.config.rounds + 1):
             counters = RoundCounters()
             sampled = self.sample(nodes)
             sessions: list[Session] = []
             t_train = time.perf_counter()
-            limit = float(self.config["round_timeout_s"])
+            limit = self.config.round_timeout_s
             deadline = time.monotonic() + limit if limit > 0 else None
             for wave in self.protocol.waves(sampled):
                 ended = self.run_wave(transport, wave, rnd, counters, deadline)
@@ -264,8 +264,8 @@ class SplitLearningLoop:
                 self.server_history.append([t.detach().cpu().clone() for t in self.server_half.state_dict().values()])
             if self.writer is not None:
                 self.writer.write_round(row)
-                every = int(self.config["checkpoint_every"])
-                if every and (rnd % every == 0 or rnd == int(self.config["rounds"])):
+                every = self.config.checkpoint_every
+                if every and (rnd % every == 0 or rnd == self.config.rounds):
                     self._cum, self._wall = [cum_up, cum_down], time.perf_counter() - t0
                     save_checkpoint(self.writer.out_dir, "sl", rnd, self.config, self.state_dict(transport))
             if self.on_round is not None:
@@ -315,7 +315,7 @@ class SplitLearningLoop:
         if counters.reasons and set(counters.reasons) == {"non_finite"}:
             message += (
                 f"; every client's values went non-finite, so training has probably diverged: lower optimizer.lr "
-                f"(now {self.config['optimizer']['lr']}) or use a gentler codec"
+                f"(now {self.config.optimizer['lr']}) or use a gentler codec"
             )
         return message
 
@@ -326,11 +326,11 @@ class SplitLearningLoop:
                 loss = counters.loss_sum / counters.samples if counters.samples else float("nan")
                 raise TrainingFailed(
                     f"training diverged in round {rnd}: the {name} half holds non-finite weights (train loss "
-                    f"{loss:.4g}); lower optimizer.lr (now {self.config['optimizer']['lr']}) or use a gentler codec"
+                    f"{loss:.4g}); lower optimizer.lr (now {self.config.optimizer['lr']}) or use a gentler codec"
                 )
 
     def _eval_batch(self) -> int:
-        return int(self.config["eval_batch_size"]) or int(self.config["batch_size"])
+        return self.config.eval_batch_size or self.config.batch_size
 
     def run_wave(
         self,
@@ -359,7 +359,7 @@ class SplitLearningLoop:
             remaining = None if deadline is None else deadline - time.monotonic()
             try:
                 if remaining is not None and remaining <= 0:
-                    raise TimeoutError(f"round_timeout_s={self.config['round_timeout_s']} passed")
+                    raise TimeoutError(f"round_timeout_s={self.config.round_timeout_s} passed")
                 replies = transport.receive(remaining)
             except TimeoutError as exc:
                 pending = sorted(n for n, s in sessions.items() if s.active)
@@ -383,7 +383,7 @@ class SplitLearningLoop:
                 batches = self._handle_reply(session, reply, rnd, counters)
                 if batches is None:
                     transport.release(reply.node_id)
-                elif self.config["server_batching"]:
+                elif self.config.server_batching:
                     arrived.append((session, *batches))
                 else:  # step and answer this client before the next one's batches
                     grads: list[bytes] = []
@@ -442,7 +442,7 @@ class SplitLearningLoop:
             if done:
                 counters.update_size_max = max(counters.update_size_max, self._finish(session, fields))
                 return None
-            k = int(self.config["batches_per_message"])
+            k = self.config.batches_per_message
             acts = validate.payloads(validate.field(fields, ACTIVATIONS), "activation payloads", low=1, high=k)
             labels = validate.payloads(validate.field(fields, LABELS), "label payloads", low=len(acts), high=len(acts))
             if session.batches + len(acts) > self.max_batches:
@@ -478,7 +478,7 @@ class SplitLearningLoop:
         weights = decode_weights(validate.payloads(validate.field(fields, WEIGHTS), "weights"), like, "weights")
         validate.finite(weights, "client-half weights")
         size = validate.bounded_change(
-            [w - g for w, g in zip(weights, like, strict=True)], like, float(self.config["max_update_norm"]), "its half"
+            [w - g for w, g in zip(weights, like, strict=True)], like, self.config.max_update_norm, "its half"
         )
         momentum: list[bytes] = []
         if MOMENTUM in self.protocol.returns:
@@ -525,7 +525,7 @@ class SplitLearningLoop:
                 self.downlink,
                 self.num_classes,
                 self.sample_shape,
-                int(self.config["batch_size"]),
+                self.config.batch_size,
             )
             for _, act, labels in batch
         ]
@@ -536,7 +536,7 @@ class SplitLearningLoop:
             clients = ", ".join(str(s.node) for s, _, _ in batch)
             raise TrainingFailed(
                 f"training diverged in round {rnd} on a batch of client {clients}: {exc}; lower optimizer.lr "
-                f"(now {self.config['optimizer']['lr']}) or use a gentler codec"
+                f"(now {self.config.optimizer['lr']}) or use a gentler codec"
             ) from exc
         elapsed = time.perf_counter() - t0
         payloads: list[bytes | None] = []
@@ -575,15 +575,15 @@ def server_device(name: str) -> torch.device:
     return device
 
 
-def local_epochs_batches(config: dict[str, Any], samples: int) -> int:
+def local_epochs_batches(config: SLConfig, samples: int) -> int:
     """Batches a client holding ``samples`` plans per round: ``local_epochs`` passes, capped by
     ``max_steps_per_round``."""
-    planned = batches_per_epoch(samples, int(config["batch_size"])) * int(config["local_epochs"])
-    cap = int(config["max_steps_per_round"])
+    planned = batches_per_epoch(samples, config.batch_size) * config.local_epochs
+    cap = config.max_steps_per_round
     return min(planned, cap) if cap else planned
 
 
-def describe(config: dict[str, Any]) -> str:
+def describe(config: SLConfig) -> str:
     """One line naming the run (for logs and plot titles)."""
     keys = ("mode", "dataset", "clients", "uplink", "downlink", "cut", "batches_per_message")
     return json.dumps({k: config[k] for k in keys})

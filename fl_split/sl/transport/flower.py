@@ -12,6 +12,7 @@ from typing import Any
 from flwr.app import Message
 from flwr.serverapp import Grid
 
+from fl_split.sl.config import SLConfig
 from fl_split.sl.records import from_record, to_record
 from fl_split.sl.transport.base import Reply
 from fl_split.sl.wire import field_nbytes
@@ -37,9 +38,9 @@ class FlowerTransport:
         self._pending: dict[str, int] = {}  # message id -> destination node
 
     @classmethod
-    def from_config(cls, grid: Grid, config: dict[str, Any]) -> FlowerTransport:
+    def from_config(cls, grid: Grid, config: SLConfig) -> FlowerTransport:
         """The transport a split-learning config's ``flower.poll_ms`` / ``flower.timeout_s`` ask for."""
-        return cls(grid, poll_ms=config["flower"]["poll_ms"], timeout_s=config["flower"]["timeout_s"])
+        return cls(grid, poll_ms=config.flower.poll_ms, timeout_s=config.flower.timeout_s)
 
     def node_ids(self) -> list[int]:
         """The connected SuperNodes (virtual nodes in simulation), waiting up to ``timeout_s`` for one."""

@@ -19,6 +19,7 @@ from typing import Any
 
 from fl_split.config import ConfigError
 from fl_split.sl.client import BEGIN
+from fl_split.sl.config import SLConfig, StreamKeys
 from fl_split.sl.frames import encode_frame
 from fl_split.sl.stream_server import ADDRESS, CA, MAX_BYTES, NODE, TIMEOUT, TOKEN, StreamServer, TlsFiles
 from fl_split.sl.transport.base import Reply
@@ -55,7 +56,7 @@ def is_loopback(bind: str) -> bool:
         return False
 
 
-def tls_from_config(stream: dict[str, Any]) -> TlsFiles | None:
+def tls_from_config(stream: StreamKeys) -> TlsFiles | None:
     """The stream's TLS files, or ``None`` when none is configured."""
     if not stream["ssl_certfile"]:
         return None
@@ -84,10 +85,10 @@ class StreamTransport:
         self._window: dict[int, list[float]] = {}  # round -> [first stream reply, last stream reply] times
 
     @classmethod
-    def from_config(cls, flower: FlowerTransport, config: dict[str, Any], *, local: bool = False) -> StreamTransport:
-        """The transport ``config["stream"]`` describes; ``local`` (simulation) binds and announces 127.0.0.1
+    def from_config(cls, flower: FlowerTransport, config: SLConfig, *, local: bool = False) -> StreamTransport:
+        """The transport ``config.stream`` describes; ``local`` (simulation) binds and announces 127.0.0.1
         when ``stream.host`` is ``auto``."""
-        stream = config["stream"]
+        stream = config.stream
         host = stream["host"]
         bind = stream["bind"]
         if host == "auto":
@@ -108,7 +109,7 @@ class StreamTransport:
             idle_timeout_s=float(stream["idle_timeout_s"]),
             tls=tls,
             # one stream per client and round, a refused replay or two, never hundreds of idle calls
-            max_streams=2 * int(config["clients"]) + 8,
+            max_streams=2 * config.clients + 8,
         )
         transport = cls(flower, server, host)
         log.info(
