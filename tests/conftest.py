@@ -14,8 +14,28 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # after OMP_NUM_THREADS, which torch reads when it starts
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+#: Test files that start Flower's simulation engine (Ray), and files that run real Flower processes.
+#: Under pytest-xdist (``--dist loadgroup``, as ``pyproject.toml`` sets it) each group runs in one
+#: worker, one test at a time: Ray clusters never compete with each other, and the deployments,
+#: which mostly wait on Flower's polling, overlap with the CPU-bound tests of the other workers.
+_GROUPS = {
+    "ray": ("test_fl.py", "test_sl_flower.py", "test_sl_stream_flower.py", "test_bench_sl.py", "test_checkpoint.py"),
+    "deploy": ("test_sl_deploy.py", "test_wheel.py"),
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Put every test of a file of :data:`_GROUPS` in its group (``xdist_group``)."""
+    for item in items:
+        for group, files in _GROUPS.items():
+            if item.path.name in files:
+                item.add_marker(pytest.mark.xdist_group(group))
