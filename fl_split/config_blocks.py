@@ -80,7 +80,7 @@ class Optimizer(Config):
     """The ``optimizer`` block: SGD ``lr`` (0.05 unless a command redeclares it), ``momentum``, ``weight_decay``."""
 
     lr: float = key(0.05, "SGD learning rate", check=positive)
-    momentum: float = key(0.9, "SGD momentum (FL: buffers start at zero each round)", check=non_negative)
+    momentum: float = key(0.9, "SGD momentum", check=non_negative)
     weight_decay: float = key(5e-4, "SGD weight decay", check=non_negative)
 
 

@@ -33,9 +33,23 @@ _GROUPS = {
 }
 
 
+#: Files whose module-scoped fixtures do expensive work (DDP ranks, a compare grid, BIRD and codec
+#: statistics): all their tests go to one worker, so each fixture is built once, not once per worker.
+_ONE_WORKER = (
+    "test_ddp.py",
+    "test_compare.py",
+    "test_codec_bird.py",
+    "test_codec_ordering.py",
+    "test_compare_codec_error.py",
+    "test_data_partition.py",
+)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Put every test of a file of :data:`_GROUPS` in its group (``xdist_group``)."""
+    """Put every test of a file of :data:`_GROUPS` in its group, and each file of :data:`_ONE_WORKER`
+    in a group of its own (``xdist_group``)."""
     for item in items:
-        for group, files in _GROUPS.items():
-            if item.path.name in files:
-                item.add_marker(pytest.mark.xdist_group(group))
+        name = item.path.name
+        group = next((g for g, files in _GROUPS.items() if name in files), name if name in _ONE_WORKER else None)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))

@@ -84,3 +84,22 @@ def test_jobs_run_cells_in_separate_processes_with_the_same_results(
     parallel = compare.run_grid(TINY, tmp_path / "parallel", jobs=2, progress=False)
     keys = ("cell", "status", "final_accuracy", "mb_up", "mb_down", "mb_to_target", "key")
     assert [[r[k] for k in keys] for r in parallel] == [[r[k] for k in keys] for r in serial]
+
+
+def test_a_cells_key_hashes_the_config_as_plain_json_so_typed_configs_keep_the_old_keys() -> None:
+    """Done cells are found again by this key: it must hash the values (nested blocks as mappings), not
+    the Python repr of a config object."""
+    import hashlib
+    import json
+
+    from fl_split.compare.cells import Cell
+    from fl_split.sl.config import load_sl_config
+
+    cfg = load_sl_config("sl", ["optimizer.lr=0.1"])
+    keyed = {
+        k: v for k, v in cfg.to_dict().items() if k not in ("out_dir", "progress", "existing_out", "checkpoint_every")
+    }
+    assert keyed["optimizer"]["lr"] == 0.1
+    text = json.dumps({"scheme": "sl", "config": keyed}, sort_keys=True)
+    assert Cell("sl", "x", cfg).key == hashlib.sha256(text.encode()).hexdigest()[:16]
+    assert Cell("sl", "x", cfg.replace(optimizer={"lr": 0.2})).key != Cell("sl", "x", cfg).key

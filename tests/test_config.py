@@ -19,7 +19,7 @@ from fl_split.sl.config import SLConfig
 
 COMMANDS: list[type[Config]] = [SLConfig, FLConfig, DDPConfig, GossipConfig]
 #: Keys a command redeclares to change a default (and nothing else about the key).
-REDECLARED = {"out_dir", "checkpoint_every", "model", "lr"}
+REDECLARED = {"out_dir", "checkpoint_every", "model", "lr", "momentum"}
 
 
 @pytest.mark.parametrize("cls", COMMANDS, ids=lambda c: c.command)

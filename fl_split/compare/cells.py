@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from itertools import product
 from typing import Any
 
-from fl_split.config import ConfigError
+from fl_split.config import ConfigError, plain
 from fl_split.fl.config import FLConfig
 from fl_split.sl.config import SLConfig
 
@@ -45,8 +45,8 @@ class Cell:
     @property
     def key(self) -> str:
         """16 hex digits of the SHA-256 of the canonical JSON of the config (output keys left out)."""
-        keyed = {k: v for k, v in self.config.items() if k not in _NOT_KEYED}
-        text = json.dumps({"scheme": self.scheme, "config": keyed}, sort_keys=True, default=str)
+        keyed = {k: v for k, v in plain(self.config).items() if k not in _NOT_KEYED}
+        text = json.dumps({"scheme": self.scheme, "config": keyed}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

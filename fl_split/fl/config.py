@@ -20,6 +20,13 @@ from fl_split.config_blocks import OUT_HELP, DataKeys, FederationKeys, Optimizer
 
 
 @dataclass(frozen=True)
+class FLOptimizer(Optimizer):
+    """Local SGD of an FL client; its momentum buffers start at zero each round."""
+
+    momentum: float = key(0.9, "SGD momentum (buffers start at zero each round)", check=non_negative)
+
+
+@dataclass(frozen=True)
 class FLFlowerKeys(RayKeys):
     """The ``flower`` block of FL: Ray's resources and the ServerApp's waits."""
 
@@ -57,7 +64,7 @@ class FLConfig(DataKeys, PartitionKeys, FederationKeys, OutputKeys):
         10.0, "refuse an update larger than this times the global model's norm + 1 (0: no bound)", check=non_negative
     )
     server_lr: float = key(1.0, "the server's step on the averaged update (1: FedAvg)", check=positive)
-    optimizer: Optimizer = block(Optimizer)
+    optimizer: FLOptimizer = block(FLOptimizer)
     eval_batch_size: int = key(512, "test batch size of the server's evaluation (0: 512)", check=non_negative)
     out_dir: str = key("runs/fl", OUT_HELP)
     flower: FLFlowerKeys = block(FLFlowerKeys)
