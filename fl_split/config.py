@@ -134,25 +134,58 @@ def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _unknown_key(key: str, fields: Mapping[str, Field], where: str) -> ConfigError:
-    return ConfigError(f"unknown config key {key!r} ({where}); valid keys: {', '.join(sorted(fields))}")
+def _unknown_key(key: str, fields: Mapping[str, Field], where: str, command: str = "") -> ConfigError:
+    """An unknown key: the closest valid keys, and where to list them all (not all 40 of them on one line)."""
+    from fl_split.suggest import did_you_mean
+
+    listing = f"`fl-split {command} --list-keys` lists every key" if command else f"valid keys: {', '.join(fields)}"
+    return ConfigError(f"unknown config key {key!r}{did_you_mean(key, fields)} {where}; {listing}")
+
+
+class _Typed(str):
+    """An override's value as typed on the command line (``--set out_dir=42``): a string key takes it
+    as written, where YAML would have made it the int 42 (or ``on`` a bool)."""
+
+    __slots__ = ("parsed",)
+    parsed: Any
+
+
+def _as_typed(raw: str, parsed: Any) -> _Typed:
+    typed = _Typed(raw)
+    typed.parsed = parsed
+    return typed
+
+
+def _accepts(value: Any, types: tuple[type, ...]) -> bool:
+    """Whether ``value`` is of one of ``types`` (a bool is not an int here; an int is a float)."""
+    if isinstance(value, bool):
+        return bool in types
+    if isinstance(value, int) and float in types:
+        return True
+    return isinstance(value, types)
 
 
 def _coerce(key: str, value: Any, spec: Field) -> Any:
     """Check ``value`` against ``spec``; ints are accepted (and converted) where floats are."""
     types = spec.types
-    if isinstance(value, bool) and bool not in types:
-        ok = False
-    elif isinstance(value, int) and not isinstance(value, bool) and float in types and int not in types:
-        value, ok = float(value), True
-    else:
-        ok = isinstance(value, types)
+    if isinstance(value, _Typed):  # from --set: its YAML value, or the text as typed where only a string fits
+        text, value = str(value), value.parsed
+        if not _accepts(value, types) and str in types:
+            value = text
+    ok = _accepts(value, types)
+    if ok and isinstance(value, int) and not isinstance(value, bool) and float in types and int not in types:
+        value = float(value)
     if not ok:
         names = " or ".join("null" if t is type(None) else t.__name__ for t in types)
         raise ConfigError(f"config key {key!r} must be {names}, got {value!r} ({type(value).__name__}): {spec.help}")
     allowed = spec.allowed()
     if allowed is not None and value not in allowed:
-        raise ConfigError(f"config key {key!r} must be one of {', '.join(map(str, allowed))}; got {value!r}")
+        from fl_split.suggest import did_you_mean
+
+        raise ConfigError(
+            f"config key {key!r} must be one of {', '.join(map(str, allowed))}; got {value!r}"
+            f"{did_you_mean(str(value), allowed)}"
+        )
     if spec.check is not None:
         problem = spec.check(value)
         if problem:
@@ -161,16 +194,22 @@ def _coerce(key: str, value: Any, spec: Field) -> Any:
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """``"optimizer.lr=0.1"`` → ``("optimizer.lr", 0.1)``; the value is parsed as YAML."""
+    """``"optimizer.lr=0.1"`` → ``("optimizer.lr", 0.1)``.
+
+    The key may use the Flower run-config spelling (``local-epochs=2`` is ``local_epochs=2``). The
+    value is parsed as YAML (numbers, ``true``, ``null``, lists) but remembers its text: a key that
+    takes a string gets the text as typed (``out_dir=42`` is the folder ``"42"``, ``stream.host=on``
+    the host ``"on"``).
+    """
     key, eq, raw = text.partition("=")
-    key = key.strip()
+    key = key.strip().replace("-", "_")
     if not eq or not key:
         raise ConfigError(f"--set expects key=value (e.g. --set rounds=5), got {text!r}")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
-    return key, value
+    return key, _as_typed(raw.strip(), value)
 
 
 def resolve_config_path(name_or_path: str | Path, command: str) -> Path:
@@ -180,12 +219,22 @@ def resolve_config_path(name_or_path: str | Path, command: str) -> Path:
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
         return path
-    candidates = [CONF_DIR / f"{name_or_path}.yaml", CONF_DIR / command / f"{name_or_path}.yaml"]
-    for cand in candidates:
-        if cand.is_file():
-            return cand
-    known = sorted({p.stem for p in CONF_DIR.glob("*.yaml")} | {p.stem for p in CONF_DIR.glob(f"{command}/*.yaml")})
-    raise ConfigError(f"no config named {str(name_or_path)!r}; configs in {CONF_DIR}: {', '.join(known)}")
+    named = command_configs(command)
+    if str(name_or_path) in named:
+        return named[str(name_or_path)]
+    from fl_split.suggest import did_you_mean
+
+    raise ConfigError(
+        f"no {command} config named {str(name_or_path)!r}{did_you_mean(str(name_or_path), named)}; "
+        f"{command} configs in {CONF_DIR}: {', '.join(named) or '(none)'} (or give a path to a YAML file)"
+    )
+
+
+def command_configs(command: str) -> dict[str, Path]:
+    """A command's named configs: ``conf/<command>.yaml`` (its default) and ``conf/<command>/*.yaml``."""
+    found = {p.stem: p for p in sorted((CONF_DIR / command).glob("*.yaml"))}
+    default = CONF_DIR / f"{command}.yaml"
+    return {command: default, **found} if default.is_file() else found
 
 
 def build_config(
@@ -238,7 +287,7 @@ def build_config(
     for where, flat in layers:
         for key, value in flat.items():
             if key not in fields:
-                raise _unknown_key(key, fields, where)
+                raise _unknown_key(key, fields, where, command)
             _set_dotted(config, key, _coerce(key, value, fields[key]))
     for key, spec in fields.items():  # defaults are validated too (registries may have changed)
         _coerce(key, get_dotted(config, key), spec)
@@ -268,7 +317,8 @@ def from_run_config(
         if dotted in ignore and dotted not in fields:
             continue
         if dotted not in fields:
-            raise _unknown_key(key, {k.replace("_", "-"): f for k, f in fields.items()}, "in the Flower run config")
+            hyphenated = {k.replace("_", "-"): f for k, f in fields.items()}
+            raise _unknown_key(key, hyphenated, "in the Flower run config", kwargs.get("command", ""))
         if value == "" and type(None) in fields[dotted].types:
             value = None
         values[dotted] = value
@@ -376,7 +426,7 @@ class Config(Mapping[str, Any]):
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any], *, ignore: Collection[str] = ()) -> Self:
         """A validated config from Flower run-config keys (see :func:`from_run_config`)."""
-        return cls._checked(from_run_config(cls.schema(), run_config, ignore=ignore))
+        return cls._checked(from_run_config(cls.schema(), run_config, ignore=ignore, command=cls.command))
 
     @classmethod
     def _checked(cls, resolved: Mapping[str, Any]) -> Self:

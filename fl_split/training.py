@@ -24,7 +24,12 @@ IMAGE_DEFAULT = "resnet18"
 def model_name(config: Mapping[str, Any]) -> str:
     """The configured model, with ``auto`` resolved from the dataset."""
     name = str(config["model"])
-    return AUTO_MODEL.get(str(config["dataset"]), IMAGE_DEFAULT) if name == "auto" else name
+    if name != "auto":
+        return name
+    from fl_split.data import dataset_info
+
+    dataset = str(config["dataset"])
+    return dataset_info(dataset).default_model or AUTO_MODEL.get(dataset, IMAGE_DEFAULT)
 
 
 def _model_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:

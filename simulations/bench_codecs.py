@@ -235,7 +235,7 @@ def run(
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point (``python -m simulations.bench_codecs``)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="fl-split bench codecs", description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     parser.add_argument("--repeats", type=int, default=9, help="timed repeats per measurement (median)")
     parser.add_argument("--codecs", nargs="*", help="subset of codecs (default: all registered)")

@@ -147,7 +147,7 @@ def run(
 
 def main(argv: list[str] | None = None) -> int:
     """``fl-split bench deploy [--supernodes N] [--steps S] [--ks ...] [--transports ...] [--out FILE]``."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="fl-split bench deploy", description=__doc__.splitlines()[0])
     parser.add_argument("--supernodes", type=int, default=1, help="flower-supernode processes (default 1)")
     parser.add_argument("--steps", type=int, default=16, help="batches per client in a messages round (default 16)")
     parser.add_argument(

@@ -3,7 +3,7 @@
 Digits, nodes on a ring and on a 2-D torus (8 and 16 nodes by default), the in-process transport,
 one seed. Methods (``METHODS``): Malcom-PSGD (dithered quantization with source coding, the L1
 prox), CHOCO-SGD with the same quantizer and no prox (what the prox changes), CHOCO-SGD with
-fixed-length ``qsgd`` (the spec's R7 baseline: sign + 4 bits per element + a norm per 512) and
+fixed-length ``qsgd`` (fl-split's stated baseline, ``docs/papers.md``: sign + 4 bits per element + a norm per 512) and
 with ``topk`` at 1 %. Per cell: the first evaluated round whose average model reaches the target
 accuracy, the bytes all nodes had sent over all edges by then (``len(payload)`` per edge), the
 final accuracy, sparsity, consensus distance, total bytes and seconds per round.

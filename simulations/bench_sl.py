@@ -342,7 +342,7 @@ def ratios(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     """``fl-split bench sl [--quick] [--models ...] [--engines ...] [--out FILE]``."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="fl-split bench sl", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a couple of minutes: fewer cells and steps")
     parser.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--engines", nargs="*", default=list(ENGINES), choices=list(ENGINES))

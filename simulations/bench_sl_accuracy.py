@@ -124,7 +124,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """``fl-split bench sl-accuracy [--config PATH] [--groups ...] [--out FILE]``."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="fl-split bench sl-accuracy", description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="benchmark YAML (base, codecs, groups)")
     parser.add_argument("--groups", nargs="*", help="run only these groups")
     parser.add_argument("--set", action="extend", nargs="+", default=[], help="override base keys: key=value")

@@ -15,6 +15,7 @@ import csv
 import json
 import sys
 import traceback
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
@@ -86,31 +87,48 @@ def load_grid(name_or_path: str) -> dict[str, Any]:
     return grid
 
 
-def run_grid(grid: dict[str, Any], out_dir: str | Path, jobs: int = 1, progress: bool = True) -> list[dict[str, Any]]:
-    """Run every cell not yet done; write and return the summary rows (one per cell, grid order)."""
+def run_grid(
+    grid: dict[str, Any], out_dir: str | Path, jobs: int = 1, progress: bool = True, overrides: Sequence[str] = ()
+) -> list[dict[str, Any]]:
+    """Run every cell not yet done; write and return the summary rows (one per cell, grid order).
+
+    ``overrides``: ``KEY=VALUE`` for every cell that has the key (:func:`expand_grid`). Progress is
+    a bar on a terminal, else a line per finished cell.
+    """
     from tqdm import tqdm
 
     out = Path(out_dir)
-    cells = expand_grid(grid)
+    cells = expand_grid(grid, overrides)
     target = float(grid.get("target_accuracy", 0.9))
     todo = [c for c in cells if not (out / "cells" / c.key / "summary.json").exists()]
     errors: dict[str, str] = {}
-    bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc="compare", unit="cell", disable=not progress)
+    bar = tqdm(
+        total=len(cells),
+        initial=len(cells) - len(todo),
+        desc="compare",
+        unit="cell",
+        disable=not (progress and sys.stderr.isatty()),
+    )
+    done = len(cells) - len(todo)
+
+    def finished(cell: Cell, status: str) -> None:
+        nonlocal done
+        done += 1
+        if status != "completed":
+            errors[cell.key] = status
+        bar.update()
+        if progress and bar.disable:
+            print(f"compare cell {done}/{len(cells)}: {cell.label}: {status}", file=sys.stderr, flush=True)
+
     if jobs <= 1:
         for cell in todo:
             bar.set_postfix_str(cell.label)
-            status = run_cell(cell, str(out / "cells" / cell.key))
-            if status != "completed":
-                errors[cell.key] = status
-            bar.update()
+            finished(cell, run_cell(cell, str(out / "cells" / cell.key)))
     else:
         with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
             futures = {pool.submit(run_cell, c, str(out / "cells" / c.key)): c for c in todo}
             for fut in as_completed(futures):
-                status = fut.result()
-                if status != "completed":
-                    errors[futures[fut].key] = status
-                bar.update()
+                finished(futures[fut], fut.result())
     bar.close()
     rows = []
     for cell in cells:
@@ -177,17 +195,29 @@ def write_codec_error(out: Path, n: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``fl-split compare [--config NAME|PATH] [--out DIR] [--jobs N] [--no-progress]``."""
+    """``fl-split compare [--config NAME|PATH] [--set KEY=VALUE ...] [--out DIR] [--jobs N] [--no-progress]``."""
+    from fl_split.plugins import add_import_option, add_plugins
+
     parser = argparse.ArgumentParser(prog="fl-split compare", description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="default", help="conf/compare/NAME.yaml or a path (default: default)")
+    parser.add_argument(
+        "--set",
+        metavar="KEY=VALUE",
+        action="extend",
+        nargs="+",
+        default=[],
+        help="a config key for every cell that has it, over the grid's values (e.g. rounds=2 seed=1)",
+    )
     parser.add_argument("--out", default="runs/compare", help="output folder (cells are kept here for reruns)")
     parser.add_argument("--jobs", type=int, default=1, help="cells run at once, each in its own process")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no bar or per-cell lines")
+    add_import_option(parser)
     args = parser.parse_args(argv)
     try:
+        add_plugins(args.imports)
         grid = load_grid(args.config)
-        rows = run_grid(grid, args.out, jobs=args.jobs, progress=not args.no_progress)
-    except (ConfigError, FileNotFoundError) as err:
+        rows = run_grid(grid, args.out, jobs=args.jobs, progress=not args.no_progress, overrides=args.set)
+    except (ConfigError, FileNotFoundError, ImportError) as err:
         parser.error(str(err))
     failed = [r for r in rows if r["status"] != "completed"]
     print(f"{len(rows)} cells, {len(failed)} failed; wrote {args.out}/summary.csv, summary.md and the plots")

@@ -103,3 +103,18 @@ def test_a_cells_key_hashes_the_config_as_plain_json_so_typed_configs_keep_the_o
     text = json.dumps({"scheme": "sl", "config": keyed}, sort_keys=True)
     assert Cell("sl", "x", cfg).key == hashlib.sha256(text.encode()).hexdigest()[:16]
     assert Cell("sl", "x", cfg.replace(optimizer={"lr": 0.2})).key != Cell("sl", "x", cfg).key
+
+
+def test_set_overrides_every_cell_that_has_the_key_over_the_grids_own_values() -> None:
+    base = {k: v for k, v in TINY["base"].items() if k not in ("engine", "max_steps_per_round")}  # SL-only keys
+    grid = {**TINY, "base": base, "fl": {"codecs": ["none"], "rounds": 5}}
+    cells = expand_grid(grid, ["rounds=1", "cut=medium", "optimizer.lr=0.2"])
+    sl = [c for c in cells if c.scheme == "sl"]
+    (fl,) = [c for c in cells if c.scheme == "fl"]
+    assert len(sl) == 2 and all(
+        (c.config.rounds, c.config.cut, c.config.optimizer.lr) == (1, "medium", 0.2) for c in sl
+    )
+    assert (fl.config.rounds, fl.config.optimizer.lr) == (1, 0.2)  # over the fl block's rounds=5; FL has no cut
+    assert [c.key for c in expand_grid(grid)] != [c.key for c in cells]  # another config: other cells
+    with pytest.raises(ConfigError, match=r"compare --set: no cell has a key 'rouds' \(did you mean 'rounds'\?\)"):
+        expand_grid(grid, ["rouds=1"])

@@ -5,6 +5,8 @@ from __future__ import annotations
 import inspect
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from fl_split.plugins import import_plugins
+
 if TYPE_CHECKING:
     from fl_split.codecs.base import Codec
 
@@ -30,6 +32,7 @@ def register_codec(cls: C) -> C:
 
 def list_codecs() -> list[str]:
     """Names of all registered codecs, sorted."""
+    import_plugins()
     return sorted(_BY_NAME)
 
 
@@ -42,16 +45,22 @@ def codec_parameters(name: str) -> list[str]:
 
 def codec_class(name: str) -> type[Codec]:
     """The class registered under ``name``; ``ValueError`` naming the known codecs otherwise."""
+    import_plugins()
     try:
         return _BY_NAME[name]
     except KeyError:
-        raise ValueError(f"unknown codec {name!r}; registered codecs: {', '.join(list_codecs())}") from None
+        from fl_split.suggest import did_you_mean
+
+        raise ValueError(
+            f"unknown codec {name!r}{did_you_mean(name, list_codecs())}; registered codecs: {', '.join(list_codecs())}"
+        ) from None
 
 
 def codec_class_by_id(codec_id: int) -> type[Codec]:
     """The class registered under wire id ``codec_id``."""
     from fl_split.codecs.errors import CodecError
 
+    import_plugins()
     try:
         return _BY_ID[codec_id]
     except KeyError:

@@ -51,7 +51,12 @@ def parse_codec_spec(spec: str) -> tuple[str, dict[str, Any]]:
     name, _, rest = spec.strip().partition(":")
     name = name.strip()
     if name not in list_codecs():
-        raise ValueError(f"unknown codec {name!r} in spec {spec!r}; registered codecs: {', '.join(list_codecs())}")
+        from fl_split.suggest import did_you_mean
+
+        raise ValueError(
+            f"unknown codec {name!r} in spec {spec!r}{did_you_mean(name, list_codecs())}; "
+            f"registered codecs: {', '.join(list_codecs())}"
+        )
     params: dict[str, Any] = {}
     allowed = codec_parameters(name)
     for item in filter(None, (part.strip() for part in rest.split(","))):

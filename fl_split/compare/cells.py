@@ -57,18 +57,38 @@ def _list(block: Mapping[str, Any], key: str, default: Sequence[Any]) -> list[An
     return value
 
 
-def expand_grid(grid: Mapping[str, Any]) -> list[Cell]:
+def expand_grid(grid: Mapping[str, Any], overrides: Sequence[str] = ()) -> list[Cell]:
     """Every cell of a grid config, resolved and validated (SL first, then FL).
+
+    Parameters
+    ----------
+    grid:
+        The grid config (``base``, ``sl``, ``fl``...).
+    overrides:
+        ``KEY=VALUE`` strings (``fl-split compare --set``) applied last to every cell whose command
+        has the key (``cut`` only to SL cells, ``rounds`` to both, over the blocks' own values).
 
     Raises
     ------
     ConfigError
-        An unknown top-level key, a list that is empty, or a cell whose config is invalid (the
-        message names the cell).
+        An unknown top-level key, a list that is empty, an override no command has, or a cell whose
+        config is invalid (the message names the cell).
     """
+    from fl_split.config import flat_fields, parse_override
     from fl_split.fl.config import load_fl_config
     from fl_split.sl.config import load_sl_config
+    from fl_split.suggest import did_you_mean
 
+    over = dict(parse_override(o) for o in overrides)
+    keys = {"sl": set(flat_fields(SLConfig.schema())), "fl": set(flat_fields(FLConfig.schema()))}
+    for k in over:
+        if k not in keys["sl"] | keys["fl"]:
+            raise ConfigError(
+                f"compare --set: no cell has a key {k!r}{did_you_mean(k, keys['sl'] | keys['fl'])} "
+                "(`fl-split sl --list-keys` and `fl-split fl --list-keys` list them)"
+            )
+    sl_over = {k: v for k, v in over.items() if k in keys["sl"]}
+    fl_over = {k: v for k, v in over.items() if k in keys["fl"]}
     allowed = {"base", "sl", "fl", "target_accuracy", "title", "feature_maps"}
     unknown = set(grid) - allowed
     if unknown:
@@ -81,7 +101,7 @@ def expand_grid(grid: Mapping[str, Any]) -> list[Cell]:
         extra = {k: v for k, v in sl.items() if k not in ("codecs", "cuts", "modes")}
         for codec, cut, mode in product(codecs, cuts, modes):
             label = f"sl {codec} {cut} {mode}"
-            values = {**base, **extra, "uplink": codec, "cut": cut, "mode": mode, "progress": False}
+            values = {**base, **extra, "uplink": codec, "cut": cut, "mode": mode, "progress": False, **sl_over}
             try:
                 cells.append(Cell("sl", label, load_sl_config(values=values)))
             except ConfigError as exc:
@@ -92,7 +112,7 @@ def expand_grid(grid: Mapping[str, Any]) -> list[Cell]:
         extra = {k: v for k, v in fl.items() if k not in ("codecs", "error_feedback")}
         for codec, ef in product(codecs, efs):
             label = f"fl {codec}{' +EF' if ef else ''}"
-            values = {**base, **extra, "uplink": codec, "error_feedback": ef, "progress": False}
+            values = {**base, **extra, "uplink": codec, "error_feedback": ef, "progress": False, **fl_over}
             try:
                 cells.append(Cell("fl", label, load_fl_config(values=values)))
             except ConfigError as exc:

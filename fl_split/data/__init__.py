@@ -11,7 +11,7 @@ from fl_split.data.digits import load_digits_tensors
 from fl_split.data.feature_maps import real_feature_maps
 from fl_split.data.mnist1d import load_mnist1d_tensors
 from fl_split.data.partition import PARTITIONERS, label_histogram, partition_indices
-from fl_split.data.registry import DatasetInfo, dataset_info, list_datasets, load_dataset
+from fl_split.data.registry import DatasetInfo, dataset_info, list_datasets, load_dataset, register_dataset
 from fl_split.data.torchvision_folder import KNOWN_DATASETS, load_torchvision_dataset
 
 __all__ = [
@@ -27,4 +27,5 @@ __all__ = [
     "load_torchvision_dataset",
     "partition_indices",
     "real_feature_maps",
+    "register_dataset",
 ]

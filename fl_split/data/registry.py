@@ -8,6 +8,7 @@ locally and the torchvision datasets must already be in ``data_dir``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -18,6 +19,7 @@ import torch
 from fl_split.data.digits import check_split, load_digits_tensors
 from fl_split.data.mnist1d import load_mnist1d_tensors
 from fl_split.data.torchvision_folder import KNOWN_DATASETS, load_torchvision_dataset
+from fl_split.plugins import import_plugins
 
 
 @dataclass(frozen=True)
@@ -34,12 +36,19 @@ class DatasetInfo:
         Shape of one sample (channels first), e.g. ``(3, 32, 32)``.
     on_disk:
         Read from a torchvision folder (``data_dir``); the others are made or shipped offline.
+    default_model:
+        The model ``model: auto`` picks for it (``None``: the built-in choice).
     """
 
     name: str
     num_classes: int
     input_shape: tuple[int, ...]
     on_disk: bool = False
+    default_model: str | None = None
+
+
+#: ``loader(split, seed) -> (inputs, labels)`` of a dataset registered with :func:`register_dataset`.
+Loader = Callable[[str, int], tuple[torch.Tensor, torch.Tensor]]
 
 
 _INFOS: dict[str, DatasetInfo] = {
@@ -54,6 +63,48 @@ _INFOS: dict[str, DatasetInfo] = {
         DatasetInfo("synthetic_cifar10", 10, (3, 32, 32)),
     )
 }
+
+#: Loaders of the datasets registered with :func:`register_dataset` (users' datasets).
+_LOADERS: dict[str, Loader] = {}
+
+
+def register_dataset(
+    name: str, *, num_classes: int, input_shape: tuple[int, ...], default_model: str | None = None
+) -> Callable[[Loader], Loader]:
+    """Decorator that registers a dataset loader under ``name`` (a user's dataset; ``--import`` its module).
+
+    The loader is called as ``loader(split, seed)`` with ``split`` ``"train"`` or ``"test"`` and must
+    return the whole split in memory: ``float32 [N, *input_shape]`` inputs and ``int64 [N]`` labels in
+    ``0 .. num_classes - 1``. Results are cached like the built-in datasets' (do not modify them).
+
+    Parameters
+    ----------
+    name:
+        Registry name; must not be taken.
+    num_classes, input_shape:
+        As :class:`DatasetInfo` (channels first).
+    default_model:
+        The model ``model: auto`` picks (default: the built-in choice, ``resnet18``).
+
+    Raises
+    ------
+    ValueError
+        If ``name`` is taken or the shape or class count is not positive.
+    """
+    if name in _INFOS or name in _ALIASES:
+        raise ValueError(f"dataset {name!r} is already registered; pick another name")
+    if num_classes < 2 or not input_shape or any(int(d) < 1 for d in input_shape):
+        raise ValueError(
+            f"dataset {name!r}: num_classes must be >= 2 and input_shape positive, got {num_classes} and {input_shape}"
+        )
+
+    def decorator(loader: Loader) -> Loader:
+        _INFOS[name] = DatasetInfo(name, int(num_classes), tuple(int(d) for d in input_shape), False, default_model)
+        _LOADERS[name] = loader
+        return loader
+
+    return decorator
+
 
 #: Registry name -> key of :data:`fl_split.data.torchvision_folder.KNOWN_DATASETS`.
 _TORCHVISION_KEYS: dict[str, str] = {
@@ -86,13 +137,17 @@ def list_datasets() -> list[str]:
     list[str]
         ``["digits", "mnist1d", "cifar10", "cifar100", "mnist", "fashion_mnist"]``.
     """
+    import_plugins()
     return list(_INFOS)
 
 
 def _canonical(name: str) -> str:
+    import_plugins()
     name = _ALIASES.get(name, name)
     if name not in _INFOS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of: {', '.join(_INFOS)}")
+        from fl_split.suggest import did_you_mean
+
+        raise ValueError(f"unknown dataset {name!r}{did_you_mean(name, _INFOS)}; choose one of: {', '.join(_INFOS)}")
     return name
 
 
@@ -178,7 +233,7 @@ def load_dataset(
         key_seed = 0
     else:
         key_dir = None
-        key_seed = seed if canonical in ("digits", "synthetic_cifar10") else 0
+        key_seed = seed if canonical in ("digits", "synthetic_cifar10") or canonical in _LOADERS else 0
     return _load_cached(canonical, split, key_dir, key_seed)
 
 
@@ -188,12 +243,34 @@ def _load_cached(name: str, split: str, data_dir: str | None, seed: int) -> tupl
         return load_digits_tensors(split, seed=seed)
     if name == "mnist1d":
         return load_mnist1d_tensors(split)
+    if name in _LOADERS:
+        return _checked_user_split(name, split, _LOADERS[name](split, seed))
     if name == "synthetic_cifar10":
         g = torch.Generator().manual_seed(seed * 2 + (split == "test"))
         n = 5000 if split == "train" else 1000
         return torch.randn((n, *_INFOS[name].input_shape), generator=g), torch.randint(0, 10, (n,), generator=g)
     assert data_dir is not None
     return _load_torchvision_tensors(name, split, data_dir)
+
+
+def _checked_user_split(name: str, split: str, loaded: object) -> tuple[torch.Tensor, torch.Tensor]:
+    """A registered loader's result, checked against its registration (a clear error, not one deep in torch)."""
+    info = _INFOS[name]
+    expected = f"(float32 [N, {', '.join(map(str, info.input_shape))}] inputs, int64 [N] labels)"
+    if not (isinstance(loaded, tuple) and len(loaded) == 2 and all(isinstance(t, torch.Tensor) for t in loaded)):
+        raise ValueError(f"dataset {name!r}: its loader returned {type(loaded).__name__}; it must return {expected}")
+    x, y = loaded
+    if x.dtype != torch.float32 or tuple(x.shape[1:]) != info.input_shape or y.dtype != torch.int64:
+        raise ValueError(
+            f"dataset {name!r} ({split}): got {x.dtype} {tuple(x.shape)} inputs and {y.dtype} {tuple(y.shape)} labels; "
+            f"expected {expected}"
+        )
+    if y.shape != (len(x),) or len(x) == 0 or int(y.min()) < 0 or int(y.max()) >= info.num_classes:
+        raise ValueError(
+            f"dataset {name!r} ({split}): {len(x)} inputs need as many labels, each in 0..{info.num_classes - 1}; "
+            f"got {tuple(y.shape)} labels" + (f" in {int(y.min())}..{int(y.max())}" if y.numel() else "")
+        )
+    return x, y
 
 
 def _load_torchvision_tensors(name: str, split: str, data_dir: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -25,6 +25,8 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from fl_split.plugins import import_plugins
+
 NAMED_CUTS: tuple[str, ...] = ("shallow", "medium", "deep")
 
 
@@ -126,13 +128,20 @@ def list_models() -> list[str]:
     names:
         E.g. ``["digits_cnn", "mnist1d_cnn", "resnet18", "resnet34", "vgg19"]``.
     """
+    import_plugins()
     return sorted(_REGISTRY)
 
 
 def _spec(name: str) -> ModelSpec:
+    import_plugins()
     spec = _REGISTRY.get(name) if isinstance(name, str) else None
     if spec is None:
-        raise ValueError(f"unknown model {name!r}; choose one of the registered models: {list_models()}")
+        from fl_split.suggest import did_you_mean
+
+        raise ValueError(
+            f"unknown model {name!r}{did_you_mean(str(name), list_models())}; "
+            f"choose one of the registered models: {list_models()}"
+        )
     return spec
 
 
