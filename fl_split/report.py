@@ -9,7 +9,7 @@ fields. The bar and the table read only those common keys, so all four commands 
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,10 @@ from fl_split.metrics import RunWriter
 
 class RunReporter(RunWriter):
     """Writes a run's rows and summary (a :class:`~fl_split.metrics.RunWriter`) and shows its progress.
+
+    Progress is a bar when stderr is a terminal, else one plain line per row (no carriage returns
+    in logs): on stderr, or through ``lines`` when given (the ServerApp under ``flwr run`` hands
+    Flower's logger, so ``flwr run --stream`` and ``flwr log`` show a line per round).
 
     Parameters
     ----------
@@ -31,7 +35,9 @@ class RunReporter(RunWriter):
     unit:
         What ``round`` counts: ``round`` or ``step``.
     progress:
-        Show a bar on stderr (off in workers and under ``flwr run``).
+        Show progress on stderr (off in workers, the compare grid's cells, benchmarks).
+    lines:
+        Where each row's line goes instead of stderr (shown whatever ``progress`` says).
     """
 
     def __init__(
@@ -44,18 +50,24 @@ class RunReporter(RunWriter):
         desc: str,
         unit: str = "round",
         progress: bool = True,
+        lines: Callable[[str], None] | None = None,
     ) -> None:
         super().__init__(out_dir, existing, resume_round)
-        self.unit = unit
+        self.unit, self.total, self.desc = unit, total, desc
         self._bar: Any = None
-        if progress:
-            from tqdm import tqdm
+        self._lines = lines
+        if progress and lines is None:
+            if sys.stderr.isatty():
+                from tqdm import tqdm
 
-            done = int(self.rows[-1]["round"]) if self.rows else 0
-            self._bar = tqdm(total=total, initial=done, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True)
+                done = int(self.rows[-1]["round"]) if self.rows else 0
+                self._bar = tqdm(total=total, initial=done, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True)
+            else:
+                self._lines = _to_stderr
 
     def write_round(self, row: Mapping[str, Any]) -> None:
-        """Write one row (:meth:`RunWriter.write_round`) and advance the bar to its ``round``."""
+        """Write one row (:meth:`RunWriter.write_round`) and show it (the bar, or a line)."""
+        previous = self.rows[-1] if self.rows else None
         super().write_round(row)
         if self._bar is not None:
             loss = row["train_loss"]
@@ -63,6 +75,8 @@ class RunReporter(RunWriter):
                 acc=f"{row['test_accuracy']:.4f}", loss="-" if loss is None else f"{loss:.3f}", MB=f"{_mb(row):.1f}"
             )
             self._bar.update(int(row["round"]) - self._bar.n)
+        if self._lines is not None:
+            self._lines(round_line(row, previous, self.total, self.desc, self.unit))
 
     def close(self) -> None:
         """Close the bar (idempotent)."""
@@ -119,6 +133,30 @@ def results_table(
     files = [out / name for name in ("metrics.jsonl", "summary.json", "accuracy_vs_mb.png", MODEL, CHECKPOINT)]
     lines += [f"{'wrote' if i == 0 else '':<5} {p}" for i, p in enumerate(p for p in files if p.exists())]
     return "\n".join(lines)
+
+
+def round_line(
+    row: Mapping[str, Any], previous: Mapping[str, Any] | None, total: int, desc: str, unit: str = "round"
+) -> str:
+    """One row as a log line: ``FL round 3/30: loss 0.4123, acc 0.9521, up 7.58 MB, down 94.90 MB, 1.23 s/round``.
+
+    MB are cumulative payload bytes each way (``-`` where a run does not measure them); the time
+    per round is the row's ``wall_s`` less the previous row's (rounds between rows are averaged).
+    """
+    n = int(row["round"])
+    since = int(previous["round"]) if previous is not None else 0
+    elapsed = float(row["wall_s"]) - (float(previous["wall_s"]) if previous is not None else 0.0)
+    loss = row["train_loss"]
+    up, down = _scaled(row["cum_uplink_bytes"]), _scaled(row["cum_downlink_bytes"])
+    return (
+        f"{desc} {unit} {n}/{total}: loss {'-' if loss is None else f'{loss:.4f}'}, acc {row['test_accuracy']:.4f}, "
+        f"up {'-' if up is None else f'{up:.2f}'} MB, down {'-' if down is None else f'{down:.2f}'} MB, "
+        f"{elapsed / max(n - since, 1):.2f} s/{unit}"
+    )
+
+
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def _mb(row: Mapping[str, Any]) -> float:

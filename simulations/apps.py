@@ -15,6 +15,7 @@ a key of the other task only is refused when set.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -163,3 +164,11 @@ def fl_train(msg: Message, context: Context) -> Message:
     return Message(
         content=RecordDict({"arrays": ArrayRecord(torch_state_dict=delta), "metrics": metrics}), reply_to=msg
     )
+
+
+def flower_log(line: str) -> None:
+    """Log ``line`` at INFO through Flower's logger: a ServerApp's per-round lines then reach
+    ``flwr run --stream`` and ``flwr log`` as Flower's own strategies' do."""
+    from flwr.common.logger import log
+
+    log(logging.INFO, line)

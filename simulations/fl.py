@@ -10,6 +10,7 @@ import json
 import logging
 import random
 import time
+from collections.abc import Callable
 from typing import Any
 
 from flwr.app import ArrayRecord, MetricRecord
@@ -22,7 +23,7 @@ from fl_split.fl.config import FLConfig
 from fl_split.metrics import RunWriter, failure_summary
 from fl_split.report import RunReporter
 from fl_split.sl.setup import check_model_fits_data, load_split
-from simulations.apps import build_client_app, build_server_app
+from simulations.apps import build_client_app, build_server_app, flower_log
 from strategies.compressed_fedavg import CompressedFedAvg
 
 log = logging.getLogger(__name__)
@@ -131,8 +132,9 @@ def wait_for_nodes(grid: Grid, needed: int, timeout_s: float, poll_s: float = 0.
         time.sleep(poll_s)
 
 
-def _build(config: FLConfig) -> tuple[FLRun, RunReporter]:
-    """The run (resumed from ``out_dir``'s checkpoint with ``existing_out=resume``) and its reporter."""
+def _build(config: FLConfig, lines: Callable[[str], None] | None = None) -> tuple[FLRun, RunReporter]:
+    """The run (resumed from ``out_dir``'s checkpoint with ``existing_out=resume``) and its reporter
+    (``lines``: where its per-round lines go, see :class:`~fl_split.report.RunReporter`)."""
     run = FLRun(config)
     done = 0
     if config.existing_out == "resume":
@@ -146,6 +148,7 @@ def _build(config: FLConfig) -> tuple[FLRun, RunReporter]:
         total=config.rounds,
         desc="FL",
         progress=config.progress,
+        lines=lines,
     )
     return run, run.writer
 
@@ -170,8 +173,9 @@ def run_fl(config: FLConfig, *, echo: bool = False, mods: tuple = ()) -> dict[st
 
 
 def run_fl_on_grid(config: FLConfig, grid: Grid) -> dict[str, Any]:
-    """Run federated learning on an existing grid (the ServerApp of ``flwr run .`` with ``mode = "fl"``)."""
-    run, writer = _build(config)
+    """Run federated learning on an existing grid (the ServerApp of ``flwr run .`` with ``mode = "fl"``):
+    a line per round in Flower's log, the table at the end."""
+    run, writer = _build(config, flower_log)
     try:
         run.start(grid)
     except TrainingFailed as exc:

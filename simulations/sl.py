@@ -17,14 +17,15 @@ from fl_split.metrics import failure_summary
 from fl_split.report import RunReporter
 from fl_split.sl.config import SLConfig
 from fl_split.sl.transport import InProcessTransport
-from simulations.apps import build_client_app, build_server_app
+from simulations.apps import build_client_app, build_server_app, flower_log
 from strategies.split_learning import SplitLearningStrategy, TrainingFailed, describe
 
 log = logging.getLogger(__name__)
 
 
-def _build(config: SLConfig) -> tuple[SplitLearningStrategy, RunReporter]:
-    """The strategy (resumed from ``out_dir``'s checkpoint with ``existing_out=resume``) and its reporter."""
+def _build(config: SLConfig, lines: Callable[[str], None] | None = None) -> tuple[SplitLearningStrategy, RunReporter]:
+    """The strategy (resumed from ``out_dir``'s checkpoint with ``existing_out=resume``) and its reporter
+    (``lines``: where its per-round lines go, see :class:`~fl_split.report.RunReporter`)."""
     strategy = SplitLearningStrategy(config)  # validates model/data/codecs before anything starts
     resume_round = 0
     if config.existing_out == "resume":
@@ -38,6 +39,7 @@ def _build(config: SLConfig) -> tuple[SplitLearningStrategy, RunReporter]:
         total=config.rounds,
         desc=f"SL {config.mode} ({config.engine})",
         progress=config.progress,
+        lines=lines,
     )
     strategy.writer = reporter
     return strategy, reporter
@@ -71,8 +73,13 @@ def _finish(
     return summary
 
 
-def _run(config: SLConfig, start: Callable[[SplitLearningStrategy], object], echo: bool) -> dict[str, Any]:
-    strategy, writer = _build(config)
+def _run(
+    config: SLConfig,
+    start: Callable[[SplitLearningStrategy], object],
+    echo: bool,
+    lines: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    strategy, writer = _build(config, lines)
     try:
         start(strategy)
     except TrainingFailed as exc:
@@ -81,8 +88,9 @@ def _run(config: SLConfig, start: Callable[[SplitLearningStrategy], object], ech
 
 
 def run_on_grid(config: SLConfig, grid: Grid) -> dict[str, Any]:
-    """Run the strategy over a ServerApp's grid (``flwr run``), print the table; return the summary."""
-    return _run(config, lambda strategy: strategy.start(grid), echo=True)
+    """Run the strategy over a ServerApp's grid (``flwr run``): a line per round in Flower's log, the table
+    at the end; return the summary."""
+    return _run(config, lambda strategy: strategy.start(grid), echo=True, lines=flower_log)
 
 
 def run_sl(config: SLConfig, *, echo: bool = False) -> dict[str, Any]:

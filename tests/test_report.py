@@ -29,9 +29,17 @@ def _row(r: int, up: int | None = 1_000_000, loss: float | None = 0.5) -> dict[s
     }
 
 
+def _terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make (captured) stderr a terminal: the reporter draws its bar only there."""
+    import sys
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+
+
 def test_reporter_writes_rows_advances_its_bar_to_each_row_and_prints_one_table(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    _terminal(monkeypatch)
     rep = RunReporter(tmp_path / "a", total=20, desc="DDP", unit="step", progress=True)
     for step in (5, 10, 15, 20):  # a row every 5 steps: the bar jumps to the row's step
         rep.write_round(_row(step))
@@ -61,8 +69,9 @@ def test_table_shows_unmeasured_bytes_and_loss_as_dashes_and_elides_long_runs(tm
 
 
 def test_a_resumed_reporter_keeps_the_earlier_rows_and_its_bar_starts_there(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    _terminal(monkeypatch)
     first = RunReporter(tmp_path, total=4, desc="SL", progress=False)
     for r in (1, 2, 3):
         first.write_round(_row(r))
@@ -73,6 +82,32 @@ def test_a_resumed_reporter_keeps_the_earlier_rows_and_its_bar_starts_there(
     resumed.close()
     assert "SL: 100%" in capsys.readouterr().err
     assert [r["round"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1, 2, 3, 4]
+
+
+def test_without_a_terminal_each_row_is_one_plain_line_and_a_given_sink_gets_them_whatever_progress_says(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Logs get no carriage returns or bar redraws; ``flwr run`` hands Flower's logger as the sink."""
+    rep = RunReporter(tmp_path / "a", total=20, desc="DDP", unit="step", progress=True)
+    assert rep._bar is None
+    for step in (5, 10):
+        rep.write_round(_row(step))
+    rep.close()
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    assert err.splitlines() == [  # MB cumulative; seconds per step from wall_s (5 s over 5 steps)
+        "DDP step 5/20: loss 0.5000, acc 0.5000, up 5.00 MB, down 10.00 MB, 1.00 s/step",
+        "DDP step 10/20: loss 0.5000, acc 1.0000, up 10.00 MB, down 20.00 MB, 1.00 s/step",
+    ]
+    got: list[str] = []
+    quiet = RunReporter(tmp_path / "b", total=2, desc="FL", progress=False, lines=got.append)
+    quiet.write_round({**_row(1, up=None, loss=None), "wall_s": 2.5})
+    quiet.write_round({**_row(2, up=None, loss=None), "wall_s": 3.0})
+    assert got == [
+        "FL round 1/2: loss -, acc 0.1000, up - MB, down - MB, 2.50 s/round",
+        "FL round 2/2: loss -, acc 0.2000, up - MB, down - MB, 0.50 s/round",
+    ]
+    assert capsys.readouterr().err == ""  # progress=False: nothing on stderr
 
 
 def test_gossip_and_ddp_commands_print_the_results_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -140,7 +140,10 @@ def test_idle_unauthenticated_streams_do_not_delay_a_valid_client() -> None:
         # refused at admission (counted), or, when they arrive together on a loaded machine and the
         # refusals themselves fill the 4 slots for a moment, by gRPC's concurrency limit
         assert set(codes) <= {grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.RESOURCE_EXHAUSTED}, codes
-        assert srv.refused == codes.count(grpc.StatusCode.PERMISSION_DENIED) >= 1
+        # every PERMISSION_DENIED was counted; a call counted as refused may still end with RESOURCE_EXHAUSTED
+        # on its way out (seen once in 20 under load); none is counted twice
+        assert codes.count(grpc.StatusCode.PERMISSION_DENIED) <= srv.refused <= len(calls)
+        assert codes.count(grpc.StatusCode.PERMISSION_DENIED) >= 1
     finally:
         block.set()
         for sock in idle:
