@@ -104,8 +104,8 @@ def bounded_change(delta: Iterable[torch.Tensor], reference: Iterable[torch.Tens
     ``reference`` the model it started from; only floating-point tensors count, summed in float64
     (a change of ``1e20`` is measured, not overflowed). The ``+ 1`` lets a model whose weights are
     near zero still move. A finite but huge change would be merged and make every later round
-    diverge; honest clients stay far below the default bound (see the README's "Reliability"
-    section). Above ``bound`` it raises ``BadReply('out_of_range')``; ``bound = 0`` turns the check
+    diverge; honest clients stay far below the default bound (see ``docs/reliability.md``).
+    Above ``bound`` it raises ``BadReply('out_of_range')``; ``bound = 0`` turns the check
     off (the size is still returned).
     """
     change, base = torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)

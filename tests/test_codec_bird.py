@@ -1,4 +1,4 @@
-"""Tests of the ``bird`` codec against ``/work/shared/spec/bird.md`` section 5, plus wire robustness."""
+"""Tests of the ``bird`` codec against the method in docs/papers.md (BIRD), plus wire robustness."""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def assert_size_formula(codec: BirdCodec, x: torch.Tensor, payload: bytes) -> No
     assert 8 * len(body_of(codec, payload, x.ndim)) <= codec.expected_bits(x.numel()) + 7
 
 
-# ----------------------------------------------------------------------------- spec section 5: worked example
+# ----------------------------------------------------------------------------- worked example
 
 
 @pytest.mark.parametrize("seed", range(10))
@@ -77,7 +77,7 @@ def test_worked_example(seed: int) -> None:
     assert BirdCodec(keep=0.25, seed=seed).encode(x) == payload
 
 
-# ----------------------------------------------------------------------------- spec section 5: size
+# ----------------------------------------------------------------------------- size
 
 
 @pytest.mark.parametrize(
@@ -102,7 +102,7 @@ def test_size_conv_like(mode: str, values_dtype: str, body_bytes: int) -> None:
         assert body_bytes == 29_973
 
 
-# ----------------------------------------------------------------------------- spec section 5: unbiasedness
+# ----------------------------------------------------------------------------- unbiasedness
 
 R_UNB, B_UNB, KEEP_UNB = 64, 16, 0.25
 X_UNB = randn(R_UNB * B_UNB, seed=2024)  # one fixed x ~ N(0, 1)
@@ -200,7 +200,7 @@ def test_unbiased_block_norms_l2() -> None:
     assert abs(float(s1.mean()) - expected) < 0.01 * expected
 
 
-# ----------------------------------------------------------------------------- spec section 5: the rest
+# ----------------------------------------------------------------------------- the rest
 
 
 @pytest.mark.parametrize("shape", [(1000,), (37, 11), (4, 8, 5, 5), ()])

@@ -1,4 +1,4 @@
-"""Tests of the ``dither`` codec (Malcom-PSGD R3 quantizer + R4 coder; spec tests T2, T3, T4, T7)."""
+"""Tests of the ``dither`` codec (Malcom-PSGD's quantizer + fl-split's source coder; docs/papers.md)."""
 
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def _ref_golomb(g: int, m: int) -> str:
 
 
 def _ref_encode(z: list[int]) -> str:
-    """The spec's R4 bit string, built position by position."""
+    """The source coder's bit string, built position by position."""
     counts: dict[int, int] = {}
     for v in z:
         if v:
@@ -136,7 +136,7 @@ def test_error_message_names_range() -> None:
         create_codec("dither", levels=0)
 
 
-# --------------------------------------------------------------------------- T2: QSGD quantizer
+# --------------------------------------------------------------------------- QSGD quantizer
 T2_X = torch.tensor([0.3, -0.7, 0.05, 0.0], dtype=torch.float64)
 
 
@@ -182,7 +182,7 @@ def test_t2_zero_and_scaled_basis_vectors_are_exact(levels: int) -> None:
                 assert torch.equal(codec.decode(codec.encode(e)), e)
 
 
-# --------------------------------------------------------------------------- T3: subtractive dither
+# --------------------------------------------------------------------------- subtractive dither
 def test_t3_subtractive_error_is_uniform() -> None:
     step, n = 0.25, 200_000
     gen = torch.Generator().manual_seed(1)
@@ -223,7 +223,7 @@ def test_subtractive_norm_scaled_and_rescaled() -> None:
     assert float((plain.decode(a) - x).abs().max()) <= delta / 2 + 1e-5
 
 
-# --------------------------------------------------------------------------- T4: the coder
+# --------------------------------------------------------------------------- the coder
 def test_t4_example_is_68_bits() -> None:
     z = np.array(T4_Z)
     pos, vals = _sparse(z)
@@ -346,7 +346,7 @@ def test_small_helpers() -> None:
     assert np.array_equal(unzigzag(zigzag(v)), v)
 
 
-# --------------------------------------------------------------------------- T7: compressed gossip (CHOCO, ring)
+# --------------------------------------------------------------------------- compressed gossip (CHOCO, ring)
 def _ring_gossip(rescale: bool, seed: int, rounds: int = 100, xhat_zero: bool = True) -> tuple[float, float]:
     """CHOCO-gossip on a ring of 8 nodes (weights 1/3), d = 1000, γ = 0.5, η = λ = 0, QSGD s = 16."""
     n, d, gamma = 8, 1000, 0.5

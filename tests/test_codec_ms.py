@@ -1,4 +1,4 @@
-"""Mask-encoded sparsification: the spec's worked example and edge cases (shared/spec/ms.md)."""
+"""Mask-encoded sparsification: the paper's worked example and edge cases (docs/papers.md, MS)."""
 
 from __future__ import annotations
 

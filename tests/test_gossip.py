@@ -1,4 +1,4 @@
-"""Decentralized learning: topologies, the spec's algorithm tests (T1, T5–T9), both transports, the default run."""
+"""Decentralized learning: topologies, the algorithm (docs/papers.md, Malcom-PSGD), both transports, the default run."""
 
 from __future__ import annotations
 

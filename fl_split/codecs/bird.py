@@ -46,7 +46,7 @@ _KNOWN_FLAGS = FLAG_BITMAP | FLAG_VALUES | FLAG_F16
 _NORM_CODES = {"l1": 0, "l2": 1}
 _U32_MAX = 2**32 - 1
 _F32_MAX = float(torch.finfo(torch.float32).max)
-#: Default block length for tensors of fewer than two dimensions (spec section 4.1).
+#: Default block length for tensors of fewer than two dimensions (docs/papers.md, BIRD).
 DEFAULT_FLAT_BLOCK = 64
 
 #: An int block length, ``None`` (the default rule) or ``"spatial"`` (see :func:`default_block`).

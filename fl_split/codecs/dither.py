@@ -1,6 +1,6 @@
 """``dither``: dithered quantization + lossless source coding of the sparse integer levels (Malcom-PSGD).
 
-The quantizer is R3 of ``/work/shared/spec/malcom-psgd.md`` and the coder is R4 (see
+The quantizer is QSGD's stochastic rounding and the coder fl-split's source coder (``docs/papers.md``, Malcom-PSGD; see
 :mod:`fl_split.codecs.source_coding`; layout and size formula in ``docs/codecs.md``). For a
 tensor ``r`` of ``d`` elements, with step ``Δ = ‖r‖₂ / s`` (or a fixed ``step``):
 
@@ -60,7 +60,7 @@ _KNOWN_FLAGS = _FLAG_SUBTRACTIVE | _FLAG_RESCALE | _FLAG_FIXED_STEP
 _F32_MAX = float(np.finfo(np.float32).max)
 
 
-# --------------------------------------------------------------------------- quantizer (R3)
+# --------------------------------------------------------------------------- quantizer
 def dither_uniform(seed: int, numel: int, device: torch.device | str | None = None) -> torch.Tensor:
     """``numel`` float32 draws from U[0, 1), generated on a CPU generator seeded with ``seed``.
 
@@ -76,7 +76,7 @@ def dither_uniform(seed: int, numel: int, device: torch.device | str | None = No
 def variance_factor(numel: int, levels: int, subtractive: bool = False) -> float:
     """``ω`` with ``E‖Q(r) - r‖² <= ω ‖r‖²`` for the norm-scaled quantizer with ``s = levels``.
 
-    QSGD (non-subtractive): ``min(d/s², √d/s)`` (the QSGD lemma, spec R3). Subtractive dither:
+    QSGD (non-subtractive): ``min(d/s², √d/s)`` (the QSGD lemma). Subtractive dither:
     ``d / (12 s²)`` (uniform error of variance ``Δ²/12`` per element; fl-split's extension).
     """
     if subtractive:

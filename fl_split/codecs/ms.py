@@ -1,6 +1,6 @@
 """``ms``: mask-encoded sparsification (Zhou et al., ECAI 2024, arXiv 2408.13787).
 
-Implements ``shared/spec/ms.md`` exactly:
+Implements the method as ``docs/papers.md`` (MS) states it:
 
 * ``k = floor(keep * d)`` over the whole tensor (batch included); ``1 <= k < d`` is required
   (``k >= d`` would be dense: use ``none``).

@@ -1,7 +1,7 @@
 """Lossless source coding of sparse integer vectors: frequency + support, Golomb gaps, Elias-γ.
 
 This is the coder of the ``dither`` codec (Malcom-PSGD's "vector source coding"; the concrete
-layout is fl-split's reconstruction R4 in ``/work/shared/spec/malcom-psgd.md``). A vector
+layout is fl-split's own reconstruction; ``docs/papers.md``, Malcom-PSGD). A vector
 ``z`` of ``d`` integers, mostly zero, is sent as::
 
     γ(K + 1)                                  K = number of distinct nonzero values

@@ -23,7 +23,7 @@ from fl_split.gossip.topology import TOPOLOGIES
 
 ALGORITHMS = ("malcom", "choco")
 TRANSPORTS = ("inprocess", "distributed")
-#: Malcom-PSGD's codec: QSGD-style dithered quantization (s = 15) with the source coder, rescaled (spec R3, T7).
+#: Malcom-PSGD's codec: QSGD-style dithered quantization (s = 15), source coded, rescaled (docs/papers.md).
 MALCOM_CODEC = "dither:levels=15,rescale=true"
 #: Malcom-PSGD's default L1 weight: on the default run about 40 % of the weights are exactly 0 after
 #: 200 rounds at 0.96 test accuracy (0.005 reaches 68 % zeros but only 0.90 on 4 nodes in 100 rounds).

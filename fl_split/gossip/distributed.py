@@ -5,7 +5,7 @@ Each rank runs its :class:`~fl_split.gossip.node.GossipNode` through
 sends the payload's length (one int64) and then its bytes (``uint8``) to every neighbour with
 ``isend`` and receives theirs with ``irecv`` (gloo on CPU; no pickling). The node keeps its own
 estimate ``x̂_i`` and a copy of each neighbour's ``x̂_j``, updated from the received payloads
-(spec T8: the copies equal the owners' estimates bit for bit, checked at the end). Rank 0
+(the copies equal the owners' estimates bit for bit, checked at the end). Rank 0
 writes the metrics rows, from sums over ranks (``all_reduce``). Started directly it spawns
 ``nodes`` local processes; under ``torchrun`` each process is one node (``WORLD_SIZE = nodes``).
 """
@@ -120,7 +120,7 @@ def node_main(rank: int, n: int, config: GossipConfig) -> dict[str, Any]:
             shared = {"cum": cum, "wall_s": time.perf_counter() - t0}
             save_rank_checkpoint(out, "gossip", t + 1, config, shared, local)
             saved = t + 1
-    # T8: every copy of x̂_j equals node j's own x̂_j, bit for bit
+    # every copy of x̂_j equals node j's own x̂_j, bit for bit
     all_hat = [torch.empty_like(node.x_hat) for _ in range(n)]
     dist.all_gather(all_hat, node.x_hat)
     consistent = all(torch.equal(node.copies[j], all_hat[j]) for j in neighbours)

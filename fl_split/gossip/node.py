@@ -1,6 +1,6 @@
 """What one node computes in Malcom-PSGD / CHOCO-SGD, shared by every transport.
 
-Per round ``t``, node ``i`` (spec ``../shared/spec/malcom-psgd.md``, R1, R2, R5):
+Per round ``t``, node ``i`` (``docs/papers.md``, Malcom-PSGD):
 
 1. local SGD step: ``x½ = x - η ∇f_i(x)`` (one batch of its shard);
 2. compress the difference to its public estimate: ``payload = encode(x½ - x̂_i)``, sent to every
@@ -68,7 +68,7 @@ class LocalObjective:
         self.seed = config.seed
 
     def initial(self) -> torch.Tensor:
-        """The shared initial model as a flat float32 vector (every node starts here, spec R5)."""
+        """The shared initial model as a flat float32 vector (every node starts here)."""
         return nn.utils.parameters_to_vector(self.model.parameters()).detach().clone()
 
     def grad(self, x: torch.Tensor, node: int, t: int) -> tuple[torch.Tensor, float]:
@@ -100,7 +100,7 @@ class GossipNode:
     rank:
         The node's index in the mixing matrix.
     x0:
-        The shared initial model (flat float32); ``x = x̂ =`` every copy ``= x0`` (spec R5).
+        The shared initial model (flat float32); ``x = x̂ =`` every copy ``= x0``.
     w:
         The mixing matrix; the neighbours are the ``j != rank`` with ``w[rank, j] > 0``, ascending.
     codec, decoder:
