@@ -23,14 +23,12 @@ import torch  # after OMP_NUM_THREADS, which torch reads when it starts
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
-#: Test files that start Flower's simulation engine (Ray), and files that run real Flower processes.
-#: Under pytest-xdist (``--dist loadgroup``, as ``pyproject.toml`` sets it) each group runs in one
-#: worker, one test at a time: Ray clusters never compete with each other, and the deployments,
-#: which mostly wait on Flower's polling, overlap with the CPU-bound tests of the other workers.
-_GROUPS = {
-    "ray": ("test_fl.py", "test_sl_flower.py", "test_sl_stream_flower.py", "test_bench_sl.py", "test_checkpoint.py"),
-    "deploy": ("test_sl_deploy.py", "test_wheel.py"),
-}
+#: Files that run real Flower processes (SuperLink, SuperNodes, ``flwr run``, an installed wheel):
+#: under pytest-xdist (``--dist loadgroup``, as ``pyproject.toml`` sets it) they run in one worker, one
+#: at a time, so two deployments never compete; they mostly wait on Flower's polling and overlap with
+#: the CPU-bound tests of the other workers. The files that start Flower's simulation engine (Ray) are
+#: not grouped: in one worker they would take longer than the rest of the suite together.
+_GROUPS = {"deploy": ("test_sl_deploy.py", "test_wheel.py")}
 
 
 #: Files whose module-scoped fixtures do expensive work (DDP ranks, a compare grid, BIRD and codec
@@ -45,9 +43,39 @@ _ONE_WORKER = (
 )
 
 
+#: Files with the longest tests (Flower simulations and deployments, DDP and gossip ranks), measured:
+#: they start first (after the ``slow`` tests), so that no worker begins one near the end while the
+#: others have run dry.
+_LONG_FIRST = (
+    "test_sl_deploy.py",
+    "test_fl.py",
+    "test_checkpoint.py",
+    "test_sl_flower.py",
+    "test_gossip.py",
+    "test_ddp.py",
+    "test_bench_sl.py",
+    "test_plugins.py",
+    "test_sl_stream_flower.py",
+)
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Put every test of a file of :data:`_GROUPS` in its group, and each file of :data:`_ONE_WORKER`
-    in a group of its own (``xdist_group``)."""
+    """Start the long tests first (:data:`_LONG_FIRST`); put every test of a file of :data:`_GROUPS` in
+    its group, and each file of :data:`_ONE_WORKER` in a group of its own (``xdist_group``).
+
+    ``tryfirst``: the marks must be on the items before pytest-xdist's own hook of this name turns
+    them into the node-id suffix its scheduler groups by. That suffix is also why pytest is held
+    below 9.2 (``pyproject.toml``): 9.2 renamed the attribute pytest-xdist 3.8 writes it to, and the
+    groups were silently ignored (test_ddp's module fixture was built in three workers).
+    """
+
+    def rank(item: pytest.Item) -> int:
+        if item.get_closest_marker("slow") is not None:
+            return 0
+        return 1 if item.path.name in _LONG_FIRST else 2
+
+    items.sort(key=rank)  # stable: each file keeps its order
     for item in items:
         name = item.path.name
         group = next((g for g, files in _GROUPS.items() if name in files), name if name in _ONE_WORKER else None)

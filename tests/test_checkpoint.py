@@ -119,17 +119,36 @@ def test_checkpoint_payloads_round_trip_through_weights_only_load(tmp_path: Path
 
 
 def test_fl_interrupted_and_resumed_equals_an_uninterrupted_run(tmp_path: Path) -> None:
-    """FL over Flower's simulation engine, codec ``none`` (the clients hold no state of their own)."""
-    from fl_split.fl.config import load_fl_config
-    from simulations.fl import run_fl
+    """FL over Flower's simulation engine, codec ``none`` (the clients hold no state of their own).
 
-    def cfg(out: str, rounds: int, **extra: Any) -> dict[str, Any]:
+    The three runs (3 rounds; 1 round; that run resumed to 3) share one simulation, each built
+    from its config and ``out_dir`` as ``run_fl`` builds one, the resumed one only after the
+    interrupted one has finished: its strategy starts from what ``checkpoint.pt`` holds.
+    """
+    from flwr.app import Context
+    from flwr.serverapp import Grid
+
+    from fl_split.fl.config import load_fl_config
+    from simulations.apps import build_client_app, build_server_app
+    from simulations.engine import run_flower_simulation
+    from simulations.fl import _build, _finish
+
+    def cfg(out: str, rounds: int, **extra: Any) -> Any:
         values = {"clients": 3, "rounds": rounds, "uplink": "none", "progress": False, "out_dir": str(tmp_path / out)}
         return load_fl_config("fl", values=values | extra)
 
-    run_fl(cfg("whole", 3))
-    run_fl(cfg("cut", 1))  # the run stopped after round 1 ...
-    summary = run_fl(cfg("cut", 3, existing_out="resume"))  # ... and is resumed to 3 rounds
+    configs = [cfg("whole", 3), cfg("cut", 1), cfg("cut", 3, existing_out="resume")]  # stopped after round 1, resumed
+    summaries: list[dict[str, Any]] = []
+
+    def main(grid: Grid, _context: Context) -> None:
+        for config in configs:
+            run, writer = _build(config)
+            run.start(grid)
+            summaries.append(_finish(config, run, writer, echo=False))
+
+    run_flower_simulation(build_server_app(main), build_client_app(), 3)
+    assert [s["status"] for s in summaries] == ["completed"] * 3
+    summary = summaries[-1]
     a, b = read_metrics(tmp_path / "whole" / "metrics.jsonl"), read_metrics(tmp_path / "cut" / "metrics.jsonl")
     keep = ("round", "samples", "uplink_bytes", "cum_uplink_bytes", "aggregated", "failed_clients")
     assert [{k: r[k] for k in keep} for r in a] == [{k: r[k] for k in keep} for r in b]

@@ -71,6 +71,18 @@ def test_iid_disjoint_covering_balanced(labels: torch.Tensor) -> None:
     assert mean_max_class_share(labels, parts) < 0.17
 
 
+@pytest.mark.parametrize("n,k,seed", [(1437, 10, 0), (1437, 7, 3), (10, 10, 1), (101, 4, 2), (5, 1, 0)])
+def test_iid_equals_flwr_datasets_iid_partitioner(n: int, k: int, seed: int) -> None:
+    """The iid split is computed without flwr-datasets (cheaper process start-up): it must equal
+    ``IidPartitioner`` on the same shuffled indices, partition by partition."""
+    from fl_split.data.partition import _split, _split_with_flwr_datasets
+
+    y = np.arange(n, dtype=np.int64) % 10
+    ours, reference = _split(y, "iid", k, (), seed), _split_with_flwr_datasets(y, "iid", k, (), seed)
+    assert len(ours) == len(reference) == k
+    assert all(np.array_equal(a, b) and not a.flags.writeable for a, b in zip(ours, reference, strict=True))
+
+
 def test_dirichlet_disjoint_covering_and_skewed(labels: torch.Tensor) -> None:
     parts = all_partitions(labels, scheme="dirichlet", alpha=0.3)
     joined = assert_disjoint_sorted(parts)
