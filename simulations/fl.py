@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import time
@@ -196,7 +195,11 @@ def _finish(
     The run failed if it raised, completed fewer rounds than configured, or never aggregated an
     update (every round kept the initial model): ``status: failed`` and ``error`` say so.
     """
-    title = json.dumps({k: config[k] for k in ("clients", "fraction", "uplink", "error_feedback", "partition")})
+    sampled = f" ({config.fraction:g} per round)" if config.fraction < 1 else ""
+    title = (
+        f"FL, {config.dataset}, {config.clients} clients{sampled}, {config.partition}: "
+        f"up {config.uplink}{' + EF' if config.error_feedback else ''}, down {config.downlink}"
+    )
     if error is None and len(writer.rows) < config.rounds:
         error = TrainingFailed(f"completed {len(writer.rows)} of {config.rounds} rounds; see the log above")
     if error is None and not any(r["aggregated"] for r in writer.rows):

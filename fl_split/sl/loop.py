@@ -23,7 +23,6 @@ there and gradients encoded from there; the global client half stays on the CPU.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import time
@@ -584,6 +583,10 @@ def local_epochs_batches(config: SLConfig, samples: int) -> int:
 
 
 def describe(config: SLConfig) -> str:
-    """One line naming the run (for logs and plot titles)."""
-    keys = ("mode", "dataset", "clients", "uplink", "downlink", "cut", "batches_per_message")
-    return json.dumps({k: config[k] for k in keys})
+    """One short line naming the run (for logs and plot titles), e.g.
+    ``SL splitfed2, digits, 10 clients, cut 2: up ms:keep=0.05,bits=2, down none``."""
+    per_message = f", {config.batches_per_message} batches/message" if config.batches_per_message > 1 else ""
+    return (
+        f"SL {config.mode}, {config.dataset}, {config.clients} clients, cut {config.cut}{per_message}: "
+        f"up {config.uplink}, down {config.downlink}"
+    )
