@@ -42,6 +42,8 @@ COLUMNS = [
     "mb_up",
     "mb_down",
     "mb_to_target",
+    "mb_up_to_target",
+    "mb_down_to_target",
     "wall_s",
     "key",
 ]
@@ -161,21 +163,22 @@ def write_summary(rows: list[dict[str, Any]], out: Path, grid: dict[str, Any], t
     lines = [
         f"# {grid.get('title', 'fl-split compare')}",
         "",
-        f"Target test accuracy {target}. MB are measured payload bytes (up + down to the target).",
+        f"Target test accuracy {target}. MB are measured payload bytes: `mb_to_target` up + down to the target, "
+        "then each direction.",
         "",
         "| " + " | ".join(COLUMNS[:-1]) + " |",
         "|" + "---|" * (len(COLUMNS) - 1),
     ]
     for r in rows:
-        cells = ["not reached" if c == "mb_to_target" and r[c] is None else r[c] for c in COLUMNS[:-1]]
+        cells = ["not reached" if c.endswith("to_target") and r[c] is None else r[c] for c in COLUMNS[:-1]]
         lines.append("| " + " | ".join(_cell_text(v) for v in cells) + " |")
     (out / "summary.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     curves = {}
     for r in rows:
         metrics = out / "cells" / r["key"] / "metrics.jsonl"
         if metrics.exists():
-            curves[r["cell"]] = read_metrics(metrics)
-    plot_accuracy_vs_mb_grid(curves, out / "accuracy_vs_mb.png")
+            curves[r["key"]] = read_metrics(metrics)
+    plot_accuracy_vs_mb_grid(rows, curves, out / "accuracy_vs_mb.png", target)
     plot_mb_to_target(rows, out / "mb_to_target.png", target)
     write_codec_error(out, int(grid.get("feature_maps", 64)))
 

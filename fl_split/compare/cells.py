@@ -139,6 +139,8 @@ def cell_result(cell: Cell, summary: Mapping[str, Any], rows: Sequence[Mapping[s
         "mb_up": round(last.get("cum_uplink_bytes", 0) / 1e6, 3),
         "mb_down": round(last.get("cum_downlink_bytes", 0) / 1e6, 3),
         "mb_to_target": None if hit is None else round((hit["cum_uplink_bytes"] + hit["cum_downlink_bytes"]) / 1e6, 3),
+        "mb_up_to_target": None if hit is None else round(hit["cum_uplink_bytes"] / 1e6, 3),
+        "mb_down_to_target": None if hit is None else round(hit["cum_downlink_bytes"] / 1e6, 3),
         "wall_s": summary.get("wall_s"),
         "key": cell.key,
     }

@@ -1,10 +1,20 @@
-"""The comparison's plots: accuracy against cumulative measured MB, and MB to the target per cell."""
+"""The comparison's plots: accuracy against cumulative measured MB, and MB to the target per cell.
+
+Uplink and downlink are always drawn apart: split learning's dense gradient downlink is an order
+of magnitude above any compressed uplink, and a sum would hide every codec difference. Each codec
+keeps one style (colour, marker and line style together) in every panel of a figure.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "<")
+_LINES = ("-", "--", "-.", ":")
+_SCHEME_COLOURS = {"sl": "tab:blue", "fl": "tab:orange"}
+_SCHEME_NAMES = {"sl": "split learning", "fl": "federated learning"}
 
 
 def _plt() -> Any:
@@ -16,56 +26,135 @@ def _plt() -> Any:
     return plt
 
 
-def plot_accuracy_vs_mb_grid(curves: Mapping[str, Sequence[Mapping[str, Any]]], path: str | Path) -> Path:
-    """Test accuracy against cumulative measured MB (up + down); SL cells on the left, FL on the right."""
+def codec_label(row: Mapping[str, Any]) -> str:
+    """What a curve is called in the legend: the uplink codec, with ``+ EF`` for FL's error feedback."""
+    return f"{row['codec']}{' + EF' if row.get('error_feedback') is True else ''}"
+
+
+def codec_styles(labels: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """A distinct (colour, marker, line style) per label, in first-seen order: no two labels share all three,
+    and no two of the first ten share a colour or a marker."""
+    from matplotlib import colormaps
+
+    colours = colormaps["tab10"].colors  # type: ignore[attr-defined]  # a ListedColormap
+    styles: dict[str, dict[str, Any]] = {}
+    for i, label in enumerate(dict.fromkeys(labels)):
+        styles[label] = {
+            "color": colours[i % len(colours)],
+            "marker": _MARKERS[i % len(_MARKERS)],
+            "linestyle": _LINES[(i + i // len(colours)) % len(_LINES)],
+        }
+    return styles
+
+
+def _log_x(ax: Any, subs: tuple[float, ...] = (1.0,)) -> None:
+    """A log x axis labelled as plain numbers at ``subs`` of each decade only (minor labels collide)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=subs))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def _panel_of(row: Mapping[str, Any]) -> str:
+    if row["scheme"] == "sl":
+        return f"SL {row['mode']}, cut {row['cut']}"
+    return "FL (FedAvg)"
+
+
+def plot_accuracy_vs_mb_grid(
+    cells: Sequence[Mapping[str, Any]],
+    curves: Mapping[str, Sequence[Mapping[str, Any]]],
+    path: str | Path,
+    target: float | None = None,
+) -> Path:
+    """Test accuracy against cumulative measured uplink MB (top row) and downlink MB (bottom row).
+
+    One column per question: each SL (mode, cut) and FL. ``cells`` are the rows of ``summary.csv``
+    (``key``, ``scheme``, ``mode``, ``cut``, ``codec``, ``error_feedback``); ``curves`` maps a cell's
+    ``key`` to its metric rows. ``target``, if given, is drawn as a line in every panel.
+    """
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=100, sharey=True)
-    for ax, scheme, title in ((axes[0], "sl", "split learning"), (axes[1], "fl", "federated learning")):
-        for label, rows in curves.items():
-            if not label.startswith(scheme + " ") or not rows:
-                continue
-            mb = [(r["cum_uplink_bytes"] + r["cum_downlink_bytes"]) / 1e6 for r in rows]
-            ax.plot(mb, [r["test_accuracy"] for r in rows], marker=".", label=label[len(scheme) + 1 :])
-        ax.set_xscale("log")
-        ax.set_xlabel("cumulative measured MB (up + down)")
-        ax.set_title(title, fontsize=10)
-        ax.grid(alpha=0.3, which="both")
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=6)
-    axes[0].set_ylabel("test accuracy")
+    drawn = [c for c in cells if curves.get(c["key"])]
+    panels = list(dict.fromkeys(_panel_of(c) for c in drawn)) or ["(no finished cell)"]
+    styles = codec_styles([codec_label(c) for c in drawn])
+    fig, axes = plt.subplots(2, len(panels), figsize=(3.6 * len(panels), 6.2), dpi=110, sharey=True, squeeze=False)
+    for col, panel in enumerate(panels):
+        for row, (direction, key) in enumerate((("uplink", "cum_uplink_bytes"), ("downlink", "cum_downlink_bytes"))):
+            ax = axes[row][col]
+            for c in drawn:
+                if _panel_of(c) != panel:
+                    continue
+                rows = curves[c["key"]]
+                mb = [r[key] / 1e6 for r in rows]
+                ax.plot(
+                    mb, [r["test_accuracy"] for r in rows], markersize=4, label=codec_label(c), **styles[codec_label(c)]
+                )
+            if target is not None:
+                ax.axhline(target, color="grey", linestyle=":", linewidth=1)
+            _log_x(ax)
+            ax.set_xlabel(f"cumulative {direction} MB (measured)", fontsize=9)
+            ax.grid(alpha=0.3, which="both")
+            if row == 0:
+                ax.set_title(panel, fontsize=10)
+        axes[0][col].tick_params(labelsize=8)
+    for row in range(2):
+        axes[row][0].set_ylabel("test accuracy")
+    handles = [plt.Line2D([], [], markersize=5, label=label, **style) for label, style in styles.items()]
+    if target is not None:
+        handles.append(plt.Line2D([], [], color="grey", linestyle=":", label=f"target {target}"))
     fig.tight_layout()
+    if handles:
+        fig.legend(
+            handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(4, len(handles)), fontsize=8
+        )
     out = Path(path)
-    fig.savefig(out)
+    fig.savefig(out, bbox_inches="tight")
     plt.close(fig)
     return out
 
 
 def plot_mb_to_target(rows: Sequence[Mapping[str, Any]], path: str | Path, target: float) -> Path:
-    """Bars of MB to reach ``target`` per cell; a cell that never reached it is a hatched bar marked so."""
+    """Measured uplink MB and downlink MB each cell needed to reach ``target``, side by side.
+
+    A cell that never reached it gets no bar, only the words ``not reached`` (or ``failed``): a bar
+    there would read as the largest cost. Bars are coloured by scheme (legend).
+    """
     plt = _plt()
-    reached = [r["mb_to_target"] for r in rows if r["mb_to_target"] is not None]
-    ceiling = 1.2 * max(reached) if reached else 1.0
-    fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(rows)), 4), dpi=100)
-    for i, r in enumerate(rows):
-        if r["mb_to_target"] is None:
-            ax.bar(i, ceiling, color="none", edgecolor="grey", hatch="//")
-            ax.text(
-                i,
-                ceiling,
-                "not reached" if r["status"] == "completed" else "failed",
-                rotation=90,
-                ha="center",
-                va="top",
-                fontsize=7,
-            )
-        else:
-            ax.bar(i, r["mb_to_target"], color="tab:blue" if r["scheme"] == "sl" else "tab:orange")
-    ax.set_xticks(range(len(rows)), [r["cell"] for r in rows], rotation=75, ha="right", fontsize=7)
-    ax.set_ylabel(f"measured MB to test accuracy {target}")
-    ax.set_yscale("log")
-    ax.grid(alpha=0.3, axis="y")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 0.32 * len(rows) + 1.6), dpi=110, sharey=True, squeeze=False)
+    labels = [
+        f"{r['scheme'].upper()} {codec_label(r)}" + (f" ({r['mode']}, {r['cut']})" if r["scheme"] == "sl" else "")
+        for r in rows
+    ]
+    y = list(range(len(rows)))
+    for ax, (direction, key) in zip(
+        axes[0], (("uplink", "mb_up_to_target"), ("downlink", "mb_down_to_target")), strict=True
+    ):
+        reached = [float(r[key]) for r in rows if r.get(key)]
+        floor = min(reached) / 3 if reached else 0.1
+        for i, r in enumerate(rows):
+            value = r.get(key)
+            if value:
+                ax.barh(i, value, color=_SCHEME_COLOURS[r["scheme"]], height=0.7)
+            else:
+                why = "not reached" if r["status"] == "completed" else "failed"
+                ax.text(floor, i, why, va="center", ha="left", fontsize=7, style="italic", color="dimgrey")
+        wide = bool(reached) and max(reached) / floor > 300  # over 2.5 decades: label decades only
+        _log_x(ax, subs=(1.0,) if wide else (1.0, 2.0, 5.0))
+        ax.set_xlim(left=floor)
+        ax.set_xlabel(f"{direction} MB to test accuracy {target} (measured)", fontsize=9)
+        ax.grid(alpha=0.3, axis="x", which="both")
+    axes[0][0].set_yticks(y, labels, fontsize=7)
+    axes[0][0].invert_yaxis()
+    schemes = list(dict.fromkeys(r["scheme"] for r in rows))
+    axes[0][1].legend(
+        handles=[plt.Rectangle((0, 0), 1, 1, color=_SCHEME_COLOURS[s], label=_SCHEME_NAMES[s]) for s in schemes],
+        fontsize=8,
+        loc="lower right",
+    )
     fig.tight_layout()
     out = Path(path)
-    fig.savefig(out)
+    fig.savefig(out, bbox_inches="tight")
     plt.close(fig)
     return out
