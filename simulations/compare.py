@@ -31,6 +31,7 @@ from fl_split.sl.config import SLConfig
 #: Columns of ``summary.csv`` / ``summary.md``, in order.
 COLUMNS = [
     "cell",
+    "seed",
     "scheme",
     "codec",
     "cut",
@@ -45,6 +46,8 @@ COLUMNS = [
     "mb_up_to_target",
     "mb_down_to_target",
     "wall_s",
+    "uplink_bits_per_element",
+    "test_images",
     "key",
 ]
 
@@ -151,27 +154,49 @@ def _cell_text(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) and not value.is_integer() else str(value)
 
 
+def _pm(mean: float | None, std: float | None, digits: int) -> str:
+    if mean is None:
+        return "–"
+    return f"{mean:.{digits}f}" if not std else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
 def write_summary(rows: list[dict[str, Any]], out: Path, grid: dict[str, Any], target: float) -> None:
-    """``summary.csv``, ``summary.md`` and the two plots."""
+    """``summary.csv`` (a row per run), ``summary_by_cell.csv`` and ``summary.md`` (a row per cell: mean
+    ± std over its seeds) and the two plots."""
     from fl_split.compare.plots import plot_accuracy_vs_mb_grid, plot_mb_to_target
+    from fl_split.compare.stats import AGGREGATE_COLUMNS, aggregate
 
     out.mkdir(parents=True, exist_ok=True)
-    with (out / "summary.csv").open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    by_cell = aggregate(rows)
+    for name, columns, table in (("summary.csv", COLUMNS, rows), ("summary_by_cell.csv", AGGREGATE_COLUMNS, by_cell)):
+        with (out / name).open("w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(table)
+    images = {r["test_images"] for r in rows if r.get("test_images")}
     lines = [
         f"# {grid.get('title', 'fl-split compare')}",
         "",
-        f"Target test accuracy {target}. MB are measured payload bytes: `mb_to_target` up + down to the target, "
-        "then each direction.",
+        f"Target test accuracy {target}. Each cell ran with seeds {by_cell[0]['seeds'] if by_cell else '-'}: mean ± "
+        "sample standard deviation over them (accuracy over the runs that completed; MB over those that reached "
+        "the target, `reached` of how many). MB are measured payload bytes, up + down and then each direction."
+        + (
+            f" The test set holds {images.pop()} images; `± images` is the accuracy spread in images."
+            if len(images) == 1
+            else ""
+        ),
         "",
-        "| " + " | ".join(COLUMNS[:-1]) + " |",
-        "|" + "---|" * (len(COLUMNS) - 1),
+        "| cell | uplink bits/element | final accuracy | ± images | reached | MB to target | uplink MB to target "
+        "| downlink MB to target |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for r in rows:
-        cells = ["not reached" if c.endswith("to_target") and r[c] is None else r[c] for c in COLUMNS[:-1]]
-        lines.append("| " + " | ".join(_cell_text(v) for v in cells) + " |")
+    for r in by_cell:
+        acc = r["status"] if not r["completed"] else _pm(r["final_accuracy_mean"], r["final_accuracy_std"], 4)
+        mb = [_pm(r[f"{k}_mean"], r[f"{k}_std"], 1) for k in ("mb_to_target", "mb_up_to_target", "mb_down_to_target")]
+        if r["mb_to_target_mean"] is None:
+            mb = ["not reached"] * 3
+        bits, spread = _cell_text(r["uplink_bits_per_element_mean"]), _cell_text(r["std_in_test_images"])
+        lines.append(f"| {r['cell']} | {bits} | {acc} | {spread} | {r['reached']} | " + " | ".join(mb) + " |")
     (out / "summary.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     curves = {}
     for r in rows:
@@ -179,7 +204,7 @@ def write_summary(rows: list[dict[str, Any]], out: Path, grid: dict[str, Any], t
         if metrics.exists():
             curves[r["key"]] = read_metrics(metrics)
     plot_accuracy_vs_mb_grid(rows, curves, out / "accuracy_vs_mb.png", target)
-    plot_mb_to_target(rows, out / "mb_to_target.png", target)
+    plot_mb_to_target(by_cell, out / "mb_to_target.png", target)
     write_codec_error(out, int(grid.get("feature_maps", 64)))
 
 

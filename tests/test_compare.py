@@ -40,6 +40,8 @@ def test_a_tiny_grid_writes_every_file_and_a_rerun_does_no_work(
     for r in rows:  # bytes from the cell's own metrics: MS sends more than top-k at the same keep
         assert r["mb_up"] > 0 and r["mb_down"] > 0 and r["final_accuracy"] is not None
     assert rows[0]["mb_up"] > rows[1]["mb_up"]
+    # measured bits per activation element: MS 2 bits + 1 % of 32-bit values, top-k 1 % of (value, index)
+    assert 2.32 <= rows[0]["uplink_bits_per_element"] < 2.33 and 0.64 <= rows[1]["uplink_bits_per_element"] < 0.65
     calls: list[str] = []
     monkeypatch.setattr(compare, "run_cell", lambda cell, d: calls.append(cell.label) or "completed")
     again = compare.run_grid(TINY, tmp_path, progress=False)
@@ -65,6 +67,33 @@ def test_a_failing_cell_is_reported_and_the_other_finishes(tmp_path: Path, monke
     monkeypatch.setattr(simulations.sl, "run_sl", real)  # a rerun retries only the failed cell
     again = compare.run_grid(TINY, tmp_path, progress=False)
     assert [r["status"] for r in again] == ["completed", "completed"] and again[0] == rows[0]
+
+
+def test_seeds_add_runs_next_to_the_done_ones_and_the_summary_gives_mean_and_spread(
+    tiny: tuple[Path, list[dict]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TINY with ``seeds: [0, 1]`` in a copy of its folder: seed 0's runs are found done, seed 1's run."""
+    import shutil
+    import statistics
+
+    done, serial = tiny
+    out = tmp_path / "seeds"
+    shutil.copytree(done / "cells", out / "cells")
+    grid = {**TINY, "seeds": [0, 1], "base": {k: v for k, v in TINY["base"].items() if k != "seed"}}
+    ran: list[tuple[str, int]] = []
+    real = compare.run_cell
+    monkeypatch.setattr(compare, "run_cell", lambda cell, d: ran.append((cell.label, cell.seed)) or real(cell, d))
+    rows = compare.run_grid(grid, out, progress=False)
+    assert ran == [("sl ms:keep=0.01,bits=2 shallow splitfed2", 1), ("sl topk:keep=0.01 shallow splitfed2", 1)]
+    assert [(r["cell"], r["seed"]) for r in rows] == [(s["cell"], seed) for s in serial for seed in (0, 1)]
+    assert [r for r in rows if r["seed"] == 0] == serial and rows[0]["test_images"] == 360
+    with (out / "summary_by_cell.csv").open() as fh:
+        by_cell = list(csv.DictReader(fh))
+    accs = [r["final_accuracy"] for r in rows[:2]]
+    assert accs[0] != accs[1]  # the seed changes the run
+    assert float(by_cell[0]["final_accuracy_std"]) == pytest.approx(statistics.stdev(accs))
+    assert by_cell[0]["seeds"] == "0 1" and by_cell[0]["completed"] == "2"
+    assert " ± " in (out / "summary.md").read_text()
 
 
 def test_grid_errors_name_the_problem() -> None:

@@ -15,7 +15,7 @@ from fl_split.compare import plots
 
 
 def _cell(key: str, scheme: str, codec: str, mode: str = "", cut: str = "", ef: object = "") -> dict[str, Any]:
-    return {"key": key, "scheme": scheme, "codec": codec, "mode": mode, "cut": cut, "error_feedback": ef}
+    return {"cell": key, "key": key, "scheme": scheme, "codec": codec, "mode": mode, "cut": cut, "error_feedback": ef}
 
 
 def _kept(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
@@ -63,24 +63,57 @@ def test_accuracy_grid_has_a_column_per_question_and_a_row_per_direction(
     plt.close(fig)
 
 
-def test_a_cell_that_did_not_reach_the_target_has_no_bar(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    rows = [
-        {**_cell("a", "sl", "none", "splitfed2", "shallow"), "status": "completed"}
-        | {"mb_up_to_target": 500.0, "mb_down_to_target": 480.0},
-        {**_cell("b", "sl", "topk:keep=0.01", "splitfed2", "shallow"), "status": "completed"}
-        | {"mb_up_to_target": None, "mb_down_to_target": None},
-        {**_cell("c", "fl", "none", ef=False), "status": "failed: boom"}
-        | {"mb_up_to_target": None, "mb_down_to_target": None},
+def _agg(cell: dict[str, Any], up: float | None, down: float | None, reached: str, completed: int = 3) -> dict:
+    return cell | {
+        "cell": cell["key"],
+        "completed": completed,
+        "reached": reached,
+        "mb_up_to_target_mean": up,
+        "mb_up_to_target_std": None if up is None else 20.0,
+        "mb_down_to_target_mean": down,
+        "mb_down_to_target_std": None if down is None else 0.0,
+    }
+
+
+def test_mb_to_target_bars_are_means_with_their_spread_and_unreached_cells_have_no_bar(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    cells = [
+        _agg(_cell("a", "sl", "none", "splitfed2", "shallow"), 500.0, 480.0, "3/3"),
+        _agg(_cell("b", "sl", "ms:keep=0.01,bits=2", "splitfed2", "shallow"), 60.0, 300.0, "2/3"),
+        _agg(_cell("c", "sl", "topk:keep=0.01", "splitfed2", "shallow"), None, None, "0/3"),
+        _agg(_cell("d", "fl", "none", ef=False), None, None, "0/3", completed=0),
     ]
     kept = _kept(monkeypatch)
-    plots.plot_mb_to_target(rows, tmp_path / "t.png", 0.95)
+    plots.plot_mb_to_target(cells, tmp_path / "t.png", 0.95)
     fig = kept["fig"]
     up, down = fig.axes
-    assert [p.get_width() for p in up.patches] == [500.0] and [p.get_width() for p in down.patches] == [480.0]
-    assert [t.get_text() for t in up.texts] == ["not reached", "failed"]
+    assert [p.get_width() for p in up.patches] == [500.0, 60.0] and [p.get_width() for p in down.patches] == [
+        480.0,
+        300.0,
+    ]
+    assert [t.get_text() for t in up.texts] == ["  reached 2/3", "not reached", "failed"]
+    assert len(up.collections) == 2  # the whiskers of the two bars
     assert [t.get_text() for t in up.get_yticklabels()] == [
         "SL none (splitfed2, shallow)",
+        "SL ms:keep=0.01,bits=2 (splitfed2, shallow)",
         "SL topk:keep=0.01 (splitfed2, shallow)",
         "FL none",
     ]
+    plt.close(fig)
+
+
+def test_seeds_of_a_cell_are_drawn_as_their_mean_with_a_band(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    cells = [_cell(k, "sl", "none", "splitfed2", "shallow") | {"cell": "sl none"} for k in ("s0", "s1")]
+    curves = {
+        "s0": [{"cum_uplink_bytes": 1e6, "cum_downlink_bytes": 2e6, "test_accuracy": 0.5}] * 2,
+        "s1": [{"cum_uplink_bytes": 3e6, "cum_downlink_bytes": 2e6, "test_accuracy": 0.7}] * 3,
+    }
+    kept = _kept(monkeypatch)
+    plots.plot_accuracy_vs_mb_grid(cells, curves, tmp_path / "g.png")
+    fig = kept["fig"]
+    up = fig.axes[0]
+    (line,) = up.lines
+    assert list(line.get_xdata()) == [2.0, 2.0] and list(line.get_ydata()) == pytest.approx([0.6, 0.6])
+    assert len(up.collections) == 1 and "2 seeds" in up.get_ylabel()
     plt.close(fig)

@@ -1,10 +1,11 @@
 """The cells of a comparison grid and what is read back from a finished cell.
 
 A grid config (``conf/compare/*.yaml``) names a ``base`` (keys shared by every cell: data, split,
-seed, clients), an ``sl`` block (``codecs`` × ``cuts`` × ``modes``, plus any split-learning keys)
-and an ``fl`` block (``codecs`` × ``error_feedback``, plus any FL keys). Each cell is one fully
-resolved run config; its key is a hash of that config (without output paths), so a rerun finds
-the cells already done.
+seed, clients), an ``sl`` block (``codecs`` × ``cuts`` × ``modes``, plus any split-learning keys),
+an ``fl`` block (``codecs`` × ``error_feedback``, plus any FL keys) and ``seeds``: every cell runs
+once per seed (the ``seed`` key: data split, partition, initial model, batch order). Each run is
+one fully resolved run config; its key is a hash of that config (without output paths), so a
+rerun finds the runs already done.
 """
 
 from __future__ import annotations
@@ -35,12 +36,18 @@ class Cell:
     label:
         Human-readable: ``"sl ms:keep=0.01,bits=2 shallow splitfed2"``.
     config:
-        The resolved run config (``out_dir`` set by the runner).
+        The resolved run config (``out_dir`` set by the runner); its ``seed`` is the run's seed.
+        The runs of one cell share ``label`` and differ only in ``seed``.
     """
 
     scheme: str
     label: str
     config: SLConfig | FLConfig
+
+    @property
+    def seed(self) -> int:
+        """The run's seed (``config.seed``)."""
+        return int(self.config.seed)
 
     @property
     def key(self) -> str:
@@ -57,8 +64,20 @@ def _list(block: Mapping[str, Any], key: str, default: Sequence[Any]) -> list[An
     return value
 
 
+def _seeds(grid: Mapping[str, Any]) -> list[int | None]:
+    """The grid's ``seeds`` (distinct ints), or ``[None]``: one run with the configs' own seed."""
+    if "seeds" not in grid:
+        return [None]
+    seeds = _list(grid, "seeds", [])
+    if not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in seeds) or len(set(seeds)) < len(
+        seeds
+    ):
+        raise ConfigError(f"compare: seeds must be distinct non-negative integers, got {seeds!r}")
+    return list(seeds)
+
+
 def expand_grid(grid: Mapping[str, Any], overrides: Sequence[str] = ()) -> list[Cell]:
-    """Every cell of a grid config, resolved and validated (SL first, then FL).
+    """Every run of a grid config, resolved and validated (SL first, then FL; each cell's seeds together).
 
     Parameters
     ----------
@@ -89,19 +108,23 @@ def expand_grid(grid: Mapping[str, Any], overrides: Sequence[str] = ()) -> list[
             )
     sl_over = {k: v for k, v in over.items() if k in keys["sl"]}
     fl_over = {k: v for k, v in over.items() if k in keys["fl"]}
-    allowed = {"base", "sl", "fl", "target_accuracy", "title", "feature_maps"}
+    allowed = {"base", "sl", "fl", "seeds", "target_accuracy", "title", "feature_maps"}
     unknown = set(grid) - allowed
     if unknown:
         raise ConfigError(f"compare: unknown keys {sorted(unknown)}; a grid has {', '.join(sorted(allowed))}")
     base = dict(grid.get("base") or {})
+    seeds = _seeds(grid)
+    if "seeds" in grid and "seed" in base:
+        raise ConfigError("compare: give seeds or base.seed, not both")
     cells = []
     sl = dict(grid.get("sl") or {})
     if sl:
         codecs, cuts, modes = _list(sl, "codecs", []), _list(sl, "cuts", ["shallow"]), _list(sl, "modes", ["splitfed2"])
         extra = {k: v for k, v in sl.items() if k not in ("codecs", "cuts", "modes")}
-        for codec, cut, mode in product(codecs, cuts, modes):
+        for codec, cut, mode, seed in product(codecs, cuts, modes, seeds):
             label = f"sl {codec} {cut} {mode}"
-            values = {**base, **extra, "uplink": codec, "cut": cut, "mode": mode, "progress": False, **sl_over}
+            values = {**base, **_seed(seed), **extra, "uplink": codec, "cut": cut, "mode": mode, "progress": False}
+            values |= sl_over
             try:
                 cells.append(Cell("sl", label, load_sl_config(values=values)))
             except ConfigError as exc:
@@ -110,9 +133,10 @@ def expand_grid(grid: Mapping[str, Any], overrides: Sequence[str] = ()) -> list[
     if fl:
         codecs, efs = _list(fl, "codecs", []), _list(fl, "error_feedback", [True])
         extra = {k: v for k, v in fl.items() if k not in ("codecs", "error_feedback")}
-        for codec, ef in product(codecs, efs):
+        for codec, ef, seed in product(codecs, efs, seeds):
             label = f"fl {codec}{' +EF' if ef else ''}"
-            values = {**base, **extra, "uplink": codec, "error_feedback": ef, "progress": False, **fl_over}
+            values = {**base, **_seed(seed), **extra, "uplink": codec, "error_feedback": ef, "progress": False}
+            values |= fl_over
             try:
                 cells.append(Cell("fl", label, load_fl_config(values=values)))
             except ConfigError as exc:
@@ -122,12 +146,17 @@ def expand_grid(grid: Mapping[str, Any], overrides: Sequence[str] = ()) -> list[
     return cells
 
 
+def _seed(seed: int | None) -> dict[str, int]:
+    return {} if seed is None else {"seed": seed}
+
+
 def cell_result(cell: Cell, summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], target: float) -> dict:
     """One line of ``summary.csv`` from a finished cell's ``summary.json`` and ``metrics.jsonl`` rows."""
     hit = next((r for r in rows if r["test_accuracy"] >= target), None)
     last = rows[-1] if rows else {}
     return {
         "cell": cell.label,
+        "seed": cell.seed,
         "scheme": cell.scheme,
         "codec": cell.config.uplink,
         "cut": cell.config.get("cut", "") if cell.scheme == "sl" else "",
@@ -142,5 +171,47 @@ def cell_result(cell: Cell, summary: Mapping[str, Any], rows: Sequence[Mapping[s
         "mb_up_to_target": None if hit is None else round(hit["cum_uplink_bytes"] / 1e6, 3),
         "mb_down_to_target": None if hit is None else round(hit["cum_downlink_bytes"] / 1e6, 3),
         "wall_s": summary.get("wall_s"),
+        "uplink_bits_per_element": _uplink_bits_per_element(cell, rows),
+        "test_images": _test_images(cell.config),
         "key": cell.key,
     }
+
+
+def _uplink_bits_per_element(cell: Cell, rows: Sequence[Mapping[str, Any]]) -> float | None:
+    """Measured uplink bits per element the codec compressed, over the whole run.
+
+    SL: activation payload bytes × 8 / (samples × elements of one sample's cut-layer activation).
+    FL: update payload bytes × 8 / (aggregated replies × floating-point elements of the model).
+    ``None`` for a run with no rows or a model that cannot be built here.
+    """
+    import math
+
+    if not rows:
+        return None
+    try:
+        if cell.scheme == "sl":
+            from fl_split.sl.setup import check_model_fits_data
+
+            elements = sum(r["samples"] for r in rows) * math.prod(check_model_fits_data(cell.config))
+            sent = sum(r["uplink_activation_bytes"] for r in rows)
+        else:
+            from fl_split.training import build_model
+
+            state = build_model(cell.config, seed=0).state_dict()
+            params = sum(t.numel() for t in state.values() if t.is_floating_point())
+            elements = sum(r["aggregated"] for r in rows) * params
+            sent = sum(r["uplink_bytes"] for r in rows)
+    except (KeyError, ValueError, FileNotFoundError, OSError):
+        return None
+    return round(8 * sent / elements, 3) if elements else None
+
+
+def _test_images(config: SLConfig | FLConfig) -> int | None:
+    """How many images the run's test split holds (one image is ``1 / n`` of accuracy); ``None`` if
+    its dataset cannot be loaded here."""
+    from fl_split.training import load_split
+
+    try:
+        return len(load_split(config, "test")[1])
+    except (FileNotFoundError, ValueError, KeyError, OSError):
+        return None

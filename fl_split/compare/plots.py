@@ -63,6 +63,16 @@ def _panel_of(row: Mapping[str, Any]) -> str:
     return "FL (FedAvg)"
 
 
+def _mean_curve(
+    runs: Sequence[Sequence[Mapping[str, Any]]], key: str
+) -> tuple[list[float], list[float], list[float], list[float]]:
+    """Over the seeds' curves, per round (up to the shortest): mean MB, mean, min and max accuracy."""
+    n = min(len(rows) for rows in runs)
+    mb = [sum(rows[i][key] for rows in runs) / len(runs) / 1e6 for i in range(n)]
+    accs = [[rows[i]["test_accuracy"] for rows in runs] for i in range(n)]
+    return mb, [sum(a) / len(a) for a in accs], [min(a) for a in accs], [max(a) for a in accs]
+
+
 def plot_accuracy_vs_mb_grid(
     cells: Sequence[Mapping[str, Any]],
     curves: Mapping[str, Sequence[Mapping[str, Any]]],
@@ -72,25 +82,32 @@ def plot_accuracy_vs_mb_grid(
     """Test accuracy against cumulative measured uplink MB (top row) and downlink MB (bottom row).
 
     One column per question: each SL (mode, cut) and FL. ``cells`` are the rows of ``summary.csv``
-    (``key``, ``scheme``, ``mode``, ``cut``, ``codec``, ``error_feedback``); ``curves`` maps a cell's
-    ``key`` to its metric rows. ``target``, if given, is drawn as a line in every panel.
+    (one per run: ``cell``, ``key``, ``scheme``, ``mode``, ``cut``, ``codec``, ``error_feedback``);
+    ``curves`` maps a run's ``key`` to its metric rows. A cell run with several seeds is drawn as
+    its mean per round, with the band from the lowest to the highest seed. ``target``, if given, is
+    a line in every panel.
     """
     plt = _plt()
-    drawn = [c for c in cells if curves.get(c["key"])]
-    panels = list(dict.fromkeys(_panel_of(c) for c in drawn)) or ["(no finished cell)"]
-    styles = codec_styles([codec_label(c) for c in drawn])
+    runs: dict[str, list[Mapping[str, Any]]] = {}
+    for c in cells:
+        if curves.get(c["key"]):
+            runs.setdefault(str(c["cell"]), []).append(c)
+    firsts = [group[0] for group in runs.values()]
+    panels = list(dict.fromkeys(_panel_of(c) for c in firsts)) or ["(no finished cell)"]
+    styles = codec_styles([codec_label(c) for c in firsts])
     fig, axes = plt.subplots(2, len(panels), figsize=(3.6 * len(panels), 6.2), dpi=110, sharey=True, squeeze=False)
     for col, panel in enumerate(panels):
         for row, (direction, key) in enumerate((("uplink", "cum_uplink_bytes"), ("downlink", "cum_downlink_bytes"))):
             ax = axes[row][col]
-            for c in drawn:
-                if _panel_of(c) != panel:
+            for group in runs.values():
+                first = group[0]
+                if _panel_of(first) != panel:
                     continue
-                rows = curves[c["key"]]
-                mb = [r[key] / 1e6 for r in rows]
-                ax.plot(
-                    mb, [r["test_accuracy"] for r in rows], markersize=4, label=codec_label(c), **styles[codec_label(c)]
-                )
+                style = styles[codec_label(first)]
+                mb, mean, low, high = _mean_curve([curves[c["key"]] for c in group], key)
+                ax.plot(mb, mean, markersize=4, label=codec_label(first), **style)
+                if len(group) > 1:
+                    ax.fill_between(mb, low, high, color=style["color"], alpha=0.15, linewidth=0)
             if target is not None:
                 ax.axhline(target, color="grey", linestyle=":", linewidth=1)
             _log_x(ax)
@@ -98,9 +115,9 @@ def plot_accuracy_vs_mb_grid(
             ax.grid(alpha=0.3, which="both")
             if row == 0:
                 ax.set_title(panel, fontsize=10)
-        axes[0][col].tick_params(labelsize=8)
+    seeds = max((len(group) for group in runs.values()), default=1)
     for row in range(2):
-        axes[row][0].set_ylabel("test accuracy")
+        axes[row][0].set_ylabel("test accuracy" + (f" (mean of {seeds} seeds; band: min-max)" if seeds > 1 else ""))
     handles = [plt.Line2D([], [], markersize=5, label=label, **style) for label, style in styles.items()]
     if target is not None:
         handles.append(plt.Line2D([], [], color="grey", linestyle=":", label=f"target {target}"))
@@ -115,39 +132,43 @@ def plot_accuracy_vs_mb_grid(
     return out
 
 
-def plot_mb_to_target(rows: Sequence[Mapping[str, Any]], path: str | Path, target: float) -> Path:
+def plot_mb_to_target(cells: Sequence[Mapping[str, Any]], path: str | Path, target: float) -> Path:
     """Measured uplink MB and downlink MB each cell needed to reach ``target``, side by side.
 
-    A cell that never reached it gets no bar, only the words ``not reached`` (or ``failed``): a bar
-    there would read as the largest cost. Bars are coloured by scheme (legend).
+    ``cells`` are the rows of ``summary_by_cell.csv`` (:func:`fl_split.compare.stats.aggregate`): a
+    bar is the mean over the seeds that reached the target, its whisker the standard deviation, and
+    ``reached 2/3`` is written beside it when some seeds did not. A cell no seed brought there gets
+    no bar, only the words ``not reached`` (or ``failed``): a bar would read as the largest cost.
+    Bars are coloured by scheme (legend).
     """
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 0.32 * len(rows) + 1.6), dpi=110, sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 0.32 * len(cells) + 1.6), dpi=110, sharey=True, squeeze=False)
     labels = [
         f"{r['scheme'].upper()} {codec_label(r)}" + (f" ({r['mode']}, {r['cut']})" if r["scheme"] == "sl" else "")
-        for r in rows
+        for r in cells
     ]
-    y = list(range(len(rows)))
-    for ax, (direction, key) in zip(
-        axes[0], (("uplink", "mb_up_to_target"), ("downlink", "mb_down_to_target")), strict=True
-    ):
-        reached = [float(r[key]) for r in rows if r.get(key)]
+    directions = (("uplink", "mb_up_to_target"), ("downlink", "mb_down_to_target"))
+    for ax, (direction, key) in zip(axes[0], directions, strict=True):
+        reached = [float(r[f"{key}_mean"]) for r in cells if r.get(f"{key}_mean")]
         floor = min(reached) / 3 if reached else 0.1
-        for i, r in enumerate(rows):
-            value = r.get(key)
+        for i, r in enumerate(cells):
+            value, spread = r.get(f"{key}_mean"), r.get(f"{key}_std")
+            hits, runs = (int(x) for x in str(r["reached"]).split("/"))
             if value:
-                ax.barh(i, value, color=_SCHEME_COLOURS[r["scheme"]], height=0.7)
+                ax.barh(i, value, xerr=spread or None, color=_SCHEME_COLOURS[r["scheme"]], height=0.7, capsize=2)
+                if hits < runs:
+                    ax.text(value + (spread or 0), i, f"  reached {hits}/{runs}", va="center", fontsize=7)
             else:
-                why = "not reached" if r["status"] == "completed" else "failed"
+                why = "not reached" if r["completed"] else "failed"
                 ax.text(floor, i, why, va="center", ha="left", fontsize=7, style="italic", color="dimgrey")
         wide = bool(reached) and max(reached) / floor > 300  # over 2.5 decades: label decades only
         _log_x(ax, subs=(1.0,) if wide else (1.0, 2.0, 5.0))
         ax.set_xlim(left=floor)
         ax.set_xlabel(f"{direction} MB to test accuracy {target} (measured)", fontsize=9)
         ax.grid(alpha=0.3, axis="x", which="both")
-    axes[0][0].set_yticks(y, labels, fontsize=7)
+    axes[0][0].set_yticks(list(range(len(cells))), labels, fontsize=7)
     axes[0][0].invert_yaxis()
-    schemes = list(dict.fromkeys(r["scheme"] for r in rows))
+    schemes = list(dict.fromkeys(r["scheme"] for r in cells))
     axes[0][1].legend(
         handles=[plt.Rectangle((0, 0), 1, 1, color=_SCHEME_COLOURS[s], label=_SCHEME_NAMES[s]) for s in schemes],
         fontsize=8,
