@@ -53,7 +53,7 @@ def test_reporter_writes_rows_advances_its_bar_to_each_row_and_prints_one_table(
     assert lines[1].split()[:2] == ["step", "train_loss"]
     # step, loss, acc, dense acc, cumulative MB up / down, dropped: from the row, not recomputed
     assert lines[2].split() == ["5", "0.5000", "0.5000", "0.5100", "5.000", "10.000", "1"]
-    assert lines[6] == "final test accuracy 2.0000 (dense 2.0100), best 2.0000; wall 20.0 s"
+    assert lines[6] == "final test accuracy 2.0000 (dense 2.0100); wall 20.0 s"
     assert lines[7] == f"wrote {tmp_path / 'a' / 'metrics.jsonl'}" and lines[8].strip() == str(
         tmp_path / "a" / "summary.json"
     )
