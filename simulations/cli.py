@@ -159,18 +159,25 @@ def _add_import(p: argparse.ArgumentParser) -> None:
     add_import_option(p)
 
 
+def _parse_importing(argv: list[str], parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """Parse ``argv`` and import its ``--import`` modules (a failed import is a usage error)."""
+    from fl_split.plugins import add_plugins
+
+    args = parser.parse_args(argv)
+    try:
+        add_plugins(args.imports)
+    except ImportError as err:
+        parser.error(str(err))
+    return args
+
+
 def _config_command(command: str, runner: Callable[[Any, argparse.Namespace, argparse.ArgumentParser], int]) -> Run:
     """A training command: parse the shared options, resolve and check the config once, then run it."""
 
     def run(argv: list[str], parser: argparse.ArgumentParser) -> int:
         from fl_split.config import ConfigError, command_configs
-        from fl_split.plugins import add_plugins
 
-        args = parser.parse_args(argv)
-        try:
-            add_plugins(args.imports)
-        except ImportError as err:
-            parser.error(str(err))
+        args = _parse_importing(argv, parser)
         config_cls = _CONFIG_CLASSES[command]()
         if args.list_keys:
             return _list_keys(config_cls.schema())
@@ -299,14 +306,7 @@ _DEFAULT_CONFIG: dict[str, str | None] = {"sl": "sl", "fl": "fl", "ddp": None, "
 
 
 def _codecs_command(argv: list[str], parser: argparse.ArgumentParser) -> int:
-    from fl_split.plugins import add_plugins
-
-    args = parser.parse_args(argv)
-    try:
-        add_plugins(args.imports)
-    except ImportError as err:
-        parser.error(str(err))
-    return _codecs(args)
+    return _codecs(_parse_importing(argv, parser))
 
 
 def _delegate(module: str) -> Run:
