@@ -115,5 +115,5 @@ def test_seeds_of_a_cell_are_drawn_as_their_mean_with_a_band(monkeypatch: pytest
     up = fig.axes[0]
     (line,) = up.lines
     assert list(line.get_xdata()) == [2.0, 2.0] and list(line.get_ydata()) == pytest.approx([0.6, 0.6])
-    assert len(up.collections) == 1 and "2 seeds" in up.get_ylabel()
+    assert len(up.collections) == 1 and "2 seeds" in fig._suptitle.get_text()
     plt.close(fig)

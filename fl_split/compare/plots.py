@@ -117,7 +117,9 @@ def plot_accuracy_vs_mb_grid(
                 ax.set_title(panel, fontsize=10)
     seeds = max((len(group) for group in runs.values()), default=1)
     for row in range(2):
-        axes[row][0].set_ylabel("test accuracy" + (f" (mean of {seeds} seeds; band: min-max)" if seeds > 1 else ""))
+        axes[row][0].set_ylabel("test accuracy")
+    if seeds > 1:  # a figure-wide line: on the axis label it ran over the ticks and off the figure
+        fig.suptitle(f"mean of {seeds} seeds per cell; band: lowest to highest seed", fontsize=9)
     handles = [plt.Line2D([], [], markersize=5, label=label, **style) for label, style in styles.items()]
     if target is not None:
         handles.append(plt.Line2D([], [], color="grey", linestyle=":", label=f"target {target}"))
