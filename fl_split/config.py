@@ -424,6 +424,32 @@ class Config(Mapping[str, Any]):
         return cls.load(values=data)
 
     @classmethod
+    def project(cls, config: Mapping[str, Any]) -> Self:
+        """The keys of a larger config that this one declares, checked: what a client is sent of a run's
+        config (``SLClientTask.project(sl_config)``)."""
+        return cls.from_dict({name: config[name] for name in _field_names(cls)})
+
+    @classmethod
+    def from_json(cls, text: str, what: str = "config") -> Self:
+        """A validated config from JSON text (:func:`config_digest`), e.g. the task a client was sent.
+
+        Raises
+        ------
+        ConfigError
+            ``text`` is not a JSON object, or holds an unknown key or a bad value (named, with ``what``).
+        """
+        try:
+            data = json.loads(text)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"the {what} is not JSON ({exc}): {str(text)[:80]!r}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"the {what} must be a JSON object of keys, got {type(data).__name__}")
+        try:
+            return cls.from_dict(data)
+        except ConfigError as exc:
+            raise ConfigError(f"the {what}: {exc}") from None
+
+    @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any], *, ignore: Collection[str] = ()) -> Self:
         """A validated config from Flower run-config keys (see :func:`from_run_config`)."""
         return cls._checked(from_run_config(cls.schema(), run_config, ignore=ignore, command=cls.command))

@@ -49,12 +49,18 @@ class PartitionKeys(Config):
 
 
 @dataclass(frozen=True)
-class FederationKeys(Config):
+class SeedKey(Config):
+    """``seed``: a run's one seed (a client's task carries it for its partition and batch order)."""
+
+    seed: int = key(0, "seed of initialisation, partitioning, batch order and sampling")
+
+
+@dataclass(frozen=True)
+class FederationKeys(SeedKey):
     """The clients of split and federated learning: ``clients``, ``fraction`` sampled per round, ``seed``."""
 
     clients: int = key(10, "number of clients (Flower virtual nodes / data partitions)", check=at_least_one)
     fraction: float = key(1.0, "fraction of clients sampled per round", check=fraction)
-    seed: int = key(0, "seed of initialisation, partitioning, batch order and sampling")
 
 
 @dataclass(frozen=True)

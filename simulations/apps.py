@@ -14,7 +14,6 @@ a key of the other task only is refused when set.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -25,7 +24,7 @@ from flwr.clientapp.typing import Mod
 from flwr.serverapp import Grid, ServerApp
 
 from fl_split.config import ConfigError, flat_fields
-from fl_split.fl.client import local_train
+from fl_split.fl.client import client_task, local_train
 from fl_split.fl.config import FLConfig
 from fl_split.fl.mods import compress_update
 from fl_split.node_config import node_partition
@@ -156,10 +155,10 @@ def fl_train(msg: Message, context: Context) -> Message:
     update (model delta). Compression is not here: :func:`~fl_split.fl.mods.compress_update` (a mod)
     encodes the reply's ``ArrayRecord`` on its way out, with this node's error-feedback residual."""
     config = msg.content.config_records["config"]
-    fl_config = json.loads(str(config["fl-config"]))
+    task = client_task(str(config["fl-config"]))
     weights = msg.content.array_records["arrays"].to_torch_state_dict()
     pid, num = node_partition(context.node_config)
-    delta, examples, loss = local_train(fl_config, weights, pid, num, int(str(config["server-round"])))
+    delta, examples, loss = local_train(task, weights, pid, num, int(str(config["server-round"])))
     metrics = MetricRecord({"num-examples": examples, "train-loss": loss, "partition-id": pid})
     return Message(
         content=RecordDict({"arrays": ArrayRecord(torch_state_dict=delta), "metrics": metrics}), reply_to=msg

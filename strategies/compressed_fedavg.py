@@ -32,7 +32,7 @@ from fl_split import validate
 from fl_split.codecs import CodecError
 from fl_split.config import ConfigError, config_digest
 from fl_split.fl.client import build_model
-from fl_split.fl.config import FLConfig
+from fl_split.fl.config import FLClientTask, FLConfig
 from fl_split.fl.update import DOWN_RECORD, UPDATE_RECORD, decode_update, encode_update
 from fl_split.sl.setup import load_split
 from fl_split.validate import reason_of
@@ -92,7 +92,7 @@ class CompressedFedAvg(FedAvg):
             min_available_nodes=1,
         )
         self.config = config
-        self._config_json = config_digest(config)
+        self._config_json = config_digest(FLClientTask.of(config))  # the clients get only their task
         self._global: dict[str, torch.Tensor] = {}
         self.counters = RoundCounters()
         #: a resumed run's rounds done before (Flower's loop counts from 1 again)

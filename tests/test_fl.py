@@ -17,7 +17,7 @@ from flwr.serverapp.strategy import FedAvg
 from fl_split.codecs import CodecError, codec_from_spec
 from fl_split.config import ConfigError
 from fl_split.fl.client import build_model, local_train
-from fl_split.fl.config import load_fl_config
+from fl_split.fl.config import FLClientTask, load_fl_config
 from fl_split.fl.faults import CorruptUpdate, RaiseInTrain, TamperMetric
 from fl_split.fl.mods import compress_update
 from fl_split.fl.update import (
@@ -193,8 +193,8 @@ def test_error_feedback_residual_lives_in_the_node_state_and_carries_what_was_no
 def test_local_training_is_reproducible_and_moves_the_model() -> None:
     cfg = _config()
     sd = build_model(cfg, seed=0).state_dict()
-    d1, n1, l1 = local_train(cfg, sd, 0, 10, round_=1)
-    d2, n2, l2 = local_train(cfg, sd, 0, 10, round_=1)
+    d1, n1, l1 = local_train(FLClientTask.of(cfg), sd, 0, 10, round_=1)
+    d2, n2, l2 = local_train(FLClientTask.of(cfg), sd, 0, 10, round_=1)
     assert n1 == n2 > 0 and l1 == l2
     assert all(torch.equal(d1[k], d2[k]) for k in d1) and max(float(v.abs().max()) for v in d1.values()) > 1e-4
 

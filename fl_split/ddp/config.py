@@ -20,7 +20,7 @@ from fl_split.config_blocks import OUT_HELP, DataKeys, Optimizer, OutputKeys, ch
 
 
 @dataclass(frozen=True)
-class DDPConfig(DataKeys, OutputKeys):
+class DDPConfig(OutputKeys, DataKeys):
     """The data-parallel config: DDP with a codec comm hook (or plain DDP, ``hook=false``)."""
 
     command: ClassVar[str] = "ddp"

@@ -6,6 +6,7 @@ so nothing but weights and updates crosses the wire.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -13,23 +14,36 @@ import torch
 from torch import nn
 
 # build_model and accuracy moved to fl_split.training (shared with DDP and gossip); importable from here as before
-from fl_split.training import accuracy, batch_indices, batches_per_epoch, build_model, client_data, make_sgd
+from fl_split.fl.config import FLClientTask
+from fl_split.training import accuracy, batch_indices, batches_per_epoch, build_model, client_data, make_sgd, model_name
 
-__all__ = ["accuracy", "build_model", "cached_model", "local_train"]
+__all__ = ["accuracy", "build_model", "cached_model", "client_task", "local_train"]
 
 _MODEL_CACHE: dict[tuple[str, str], nn.Sequential] = {}
 
 
 def cached_model(config: Mapping[str, Any]) -> nn.Sequential:
     """A model of this architecture reused within a process; every call loads its own weights into it."""
-    key = (str(config["model"]), str(config["dataset"]))
+    key = (model_name(config), str(config["dataset"]))
     if key not in _MODEL_CACHE:
         _MODEL_CACHE[key] = build_model(config, seed=0)
     return _MODEL_CACHE[key]
 
 
+@functools.lru_cache(maxsize=8)
+def client_task(text: str) -> FLClientTask:
+    """The task a train message sent (``fl-config``), parsed and checked once per process.
+
+    Raises
+    ------
+    ConfigError
+        Not JSON, an unknown key or a bad value (the error names it).
+    """
+    return FLClientTask.from_json(text, "FL task sent in the train message's fl-config")
+
+
 def local_train(
-    config: Mapping[str, Any], weights: Mapping[str, torch.Tensor], partition_id: int, num_partitions: int, round_: int
+    task: FLClientTask, weights: Mapping[str, torch.Tensor], partition_id: int, num_partitions: int, round_: int
 ) -> tuple[dict[str, torch.Tensor], int, float]:
     """Train from ``weights`` on this client's partition; return ``(delta, num_examples, mean loss)``.
 
@@ -39,17 +53,17 @@ def local_train(
     (no momentum carried between rounds): the same policy as split learning's averaged halves
     (:mod:`fl_split.sl.protocol`), so SL and FL are compared under one optimizer-state rule.
     """
-    model = cached_model(config)
+    model = cached_model(task)
     model.load_state_dict(weights)
     model.train()
-    sgd = make_sgd(model.parameters(), config)
-    x, y = client_data(config, partition_id, num_partitions)
-    bs, epochs = int(config["batch_size"]), int(config["local_epochs"])
+    sgd = make_sgd(model.parameters(), task)
+    x, y = client_data(task, partition_id, num_partitions)
+    bs, epochs = task.batch_size, task.local_epochs
     nb = batches_per_epoch(len(y), bs)
     loss_sum, seen = 0.0, 0
     for e in range(epochs):
         for b in range(nb):
-            idx = batch_indices(len(y), bs, int(config["seed"]), partition_id, round_ * epochs + e, b)
+            idx = batch_indices(len(y), bs, task.seed, partition_id, round_ * epochs + e, b)
             loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
             sgd.zero_grad(set_to_none=True)
             loss.backward()

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from fl_split.config import (
+    Config,
     Schema,
     at_least_one,
     block,
@@ -16,7 +17,16 @@ from fl_split.config import (
     positive,
     signed_codec_check,
 )
-from fl_split.config_blocks import OUT_HELP, DataKeys, FederationKeys, Optimizer, OutputKeys, PartitionKeys, RayKeys
+from fl_split.config_blocks import (
+    OUT_HELP,
+    DataKeys,
+    FederationKeys,
+    Optimizer,
+    OutputKeys,
+    PartitionKeys,
+    RayKeys,
+    SeedKey,
+)
 
 
 @dataclass(frozen=True)
@@ -37,14 +47,32 @@ class FLFlowerKeys(RayKeys):
 
 
 @dataclass(frozen=True)
-class FLConfig(DataKeys, PartitionKeys, FederationKeys, OutputKeys):
+class FLClientKeys(Config):
+    """The keys an FL client trains with besides the data, the partition and the seed (its codecs come
+    in the round's config record, where :mod:`fl_split.fl.mods` reads them)."""
+
+    local_epochs: int = key(1, "passes over its partition a sampled client makes per round", check=at_least_one)
+    batch_size: int = key(32, "local SGD batch size", check=at_least_one)
+    optimizer: FLOptimizer = block(FLOptimizer)
+
+
+@dataclass(frozen=True)
+class FLClientTask(FLClientKeys, SeedKey, PartitionKeys, DataKeys):
+    """What an FL client is sent (the ``fl-config`` entry of a train message): only the keys it trains with."""
+
+    @classmethod
+    def of(cls, config: FLConfig) -> FLClientTask:
+        """The client task of a resolved run config."""
+        return cls.project(config)
+
+
+@dataclass(frozen=True)
+class FLConfig(FLClientKeys, OutputKeys, FederationKeys, PartitionKeys, DataKeys):
     """The federated-learning config."""
 
     command: ClassVar[str] = "fl"
 
     rounds: int = key(30, "federated rounds", check=at_least_one)
-    local_epochs: int = key(1, "passes over its partition a sampled client makes per round", check=at_least_one)
-    batch_size: int = key(32, "local SGD batch size", check=at_least_one)
     uplink: str = key(
         "ms:keep=0.01,bits=2,signed=true",
         "codec spec for each tensor of a client's update (model delta)",
@@ -64,7 +92,6 @@ class FLConfig(DataKeys, PartitionKeys, FederationKeys, OutputKeys):
         10.0, "refuse an update larger than this times the global model's norm + 1 (0: no bound)", check=non_negative
     )
     server_lr: float = key(1.0, "the server's step on the averaged update (1: FedAvg)", check=positive)
-    optimizer: FLOptimizer = block(FLOptimizer)
     eval_batch_size: int = key(512, "test batch size of the server's evaluation (0: 512)", check=non_negative)
     out_dir: str = key("runs/fl", OUT_HELP)
     flower: FLFlowerKeys = block(FLFlowerKeys)

@@ -39,7 +39,7 @@ def _two_sizes(value: Any) -> str | None:
 
 
 @dataclass(frozen=True)
-class GossipConfig(DataKeys, OutputKeys):
+class GossipConfig(OutputKeys, DataKeys):
     """The decentralized-learning config (Malcom-PSGD or CHOCO-SGD over a graph of nodes)."""
 
     command: ClassVar[str] = "gossip"

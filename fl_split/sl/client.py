@@ -8,7 +8,7 @@ its batch (cheap: the shallow half) with the current weights.
 
 Protocol (one round trip per step, ``k = batches_per_message``)::
 
-    sl_begin (config, round, weights[, momentum], returns)  ->  acts/labels of the next k batches
+    sl_begin (config: the task, round, weights[, momentum], returns)  ->  acts/labels of the next k batches
     sl_step  (grads of the pending batches) ->  apply them, step; acts/labels of the next k
                                                ... or, when the round's batches are done,
                                                done=True, the fields ``returns`` named, counts
@@ -21,7 +21,7 @@ return (``returns``: ``["weights"]`` or ``["weights", "momentum"]``).
 from __future__ import annotations
 
 import copy
-import json
+import functools
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,7 +30,7 @@ import torch
 
 from fl_split.codecs import Codec, CodecError, codec_from_spec
 from fl_split.data import dataset_info
-from fl_split.sl.config import MASK
+from fl_split.sl.config import MASK, SLClientTask
 from fl_split.sl.setup import (
     batch_indices,
     batches_per_epoch,
@@ -62,7 +62,7 @@ BEGIN, STEP = "sl_begin", "sl_step"
 class ClientState:
     """Everything a client keeps between messages (serialised by :meth:`to_fields`)."""
 
-    config: str = ""  #: the run's resolved config, JSON
+    config: str = ""  #: the task ``sl_begin`` sent (:class:`~fl_split.sl.config.SLClientTask`), JSON
     weights: list[bytes] = field(default_factory=list)  #: client-half state_dict, ``none`` payloads
     momentum: list[bytes] = field(default_factory=list)  #: SGD momentum per parameter (``b""``: none yet)
     epoch: int = 0  #: cursor: current epoch over the partition
@@ -87,24 +87,37 @@ class ClientState:
         return cls(**known)
 
 
+@functools.lru_cache(maxsize=8)
+def client_task(text: str) -> SLClientTask:
+    """The task ``sl_begin`` sent, parsed and checked once per process (every message of a round reuses it).
+
+    Raises
+    ------
+    ConfigError
+        The task is not JSON, or holds an unknown key or a bad value: a server of another version, or a
+        message that is not fl-split's (the error names the key).
+    """
+    return SLClientTask.from_json(text, "split-learning task sent in sl_begin")
+
+
 class _Runtime:
     """The live objects rebuilt from a :class:`ClientState` for one message."""
 
     def __init__(self, state: ClientState, partition_id: int, num_partitions: int, *, own: bool = False) -> None:
         self.state = state
-        self.config: dict[str, Any] = json.loads(state.config)
+        self.task = client_task(state.config)
         self.partition_id = partition_id
         # the per-process cached module is reloaded by every message; a live round needs its own copy
-        self.half = copy.deepcopy(cached_client_half(self.config)) if own else cached_client_half(self.config)
+        self.half = copy.deepcopy(cached_client_half(self.task)) if own else cached_client_half(self.task)
         self.half.train()
         self.params = list(self.half.parameters())
         self.tensors = list(self.half.state_dict(keep_vars=True).values())
-        self.optimizer = make_sgd(self.params, self.config)
-        self.x, self.y = client_data(self.config, partition_id, num_partitions)
-        self.uplink: Codec = codec_from_spec(self.config["uplink"])
-        down = self.config["downlink"]
+        self.optimizer = make_sgd(self.params, self.task)
+        self.x, self.y = client_data(self.task, partition_id, num_partitions)
+        self.uplink: Codec = codec_from_spec(self.task.uplink)
+        down = self.task.downlink
         self.downlink: Codec | None = None if down == MASK else codec_from_spec(down)
-        self.num_classes = dataset_info(str(self.config["dataset"])).num_classes
+        self.num_classes = dataset_info(self.task.dataset).num_classes
         self.codec_s = 0.0  # seconds spent in codecs during this message
 
     # ------------------------------------------------------------- weights and momentum
@@ -123,14 +136,13 @@ class _Runtime:
 
     # ------------------------------------------------------------- batches
     def batch(self, epoch: int, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        c = self.config
-        idx = batch_indices(len(self.y), int(c["batch_size"]), int(c["seed"]), self.partition_id, epoch, index)
+        idx = batch_indices(len(self.y), self.task.batch_size, self.task.seed, self.partition_id, epoch, index)
         return self.x[idx], self.y[idx]
 
     def send_next(self) -> dict[str, Any]:
         """Forward the next ``k`` batches of the round; their payloads for the server."""
-        st, k = self.state, int(self.config["batches_per_message"])
-        nb = batches_per_epoch(len(self.y), int(self.config["batch_size"]))
+        st, k = self.state, self.task.batches_per_message
+        nb = batches_per_epoch(len(self.y), self.task.batch_size)
         acts, labels = [], []
         for _ in range(min(k, st.left)):
             x, y = self.batch(st.epoch, st.pos)
@@ -257,9 +269,9 @@ def _begin(
     state.returns = _returns(fields.get(RETURNS, [WEIGHTS]))
     rt = _Runtime(state, partition_id, num_partitions, own=own)
     rt.load(list(fields[WEIGHTS]), list(fields.get(MOMENTUM, [])))  # no momentum: fresh optimizer state
-    nb = batches_per_epoch(len(rt.y), int(rt.config["batch_size"]))
-    cap = int(rt.config["max_steps_per_round"])
-    state.left = nb * int(rt.config["local_epochs"])
+    nb = batches_per_epoch(len(rt.y), rt.task.batch_size)
+    cap = rt.task.max_steps_per_round
+    state.left = nb * rt.task.local_epochs
     state.left = min(state.left, cap) if cap else state.left
     state.round, state.samples, state.steps, state.skipped = int(fields["round"]), 0, 0, 0
     state.pending, state.pending_uplink = [], []

@@ -19,7 +19,16 @@ from fl_split.config import (
     positive,
     signed_codec_check,
 )
-from fl_split.config_blocks import OUT_HELP, DataKeys, FederationKeys, Optimizer, OutputKeys, PartitionKeys, RayKeys
+from fl_split.config_blocks import (
+    OUT_HELP,
+    DataKeys,
+    FederationKeys,
+    Optimizer,
+    OutputKeys,
+    PartitionKeys,
+    RayKeys,
+    SeedKey,
+)
 from fl_split.data.partition import PARTITIONERS
 
 ENGINES = ("flower", "inprocess")
@@ -48,6 +57,10 @@ def _device_check(value: str) -> str | None:
     if value == "cpu" or value == "cuda" or (value.startswith("cuda:") and value[5:].isdigit()):
         return None
     return "cpu, cuda or cuda:N (the server half's torch device)"
+
+
+def _accuracy_or_off(value: float) -> str | None:
+    return None if 0 <= value <= 1 else "an accuracy in [0, 1] (0: off)"
 
 
 def _port(value: int) -> str | None:
@@ -102,7 +115,33 @@ class SLFlowerKeys(RayKeys):
 
 
 @dataclass(frozen=True)
-class SLConfig(DataKeys, PartitionKeys, FederationKeys, OutputKeys):
+class SLClientKeys(Config):
+    """The keys a client half trains with besides the data, the partition and the seed: its batches, the
+    cut, the codecs and SGD."""
+
+    local_epochs: int = key(1, "passes over its partition a client makes per round", check=at_least_one)
+    max_steps_per_round: int = key(0, "cap on a client's batches per round (0: no cap)", check=non_negative)
+    batch_size: int = key(32, "samples per batch (one codec call per batch)", check=at_least_one)
+    batches_per_message: int = key(1, "k batches per Flower message (1: exact vanilla SL)", check=at_least_one)
+    cut: str | int = key("shallow", "shallow, medium, deep, or the number of client layers", check=_cut_check)
+    uplink: str = key("ms:keep=0.01,bits=2", "codec spec for the activations", check=codec_spec_check)
+    downlink: str = key("none", "codec spec for the activation gradient, or 'mask'", check=_downlink_check)
+    optimizer: SLOptimizer = block(SLOptimizer)
+
+
+@dataclass(frozen=True)
+class SLClientTask(SLClientKeys, SeedKey, PartitionKeys, DataKeys):
+    """What a split-learning client is sent in ``sl_begin``: only the keys it trains with (none of the
+    server's: not its device, the outputs, the stream's TLS files or Flower's settings)."""
+
+    @classmethod
+    def of(cls, config: SLConfig) -> SLClientTask:
+        """The client task of a resolved run config."""
+        return cls.project(config)
+
+
+@dataclass(frozen=True)
+class SLConfig(SLClientKeys, OutputKeys, FederationKeys, PartitionKeys, DataKeys):
     """The split-learning config (``fl-split sl``, the Flower app's ``task = "sl"``)."""
 
     command: ClassVar[str] = "sl"
@@ -110,10 +149,11 @@ class SLConfig(DataKeys, PartitionKeys, FederationKeys, OutputKeys):
     engine: str = key("flower", "flower (Ray virtual clients) or inprocess (no Flower, same step functions)", ENGINES)
     mode: str = key("splitfed2", "how the server loops over clients", MODES)
     rounds: int = key(10, "training rounds", check=at_least_one)
-    local_epochs: int = key(1, "passes over its partition a client makes per round", check=at_least_one)
-    max_steps_per_round: int = key(0, "cap on a client's batches per round (0: no cap)", check=non_negative)
-    batch_size: int = key(32, "samples per batch (one codec call per batch)", check=at_least_one)
-    batches_per_message: int = key(1, "k batches per Flower message (1: exact vanilla SL)", check=at_least_one)
+    stop_at_accuracy: float = key(
+        0.0,
+        "end the run after the first round whose test accuracy reaches this (0: run every round)",
+        check=_accuracy_or_off,
+    )
     max_update_norm: float = key(
         10.0,
         "refuse a client half that moved more than this times the global half's norm + 1 (0: no bound)",
@@ -124,10 +164,6 @@ class SLConfig(DataKeys, PartitionKeys, FederationKeys, OutputKeys):
         "a round's deadline, seconds: clients still training then leave the round (0: no deadline)",
         check=non_negative,
     )
-    cut: str | int = key("shallow", "shallow, medium, deep, or the number of client layers", check=_cut_check)
-    uplink: str = key("ms:keep=0.01,bits=2", "codec spec for the activations", check=codec_spec_check)
-    downlink: str = key("none", "codec spec for the activation gradient, or 'mask'", check=_downlink_check)
-    optimizer: SLOptimizer = block(SLOptimizer)
     server_device: str = key(
         "cpu", "torch device of the server half and its codec work (cpu, cuda, cuda:N)", check=_device_check
     )

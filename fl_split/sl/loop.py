@@ -33,14 +33,14 @@ from typing import Any
 import torch
 
 from fl_split import validate
-from fl_split.checkpoint import MAY_CHANGE, save_checkpoint
+from fl_split.checkpoint import save_checkpoint
 from fl_split.codecs import Codec, CodecError, codec_from_spec
 from fl_split.config import ConfigError, config_digest
 from fl_split.data import dataset_info
 from fl_split.errors import TrainingFailed
 from fl_split.metrics import RunWriter
 from fl_split.sl.client import BEGIN, STEP
-from fl_split.sl.config import MASK, SLConfig
+from fl_split.sl.config import MASK, SLClientTask, SLConfig
 from fl_split.sl.protocol import RoundProtocol, Session, SessionStatus, create_protocol, mergeable
 from fl_split.sl.server import ServerStep, StepInput, evaluate, server_step_batched
 from fl_split.sl.setup import batches_per_epoch, build_halves, check_model_fits_data, load_split, make_sgd
@@ -161,9 +161,9 @@ class SplitLearningLoop:
         self.server_history: list[list[torch.Tensor]] = []
         #: node id → the partition id its done replies reported
         self.partitions: dict[int, int] = {}
-        # what the clients get: the config without the keys a resumed run may change, so a resumed run's
-        # clients see the run they were in (a client restarts its data cursor when the config changes)
-        self._config_json = config_digest({k: v for k, v in config.items() if k not in MAY_CHANGE})
+        # what the clients get: only the keys they train with (SLClientTask); none a resumed run may change,
+        # so a resumed run's clients see the run they were in (a client restarts its cursor when it changes)
+        self._config_json = config_digest(SLClientTask.of(config))
         #: resuming: the first round to train, totals so far, and the clients' state to restore
         self.first_round = 1
         self._cum = [0, 0]
@@ -261,14 +261,19 @@ class SplitLearningLoop:
             if self.keep_history:
                 self.client_history.append([t.detach().clone() for t in self.client_half.state_dict().values()])
                 self.server_history.append([t.detach().cpu().clone() for t in self.server_half.state_dict().values()])
+            stop = 0 < self.config.stop_at_accuracy <= acc
+            if stop:
+                log.info("round %d: test accuracy %.4f reached stop_at_accuracy: the run ends here", rnd, acc)
             if self.writer is not None:
                 self.writer.write_round(row)
                 every = self.config.checkpoint_every
-                if every and (rnd % every == 0 or rnd == self.config.rounds):
+                if every and (rnd % every == 0 or rnd == self.config.rounds or stop):
                     self._cum, self._wall = [cum_up, cum_down], time.perf_counter() - t0
                     save_checkpoint(self.writer.out_dir, "sl", rnd, self.config, self.state_dict(transport))
             if self.on_round is not None:
                 self.on_round(row)
+            if stop:
+                break
         return self.rows
 
     # ------------------------------------------------------------------ checkpoints
