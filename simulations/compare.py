@@ -148,16 +148,15 @@ def run_grid(
     return rows
 
 
-def _cell_text(value: Any) -> str:
-    if value is None:
-        return "–"
-    return f"{value:.4f}" if isinstance(value, float) and not value.is_integer() else str(value)
+def _cell_text(value: float | None, digits: int) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
 
 
 def _pm(mean: float | None, std: float | None, digits: int) -> str:
+    """``mean ± std``; the mean alone when there is no spread to give (one run: ``std`` is ``None``)."""
     if mean is None:
         return "–"
-    return f"{mean:.{digits}f}" if not std else f"{mean:.{digits}f} ± {std:.{digits}f}"
+    return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
 def write_summary(rows: list[dict[str, Any]], out: Path, grid: dict[str, Any], target: float) -> None:
@@ -195,7 +194,7 @@ def write_summary(rows: list[dict[str, Any]], out: Path, grid: dict[str, Any], t
         mb = [_pm(r[f"{k}_mean"], r[f"{k}_std"], 1) for k in ("mb_to_target", "mb_up_to_target", "mb_down_to_target")]
         if r["mb_to_target_mean"] is None:
             mb = ["not reached"] * 3
-        bits, spread = _cell_text(r["uplink_bits_per_element_mean"]), _cell_text(r["std_in_test_images"])
+        bits, spread = _cell_text(r["uplink_bits_per_element_mean"], 2), _cell_text(r["std_in_test_images"], 1)
         lines.append(f"| {r['cell']} | {bits} | {acc} | {spread} | {r['reached']} | " + " | ".join(mb) + " |")
     (out / "summary.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     curves = {}

@@ -47,7 +47,7 @@ def test_a_cell_is_its_mean_and_sample_std_over_seeds_with_the_spread_in_test_im
     assert a["mb_to_target_mean"] == 120.0 and a["mb_to_target_std"] == pytest.approx(statistics.stdev([100, 140]))
     assert a["mb_up_to_target_mean"] == 30.0 and a["mb_down_to_target_mean"] == 90.0
     assert (b["completed"], b["reached"], b["final_accuracy_mean"], b["mb_to_target_mean"]) == (0, "0/1", None, None)
-    assert mean_std([0.5]) == (0.5, 0.0) and mean_std([]) == (None, None)
+    assert mean_std([0.5]) == (0.5, None) and mean_std([]) == (None, None)
 
 
 def test_seeds_multiply_the_runs_and_keep_each_cells_runs_together() -> None:

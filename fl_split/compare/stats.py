@@ -40,13 +40,13 @@ AGGREGATE_COLUMNS = [
 
 
 def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
-    """Mean and sample standard deviation (``n - 1``; 0.0 for one value; ``None`` for none)."""
+    """Mean and sample standard deviation (``n - 1``): ``None`` for one value (no spread), both ``None`` for none."""
     n = len(values)
     if n == 0:
         return None, None
     mean = sum(values) / n
     if n == 1:
-        return mean, 0.0
+        return mean, None
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
 
 
