@@ -348,6 +348,9 @@ BENCHMARKS: dict[str, Command] = {
     "sl": Command("split-learning throughput (engines, clients, batching)", _delegate("simulations.bench_sl")),
     "sl-accuracy": Command("SL accuracy at equal measured budgets", _delegate("simulations.bench_sl_accuracy")),
     "deploy": Command("SL on local SuperLink + SuperNodes: messages vs stream", _delegate("simulations.bench_deploy")),
+    "edge": Command(
+        "time to accuracy on shaped edge links (root: network namespaces)", _delegate("simulations.bench_edge")
+    ),
     "fl": Command("FL at scale and its accuracy table", _delegate("simulations.bench_fl")),
     "ddp": Command("DDP hook step time (BIRD vs top-k + EF)", _delegate("simulations.bench_ddp")),
     "gossip": Command("gossip: bits to a target accuracy", _delegate("simulations.bench_gossip")),

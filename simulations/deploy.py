@@ -24,6 +24,7 @@ from types import TracebackType
 from typing import Any
 
 from fl_split.launch import free_port  # re-exported: tests and benchmarks import it from here
+from simulations.netns import ShapedNetwork, port_open
 
 #: Name of the SuperLink connection written into the private ``FLWR_HOME/config.toml``.
 CONNECTION = "fl-split-local"
@@ -42,15 +43,21 @@ def _bin(name: str) -> str:
     return found
 
 
-def _wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str, log: Path, timeout_s: float) -> None:
+def _wait_for_port(
+    port: int, proc: subprocess.Popen[bytes], what: str, log: Path, timeout_s: float, netns: str | None = None
+) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise DeploymentError(f"{what} exited with code {proc.returncode}; its log ({log}):\n{_tail(log)}")
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.settimeout(0.2)
-            if s.connect_ex(("127.0.0.1", port)) == 0:
+        if netns is not None:
+            if port_open(netns, "127.0.0.1", port):
                 return
+        else:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.settimeout(0.2)
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    return
         time.sleep(0.1)
     raise DeploymentError(f"{what} did not listen on 127.0.0.1:{port} within {timeout_s:.0f} s; log:\n{_tail(log)}")
 
@@ -87,6 +94,11 @@ class LocalDeployment:
         Where logs and the private ``FLWR_HOME`` go.
     start_timeout_s:
         How long each process may take to listen on its port.
+    network:
+        A :class:`~simulations.netns.ShapedNetwork` (entered) to deploy across: the SuperLink (and so the
+        ServerApp and its stream server) and ``flwr run`` in its server namespace, listening on every
+        address there; SuperNode ``i`` (and its ClientApps) in node namespace ``i``, dialling the
+        server's address over its shaped link. ``num_supernodes`` must equal its node count.
     tls:
         Run with TLS instead of ``--insecure``: certificates for 127.0.0.1 are made under
         ``workdir/certs`` (:func:`simulations.certs.make_certs`); the SuperLink serves them, the
@@ -95,10 +107,19 @@ class LocalDeployment:
     """
 
     def __init__(
-        self, num_supernodes: int, workdir: str | Path, start_timeout_s: float = 60.0, *, tls: bool = False
+        self,
+        num_supernodes: int,
+        workdir: str | Path,
+        start_timeout_s: float = 60.0,
+        *,
+        tls: bool = False,
+        network: ShapedNetwork | None = None,
     ) -> None:
         if num_supernodes < 1:
             raise ValueError(f"num_supernodes must be >= 1, got {num_supernodes}")
+        if network is not None and len(network.nodes) != num_supernodes:
+            raise ValueError(f"{num_supernodes} SuperNodes on a network of {len(network.nodes)} node links")
+        self.network = network
         self.num_supernodes = num_supernodes
         self.workdir = Path(workdir)
         self.start_timeout_s = start_timeout_s
@@ -131,11 +152,19 @@ class LocalDeployment:
     ) -> None:
         self.stop()
 
-    def _spawn(self, what: str, args: list[str]) -> tuple[subprocess.Popen[bytes], Path]:
+    def _in(self, netns: str | None) -> list[str]:
+        return ShapedNetwork.exec_prefix(netns) if netns else []
+
+    def _spawn(self, what: str, args: list[str], netns: str | None = None) -> tuple[subprocess.Popen[bytes], Path]:
         log = self.workdir / f"{what.replace(' ', '_')}.log"
         with open(log, "wb") as fh:
             proc = subprocess.Popen(
-                args, stdout=fh, stderr=subprocess.STDOUT, env=self.env, cwd=self.workdir, start_new_session=True
+                [*self._in(netns), *args],
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                cwd=self.workdir,
+                start_new_session=True,
             )
         self.procs.append((what, proc))
         return proc, log
@@ -148,23 +177,27 @@ class LocalDeployment:
         if self.tls:
             from simulations.certs import make_certs
 
-            self.certs = ca, cert, key = make_certs(self.workdir / "certs", ["127.0.0.1", "localhost"])
+            hosts = ["127.0.0.1", "localhost", *([self.network.server_ip] if self.network else [])]
+            self.certs = ca, cert, key = make_certs(self.workdir / "certs", hosts)
             security = ["--ssl-ca-certfile", str(ca), "--ssl-certfile", str(cert), "--ssl-keyfile", str(key)]
             node_security = ["--root-certificates", str(ca)]
             connection_security = f'root-certificates = "{ca}"'
+        server_ns = self.network.server_netns if self.network else None
         link, log = self._spawn(
             "superlink",
             [
                 _bin("flower-superlink"),
                 *security,
                 "--host",
-                "127.0.0.1",
+                "0.0.0.0" if self.network else "127.0.0.1",  # in its own namespace: its addresses only
                 "--port",
                 str(self.superlink_port),
                 "--disable-runtime-dependency-installation",
             ],
+            server_ns,
         )
-        _wait_for_port(self.superlink_port, link, "flower-superlink", log, self.start_timeout_s)
+        _wait_for_port(self.superlink_port, link, "flower-superlink", log, self.start_timeout_s, server_ns)
+        superlink = f"{self.network.server_ip if self.network else '127.0.0.1'}:{self.superlink_port}"
         (self.flwr_home / "config.toml").write_text(
             f'[superlink]\ndefault = "{CONNECTION}"\n\n'
             f'[superlink.{CONNECTION}]\naddress = "127.0.0.1:{self.superlink_port}"\n{connection_security}\n',
@@ -173,20 +206,22 @@ class LocalDeployment:
         n = self.num_supernodes
         for i in range(n):
             port = free_port()
+            node_ns = self.network.nodes[i].netns if self.network else None
             node, log = self._spawn(
                 f"supernode {i}",
                 [
                     _bin("flower-supernode"),
                     *node_security,
                     "--superlink",
-                    f"127.0.0.1:{self.superlink_port}",
+                    superlink,
                     "--port",
                     str(port),
                     "--node-config",
                     f"partition-id={i} num-partitions={n}",
                 ],
+                node_ns,
             )
-            _wait_for_port(port, node, f"flower-supernode {i}", log, self.start_timeout_s)
+            _wait_for_port(port, node, f"flower-supernode {i}", log, self.start_timeout_s, node_ns)
 
     def stop(self) -> None:
         """Stop every process this deployment started (SIGTERM to its group, SIGKILL after 10 s).
@@ -219,7 +254,8 @@ class LocalDeployment:
         DeploymentError
             If ``flwr run`` exits non-zero or does not finish within ``timeout_s`` (it is then killed).
         """
-        args = [_bin("flwr"), "run", str(app_dir), CONNECTION, "--stream"]
+        args = [*self._in(self.network.server_netns if self.network else None)]
+        args += [_bin("flwr"), "run", str(app_dir), CONNECTION, "--stream"]
         if run_config:
             args += ["--run-config", run_config_arg(run_config)]
         try:

@@ -28,7 +28,7 @@ torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 #: at a time, so two deployments never compete; they mostly wait on Flower's polling and overlap with
 #: the CPU-bound tests of the other workers. The files that start Flower's simulation engine (Ray) are
 #: not grouped: in one worker they would take longer than the rest of the suite together.
-_GROUPS = {"deploy": ("test_sl_deploy.py", "test_wheel.py")}
+_GROUPS = {"deploy": ("test_sl_deploy.py", "test_wheel.py"), "netns": ("test_netns.py",)}
 
 
 #: Files whose module-scoped fixtures do expensive work (DDP ranks, a compare grid, BIRD and codec
@@ -48,6 +48,7 @@ _ONE_WORKER = (
 #: others have run dry.
 _LONG_FIRST = (
     "test_sl_deploy.py",
+    "test_netns.py",
     "test_fl.py",
     "test_checkpoint.py",
     "test_sl_flower.py",

@@ -1,0 +1,332 @@
+"""Time to accuracy on emulated edge links: a real deployment with every SuperNode behind a shaped link.
+
+``fl-split bench edge`` (root: it makes network namespaces) deploys ``flower-superlink`` and
+``--clients`` ``flower-supernode`` processes across a :class:`~simulations.netns.ShapedNetwork` (each
+SuperNode and its ClientApps in a namespace of its own, its link shaped per direction by ``tbf``) and
+runs, per link profile, split learning over the stream transport (uplink codecs at equal budget,
+``k = 1``, and MS at a larger ``k``) and federated learning (dense, signed MS, top-k + error feedback)
+on digits until ``--target`` test accuracy. First it runs every configuration on unshaped links: the
+link model (:mod:`fl_split.link`) predicts each shaped run's time from that run's measured rows alone,
+and the report sets the prediction against the measurement.
+
+Per run (``edge.json``'s ``runs``): ``profile``, ``scheme`` (``sl``/``fl``), ``codec``, ``k``,
+``time_to_target_s`` (the rows' wall clock at the end of the first round at or above the target;
+``null`` when not reached), ``rounds_to_target``, ``uplink_bytes``/``downlink_bytes`` (measured, to the
+target, else the whole run), ``link_s`` (the model's share of that time for moving the bytes),
+``compute_s`` (the rest: compute, Flower's messages), ``predicted_s`` (the model, from the unshaped run,
+to the same round) and ``prediction_error`` (``predicted_s / time_to_target_s - 1``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fl_split.link import PROFILES, UNSHAPED, LinkProfile, link_share_s, parse_link, predict_time_to_round
+from fl_split.metrics import read_metrics
+
+APP = Path(__file__).resolve().parent.parent
+
+#: Split learning's uplink codecs at (about) equal budget in bits per activation element (as compare).
+SL_CODECS = {"none": "none", "ms": "ms:keep=0.01,bits=2", "topk": "topk:keep=0.036", "quant": "quant:bits=2"}
+#: Federated learning's update codecs: (spec, error feedback).
+FL_CODECS = {
+    "none": ("none", False),
+    "ms": ("ms:keep=0.01,bits=2,signed=true", True),
+    "topk+ef": ("topk:keep=0.01", True),
+}
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One configuration: its scheme, codec label, ``k`` (SL) and run-config values."""
+
+    scheme: str
+    codec: str
+    k: int
+    values: Mapping[str, Any]
+
+    @property
+    def name(self) -> str:
+        return f"{self.scheme}_{self.codec}_k{self.k}".replace("+", "")
+
+
+def specs(args: argparse.Namespace, server_ip: str) -> list[Spec]:
+    """The configurations of one profile (the same on every profile)."""
+    out: list[Spec] = []
+    sl_base = {
+        "clients": args.clients,
+        "rounds": args.sl_rounds,
+        "max-steps-per-round": args.steps,
+        "stop-at-accuracy": args.target,
+        "transport": "stream",
+        "stream.host": server_ip,
+        "stream.bind": "0.0.0.0",
+        "stream.insecure": True,  # plaintext between namespaces made for this run; TLS: docs/deployment.md
+        "seed": args.seed,
+    }
+    for label in args.sl_codecs:
+        ks = [1, args.large_k] if label == "ms" and args.large_k > 1 else [1]
+        for k in ks:
+            out.append(Spec("sl", label, k, {**sl_base, "uplink": SL_CODECS[label], "batches-per-message": k}))
+    for label in args.fl_codecs:
+        spec, ef = FL_CODECS[label]
+        values = {"mode": "fl", "clients": args.clients, "rounds": args.fl_rounds, "uplink": spec, "seed": args.seed}
+        out.append(Spec("fl", label, 1, {**values, "error-feedback": ef}))
+    return out
+
+
+def run_profile(profile: LinkProfile, args: argparse.Namespace, workdir: Path) -> dict[str, list[dict[str, Any]]]:
+    """Every configuration on ``profile``'s links; the metrics rows per configuration name."""
+    from simulations.deploy import LocalDeployment
+    from simulations.netns import ShapedNetwork
+
+    rows: dict[str, list[dict[str, Any]]] = {}
+    with ShapedNetwork([profile] * args.clients) as net:
+        with LocalDeployment(args.clients, workdir / "deploy", network=net) as dep:
+            for spec in specs(args, net.server_ip):
+                out = workdir / spec.name
+                t0 = time.perf_counter()
+                dep.run(APP, {**spec.values, "out-dir": str(out)}, timeout_s=args.run_timeout_s)
+                rows[spec.name] = read_metrics(out / "metrics.jsonl")
+                print(f"  {profile.name:9s} {spec.name:14s} {time.perf_counter() - t0:6.1f} s", file=sys.stderr)
+    return rows
+
+
+def _hit(rows: Sequence[Mapping[str, Any]], target: float) -> Mapping[str, Any] | None:
+    return next((r for r in rows if float(r["test_accuracy"]) >= target), None)
+
+
+def _extended(rows: Sequence[Mapping[str, Any]], last_round: int) -> list[Mapping[str, Any]]:
+    """``rows`` continued to ``last_round`` with their mean round (a baseline that stopped sooner)."""
+    out = list(rows)
+    if not out or int(out[-1]["round"]) >= last_round:
+        return out
+    n = len(out)
+    mean = {k: sum(float(r[k]) for r in out) / n for k in ("uplink_bytes", "downlink_bytes")}
+    mean_wall = float(out[-1]["wall_s"]) / n
+    for rnd in range(int(out[-1]["round"]) + 1, last_round + 1):
+        prev = out[-1]
+        out.append({**prev, **mean, "round": rnd, "wall_s": float(prev["wall_s"]) + mean_wall})
+    return out
+
+
+def summarize(
+    spec: Spec,
+    profile: LinkProfile,
+    rows: Sequence[Mapping[str, Any]],
+    baseline: Sequence[Mapping[str, Any]] | None,
+    target: float,
+    clients: int,
+) -> dict[str, Any]:
+    """One run's entry of ``edge.json``."""
+    hit = _hit(rows, target)
+    last = hit if hit is not None else rows[-1]
+    rnd = int(last["round"])
+    upto = [r for r in rows if int(r["round"]) <= rnd]
+    up = sum(int(r["uplink_bytes"]) for r in upto)
+    down = sum(int(r["downlink_bytes"]) for r in upto)
+    seq = False  # splitfed2 and FL: a round's clients run in parallel, each on its own link
+    link_s = link_share_s(rows, profile, rnd, clients, sequential=seq)
+    measured = float(last["wall_s"])
+    predicted = None
+    if baseline:
+        predicted = predict_time_to_round(_extended(baseline, rnd), profile, rnd, clients, UNSHAPED, sequential=seq)
+    return {
+        "profile": profile.name,
+        "up_mbit": profile.up_mbit,
+        "down_mbit": profile.down_mbit,
+        "scheme": spec.scheme,
+        "codec": spec.codec,
+        "codec_spec": spec.values["uplink"],
+        "k": spec.k,
+        "time_to_target_s": round(measured, 2) if hit is not None else None,
+        "rounds_to_target": rnd if hit is not None else None,
+        "wall_s": round(measured, 2),
+        "final_accuracy": float(last["test_accuracy"]),
+        "uplink_bytes": up,
+        "downlink_bytes": down,
+        "link_s": round(link_s, 2),
+        "compute_s": round(measured - link_s, 2),
+        "predicted_s": None if predicted is None else round(predicted, 2),
+        "prediction_error": None if predicted is None else round(predicted / measured - 1, 4),
+    }
+
+
+def table(runs: Sequence[Mapping[str, Any]], target: float) -> str:
+    """Markdown: a row per run."""
+    head = (
+        f"| profile | scheme | codec | k | time to {target:g} (s) | rounds | MB up | MB down | link s | other s "
+        "| predicted s | error |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+    )
+    lines = []
+    for r in runs:
+        t = "not reached" if r["time_to_target_s"] is None else f"{r['time_to_target_s']:.1f}"
+        err = "" if r["prediction_error"] is None else f"{100 * r['prediction_error']:+.1f} %"
+        pred = "" if r["predicted_s"] is None else f"{r['predicted_s']:.1f}"
+        lines.append(
+            f"| {r['profile']} | {r['scheme']} | {r['codec']} | {r['k']} | {t} | {r['rounds_to_target'] or ''} "
+            f"| {r['uplink_bytes'] / 1e6:.2f} | {r['downlink_bytes'] / 1e6:.2f} | {r['link_s']:.1f} "
+            f"| {r['compute_s']:.1f} | {pred} | {err} |"
+        )
+    return head + "\n".join(lines) + "\n"
+
+
+def plot(runs: Sequence[Mapping[str, Any]], target: float, path: Path) -> None:
+    """Time to target per configuration, one panel per profile; SL and FL in two colours; link time hatched."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    profiles = list(dict.fromkeys(r["profile"] for r in runs))
+    labels = list(
+        dict.fromkeys(f"{r['scheme'].upper()} {r['codec']}" + (f" k={r['k']}" if r["k"] > 1 else "") for r in runs)
+    )
+    fig, axes = plt.subplots(
+        1, len(profiles), figsize=(4.2 * len(profiles), 0.45 * len(labels) + 1.6), sharey=True, squeeze=False
+    )
+    colors = {"sl": "#1f77b4", "fl": "#ff7f0e"}
+    for ax, name in zip(axes[0], profiles, strict=True):
+        mine = {
+            f"{r['scheme'].upper()} {r['codec']}" + (f" k={r['k']}" if r["k"] > 1 else ""): r
+            for r in runs
+            if r["profile"] == name
+        }
+        xmax = max((r["wall_s"] for r in mine.values()), default=1.0)
+        for y, label in enumerate(labels):
+            r = mine.get(label)
+            if r is None:
+                continue
+            if r["time_to_target_s"] is None:
+                ax.text(
+                    0.02 * xmax,
+                    y,
+                    f"not reached ({r['final_accuracy']:.3f} at {r['wall_s']:.0f} s)",
+                    va="center",
+                    fontsize=8,
+                    color="0.3",
+                )
+                continue
+            ax.barh(y, r["compute_s"], color=colors[r["scheme"]], alpha=0.45)
+            ax.barh(y, r["link_s"], left=r["compute_s"], color=colors[r["scheme"]], hatch="//", edgecolor="white")
+            if r["predicted_s"] is not None:
+                ax.plot([r["predicted_s"]], [y], marker="|", markersize=14, color="black")
+        first = next(iter(mine.values()))
+        ax.set_title(
+            f"{name}: {first['up_mbit']:g}/{first['down_mbit']:g} Mbit/s"
+            if first["up_mbit"]
+            else f"{name} (no shaping)",
+            fontsize=10,
+        )
+        ax.set_xlabel(f"seconds to {target:g} test accuracy")
+        ax.grid(axis="x", alpha=0.3)
+    axes[0][0].set_yticks(range(len(labels)), labels)
+    axes[0][0].invert_yaxis()
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    handles = [
+        Patch(color=colors["sl"], alpha=0.45, label="SL: compute + Flower"),
+        Patch(facecolor=colors["sl"], hatch="//", edgecolor="white", label="SL: link (model)"),
+        Patch(color=colors["fl"], alpha=0.45, label="FL: compute + Flower"),
+        Patch(facecolor=colors["fl"], hatch="//", edgecolor="white", label="FL: link (model)"),
+        Line2D(
+            [], [], marker="|", markersize=12, color="black", linestyle="none", label="predicted from the unshaped run"
+        ),
+    ]
+    fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, bbox_to_anchor=(0.5, -0.02))
+    fig.suptitle("Time to accuracy on shaped edge links (digits, 4 SuperNodes, each behind its own link)", fontsize=11)
+    fig.tight_layout(rect=(0, 0.1, 1, 0.95))
+    fig.savefig(path, dpi=130, bbox_inches="tight")
+    plt.close(fig)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="fl-split bench edge",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="link profiles: " + "; ".join(p.describe() for p in PROFILES.values()),
+    )
+    p.add_argument(
+        "--profiles",
+        default="iot,lte,wifi",
+        help="comma-separated profile names or `up=MBIT,down=MBIT[,rtt=MS]` rates (';' between custom ones)",
+    )
+    p.add_argument("--clients", type=int, default=4, help="SuperNodes, each on its own link")
+    p.add_argument("--target", type=float, default=0.95, help="test accuracy to reach")
+    p.add_argument("--sl-codecs", default=",".join(SL_CODECS), help=f"of {', '.join(SL_CODECS)}")
+    p.add_argument("--fl-codecs", default=",".join(FL_CODECS), help=f"of {', '.join(FL_CODECS)}")
+    p.add_argument("--large-k", type=int, default=4, help="MS also at this batches_per_message (1: not)")
+    p.add_argument("--steps", type=int, default=12, help="split learning: a client's batches per round (12: an epoch)")
+    p.add_argument("--sl-rounds", type=int, default=6, help="split learning: most rounds (stops at the target)")
+    p.add_argument("--fl-rounds", type=int, default=8, help="federated learning: rounds")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--run-timeout-s", type=float, default=1800.0)
+    p.add_argument("--out", default="runs/bench_edge", help="folder for edge.json, edge.md, edge.png and the runs")
+    args = p.parse_args(argv)
+    args.sl_codecs = [c for c in args.sl_codecs.split(",") if c]
+    args.fl_codecs = [c for c in args.fl_codecs.split(",") if c]
+    for label in args.sl_codecs:
+        if label not in SL_CODECS:
+            p.error(f"--sl-codecs: unknown {label!r}; choose from {', '.join(SL_CODECS)}")
+    for label in args.fl_codecs:
+        if label not in FL_CODECS:
+            p.error(f"--fl-codecs: unknown {label!r}; choose from {', '.join(FL_CODECS)}")
+    sep = ";" if ";" in args.profiles or "=" in args.profiles else ","
+    try:
+        args.links = [parse_link(t) for t in args.profiles.split(sep) if t.strip()]
+    except ValueError as exc:
+        p.error(f"--profiles: {exc}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    from simulations.netns import NetnsError, check_can_create
+
+    try:
+        check_can_create()
+    except NetnsError as exc:
+        print(f"fl-split bench edge: {exc}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    print(f"unshaped links (the model's baseline), then {', '.join(p.name for p in args.links)}", file=sys.stderr)
+    baseline = run_profile(UNSHAPED, args, out / "unshaped")
+    names = {s.name: s for s in specs(args, "")}
+    runs = [summarize(names[n], UNSHAPED, rows, None, args.target, args.clients) for n, rows in baseline.items()]
+    for link in args.links:
+        measured = run_profile(link, args, out / link.name.replace("=", "").replace(",", "_"))
+        runs += [
+            summarize(names[n], link, rows, baseline[n], args.target, args.clients) for n, rows in measured.items()
+        ]
+    errors = [abs(r["prediction_error"]) for r in runs if r["prediction_error"] is not None]
+    report = {
+        "benchmark": "edge",
+        "target_accuracy": args.target,
+        "clients": args.clients,
+        "profiles": [vars(p) for p in args.links],
+        "runs": runs,
+        "prediction_abs_error_max": round(max(errors), 4) if errors else None,
+        "prediction_abs_error_mean": round(sum(errors) / len(errors), 4) if errors else None,
+        "wall_s": round(time.perf_counter() - t0, 1),
+    }
+    (out / "edge.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    (out / "edge.md").write_text(table(runs, args.target), encoding="utf-8")
+    plot(runs, args.target, out / "edge.png")
+    print(table(runs, args.target))
+    print(json.dumps({k: v for k, v in report.items() if k != "runs"}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

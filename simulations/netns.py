@@ -1,0 +1,313 @@
+"""Emulated edge links: a server namespace and one namespace per node, joined by shaped veth pairs.
+
+Layout (every address lives inside namespaces made here; nothing is added to the host's own network)::
+
+    server namespace  fls<pid>-srv: lo, bridge flsbr (10.231.0.1/24), one veth end per node (a bridge port)
+    node i namespace  fls<pid>-n<i>: lo, the other veth end (10.231.0.<10+i>/24)
+
+Each direction is shaped where its packets leave: the uplink (node → server) by ``tbf`` on the
+node's veth end, the downlink (server → node) by ``tbf`` on the server's. A process runs in a
+namespace by being started under ``ip netns exec`` (:meth:`ShapedNetwork.exec_prefix`).
+
+``tbf`` shapes bandwidth only: this kernel has no ``netem``, so no delay or loss is added. Round-trip
+time enters the link model (:mod:`fl_split.link`) as a parameter.
+
+:class:`ShapedNetwork` is a context manager: on exit (also on an exception, Ctrl-C or SIGTERM) it deletes
+the namespaces, which deletes their veths and bridge. Names carry the creating process's pid, and
+:func:`remove_stale` deletes those of processes that no longer exist (a run killed with SIGKILL).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import FrameType, TracebackType
+
+from fl_split.link import LinkProfile
+
+SUBNET = "10.231.0"
+SERVER_IP = f"{SUBNET}.1"
+_PREFIX = "fls"
+_NAME = re.compile(rf"^{_PREFIX}(\d+)-(srv|n\d+)$")
+
+
+class NetnsError(RuntimeError):
+    """Namespaces, veths or shaping could not be set up; the message says what is needed."""
+
+
+def node_ip(index: int) -> str:
+    """Address of node ``index`` (inside its namespace)."""
+    return f"{SUBNET}.{10 + index}"
+
+
+def _ip(*args: str, netns: str | None = None) -> None:
+    cmd = ["ip", *(["-n", netns] if netns else []), *args]
+    _run(cmd)
+
+
+def _tc(netns: str, *args: str) -> None:
+    _run(["ip", "netns", "exec", netns, "tc", *args])
+
+
+def _run(cmd: list[str]) -> None:
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise NetnsError(f"`{' '.join(cmd)}` failed: {(done.stderr or done.stdout).strip()}")
+
+
+def tbf_args(mbit: float) -> list[str]:
+    """``tc`` arguments of a token bucket at ``mbit`` Mbit/s: a burst of 20 ms of traffic (at least
+    64 KiB, one offloaded segment) and a queue of up to 500 ms, so TCP sees a rate, not drops."""
+    rate_bps = mbit * 1e6
+    burst = max(64 * 1024, int(rate_bps / 8 * 0.02))
+    return ["tbf", "rate", f"{int(rate_bps)}bit", "burst", str(burst), "latency", "500ms"]
+
+
+def check_can_create() -> None:
+    """Raise :class:`NetnsError` with what is missing if this process cannot make namespaces."""
+    for tool in ("ip", "tc"):
+        if shutil.which(tool) is None:
+            raise NetnsError(f"`{tool}` not found: install iproute2 (it provides ip and tc)")
+    if os.geteuid() != 0:
+        raise NetnsError(
+            "emulated links need network namespaces, which need root (CAP_NET_ADMIN and CAP_SYS_ADMIN): "
+            "run as root, e.g. `sudo -E fl-split bench edge`"
+        )
+
+
+def remove_stale() -> list[str]:
+    """Delete the namespaces of earlier runs whose process is gone; return their names."""
+    done = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False)
+    removed = []
+    for line in done.stdout.splitlines():
+        name = line.split()[0] if line.split() else ""
+        m = _NAME.match(name)
+        if m and not _alive(int(m.group(1))):
+            subprocess.run(["ip", "netns", "delete", name], capture_output=True, check=False)
+            removed.append(name)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass(frozen=True)
+class NodeLink:
+    """One node's namespace, its address and the rates its link is shaped to."""
+
+    netns: str
+    ip: str
+    link: LinkProfile
+
+
+class ShapedNetwork:
+    """A server namespace and ``len(links)`` node namespaces, each node on its own shaped link.
+
+    Parameters
+    ----------
+    links:
+        One :class:`~fl_split.link.LinkProfile` per node (its ``up_mbit`` shapes node → server,
+        ``down_mbit`` server → node; ``0`` leaves that direction unshaped).
+    """
+
+    def __init__(self, links: Sequence[LinkProfile]) -> None:
+        if not links:
+            raise ValueError("a shaped network needs at least one node link")
+        self.links = list(links)
+        tag = f"{_PREFIX}{os.getpid()}"
+        self.server_netns = f"{tag}-srv"
+        self.nodes = [NodeLink(f"{tag}-n{i}", node_ip(i), link) for i, link in enumerate(self.links)]
+        self._created: list[str] = []
+        self._old_sigterm: signal.Handlers | object | None = None
+
+    @property
+    def server_ip(self) -> str:
+        """The server's address, as the nodes reach it."""
+        return SERVER_IP
+
+    @staticmethod
+    def exec_prefix(netns: str) -> list[str]:
+        """Arguments that run a command inside ``netns``: ``ip netns exec NETNS``."""
+        return ["ip", "netns", "exec", netns]
+
+    # ------------------------------------------------------------------ lifecycle
+    def __enter__(self) -> ShapedNetwork:
+        check_can_create()
+        remove_stale()
+        self._trap_sigterm()
+        try:
+            self._create()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def _trap_sigterm(self) -> None:
+        """SIGTERM ends the run as Ctrl-C does, so ``__exit__`` removes what was made (main thread only)."""
+        try:
+            self._old_sigterm = signal.signal(signal.SIGTERM, _raise_interrupt)
+        except ValueError:  # not the main thread: the caller's handlers stay
+            self._old_sigterm = None
+
+    def _create(self) -> None:
+        srv = self.server_netns
+        self._add_netns(srv)
+        _ip("link", "set", "lo", "up", netns=srv)
+        _ip("link", "add", "flsbr", "type", "bridge", netns=srv)
+        _ip("addr", "add", f"{SERVER_IP}/24", "dev", "flsbr", netns=srv)
+        _ip("link", "set", "flsbr", "up", netns=srv)
+        for i, node in enumerate(self.nodes):
+            self._add_netns(node.netns)
+            _ip("link", "set", "lo", "up", netns=node.netns)
+            server_end, node_end = f"s{i}", f"n{i}"
+            # made inside the server namespace, so no interface ever appears in the host's
+            _ip("link", "add", server_end, "type", "veth", "peer", "name", node_end, "netns", node.netns, netns=srv)
+            _ip("link", "set", server_end, "master", "flsbr", netns=srv)
+            _ip("link", "set", server_end, "up", netns=srv)
+            _ip("addr", "add", f"{node.ip}/24", "dev", node_end, netns=node.netns)
+            _ip("link", "set", node_end, "up", netns=node.netns)
+            if node.link.up_mbit > 0:
+                _tc(node.netns, "qdisc", "add", "dev", node_end, "root", *tbf_args(node.link.up_mbit))
+            if node.link.down_mbit > 0:
+                _tc(srv, "qdisc", "add", "dev", server_end, "root", *tbf_args(node.link.down_mbit))
+        self._wait_reachable()
+
+    def _add_netns(self, name: str) -> None:
+        _ip("netns", "add", name)
+        self._created.append(name)
+
+    def _wait_reachable(self, timeout_s: float = 10.0) -> None:
+        """Each node reaches the server: a TCP connection to a closed port is refused (not unreachable)."""
+        deadline = time.monotonic() + timeout_s
+        for node in self.nodes:
+            while True:
+                if _reaches(node.netns, SERVER_IP):
+                    break
+                if time.monotonic() > deadline:
+                    raise NetnsError(f"node namespace {node.netns} cannot reach {SERVER_IP} after {timeout_s:.0f} s")
+                time.sleep(0.1)
+
+    def close(self) -> None:
+        """Delete every namespace made (their veths and bridge go with them); harmless to repeat."""
+        for name in reversed(self._created):
+            subprocess.run(["ip", "netns", "delete", name], capture_output=True, check=False)
+        self._created.clear()
+        if self._old_sigterm is not None:
+            try:
+                signal.signal(signal.SIGTERM, self._old_sigterm)  # type: ignore[arg-type]
+            except ValueError:
+                pass
+            self._old_sigterm = None
+
+    def leftovers(self) -> list[str]:
+        """Namespaces of this network that still exist (empty after :meth:`close`)."""
+        done = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False)
+        names = {line.split()[0] for line in done.stdout.splitlines() if line.split()}
+        return sorted(names & {self.server_netns, *(n.netns for n in self.nodes)})
+
+
+_PROBE = """
+import errno, socket, sys
+s = socket.socket(); s.settimeout(1.0)
+sys.exit(0 if s.connect_ex((sys.argv[1], 9)) in (0, errno.ECONNREFUSED) else 1)
+"""
+
+
+_PORT_PROBE = """
+import socket, sys
+s = socket.socket(); s.settimeout(1.0)
+sys.exit(0 if s.connect_ex((sys.argv[1], int(sys.argv[2]))) == 0 else 1)
+"""
+
+
+def _reaches(netns: str, ip: str) -> bool:
+    import sys
+
+    probe = ["ip", "netns", "exec", netns, sys.executable, "-S", "-c", _PROBE, ip]
+    return subprocess.run(probe, capture_output=True, check=False).returncode == 0
+
+
+def port_open(netns: str, ip: str, port: int) -> bool:
+    """Whether something listens on ``ip:port`` as seen from inside ``netns``."""
+    import sys
+
+    probe = ["ip", "netns", "exec", netns, sys.executable, "-S", "-c", _PORT_PROBE, ip, str(port)]
+    return subprocess.run(probe, capture_output=True, check=False).returncode == 0
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+_RECEIVER = """
+import socket, sys, time
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2]))); s.listen(1); print("ready", flush=True)
+c, _ = s.accept(); n = 0; t0 = None
+while True:
+    b = c.recv(1 << 16)
+    if not b: break
+    if t0 is None: t0 = time.perf_counter()
+    n += len(b)
+print(n, time.perf_counter() - t0, flush=True)
+"""
+_SENDER = """
+import socket, sys
+c = socket.create_connection((sys.argv[1], int(sys.argv[2]))); c.sendall(bytes(int(sys.argv[3]))); c.close()
+"""
+
+
+def measure_mbit(network: ShapedNetwork, node: int, direction: str, nbytes: int = 2_000_000) -> float:
+    """Goodput of node ``node``'s link in ``direction`` (``"up"``: node → server, ``"down"``), Mbit/s:
+    ``nbytes`` over one TCP connection, timed by the receiver from its first byte to the last."""
+    import sys
+
+    n = network.nodes[node]
+    if direction == "up":
+        recv_ns, recv_ip, send_ns = network.server_netns, network.server_ip, n.netns
+    elif direction == "down":
+        recv_ns, recv_ip, send_ns = n.netns, n.ip, network.server_netns
+    else:
+        raise ValueError(f"direction is 'up' or 'down', got {direction!r}")
+    port = "5201"
+    recv = subprocess.Popen(
+        [*network.exec_prefix(recv_ns), sys.executable, "-c", _RECEIVER, recv_ip, port],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert recv.stdout is not None
+        if recv.stdout.readline().strip() != "ready":
+            raise NetnsError(f"the throughput receiver in {recv_ns} did not start")
+        subprocess.run(
+            [*network.exec_prefix(send_ns), sys.executable, "-c", _SENDER, recv_ip, port, str(nbytes)],
+            check=True,
+            timeout=600,
+        )
+        got, seconds = recv.stdout.readline().split()
+        recv.wait(timeout=30)
+    finally:
+        if recv.poll() is None:
+            recv.kill()
+            recv.wait()
+    if int(got) != nbytes:
+        raise NetnsError(f"sent {nbytes} bytes over {direction}link of {n.netns}, {got} arrived")
+    return int(got) * 8 / float(seconds) / 1e6

@@ -1,0 +1,84 @@
+"""Emulated edge links (root only): a shaped veth link carries its set rate, a split-learning round runs
+over a shaped stream between namespaces, and nothing made is left behind, also when a run fails."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from fl_split.link import GOODPUT, LinkProfile
+from fl_split.metrics import read_metrics
+from simulations.netns import NetnsError, ShapedNetwork, check_can_create, measure_mbit
+
+REPO = Path(__file__).resolve().parent.parent
+
+try:
+    check_can_create()
+    _WHY_NOT = ""
+except NetnsError as exc:
+    _WHY_NOT = str(exc)
+pytestmark = pytest.mark.skipif(bool(_WHY_NOT), reason=f"cannot create network namespaces here: {_WHY_NOT}")
+
+
+def _host_links() -> set[str]:
+    out = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout
+    return {line.split(":")[1].strip().split("@")[0] for line in out.splitlines()}
+
+
+def _namespaces() -> set[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    return {line.split()[0] for line in out.splitlines() if line.split()}
+
+
+def test_a_shaped_link_carries_its_rate_each_way_and_is_removed() -> None:
+    links_before, ns_before = _host_links(), _namespaces()
+    with ShapedNetwork([LinkProfile("t", up_mbit=4.0, down_mbit=12.0)]) as net:
+        assert _host_links() == links_before  # every interface lives inside the namespaces made
+        up = measure_mbit(net, 0, "up", 1_500_000)
+        down = measure_mbit(net, 0, "down", 3_000_000)
+    assert 0.8 * 4.0 <= up <= 1.05 * 4.0 and 0.8 * 12.0 <= down <= 1.05 * 12.0, (up, down)
+    assert min(up / 4.0, down / 12.0) >= GOODPUT - 0.03  # the link model's goodput share holds
+    assert net.leftovers() == [] and _namespaces() == ns_before and _host_links() == links_before
+
+
+def test_the_network_is_removed_when_the_body_raises() -> None:
+    ns_before = _namespaces()
+    with pytest.raises(RuntimeError, match="boom"):
+        with ShapedNetwork([LinkProfile("t", 8.0, 8.0)] * 2) as net:
+            assert len(net.leftovers()) == 3
+            raise RuntimeError("boom")
+    assert net.leftovers() == [] and _namespaces() == ns_before
+
+
+def test_a_split_learning_round_runs_over_a_shaped_stream(tmp_path: Path) -> None:
+    """Two SuperNodes, each in its own namespace behind a 4/16 Mbit/s link: the round's stream moves its
+    bytes no faster than the links allow (the shaping applies to the stream, not only to Flower)."""
+    from simulations.deploy import LocalDeployment
+
+    ns_before = _namespaces()
+    out = tmp_path / "sl"
+    link = LinkProfile("t", up_mbit=4.0, down_mbit=16.0)
+    with ShapedNetwork([link] * 2) as net, LocalDeployment(2, tmp_path / "deploy", network=net) as dep:
+        procs = [p for _, p in dep.procs]
+        values = {
+            "clients": 2,
+            "rounds": 1,
+            "max-steps-per-round": 3,
+            "transport": "stream",
+            "stream.host": net.server_ip,
+            "stream.bind": "0.0.0.0",
+            "stream.insecure": True,
+            "out-dir": str(out),
+        }
+        dep.run(REPO, values, timeout_s=300)
+        superlink = " ".join(str(a) for a in procs[0].args)
+        assert superlink.startswith(f"ip netns exec {net.server_netns} ")
+    (row,) = read_metrics(out / "metrics.jsonl")
+    assert row["steps"] == 6 and row["stream_broken"] == 0
+    # each client's share of the round's bytes, at the shaped rates: a floor for the stream's time
+    floor = link.transfer_s(row["uplink_activation_bytes"] / 2, row["downlink_gradient_bytes"] / 2)
+    assert row["downlink_gradient_bytes"] > 6 * 1_000_000 and floor > 1.0
+    assert row["stream_s"] >= 0.9 * floor, (row["stream_s"], floor)
+    assert all(p.poll() is not None for p in procs) and _namespaces() == ns_before
