@@ -21,6 +21,7 @@ server (the measured wall time holds the server's share for the measured clients
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -97,6 +98,8 @@ def parse_link(text: str) -> LinkProfile:
             values[key] = float(raw)
         except ValueError:
             raise ValueError(f"link {key}={raw!r} is not a number (in {text!r})") from None
+        if not math.isfinite(values[key]):
+            raise ValueError(f"link {key}={raw!r} must be a finite number (in {text!r})")
         if values[key] < 0 or (key != "rtt" and values[key] == 0):
             raise ValueError(f"link {key}={raw} must be {'>= 0' if key == 'rtt' else '> 0'} (in {text!r})")
     if "up" not in values or "down" not in values:
@@ -106,9 +109,9 @@ def parse_link(text: str) -> LinkProfile:
 
 def round_link_s(row: Mapping[str, Any], link: LinkProfile, clients: int, *, sequential: bool = False) -> float:
     """The link's share of one round: its bytes (``uplink_bytes``, ``downlink_bytes``) and exchanges
-    (``messages``: one round trip each; else one per client) split evenly among ``clients``, which
-    run in parallel, each on its own link, unless ``sequential``."""
-    clients = max(1, clients)
+    (``messages``: one round trip each; else one per client) split evenly among the round's clients
+    (its ``clients``, else ``clients``), which run in parallel, each on its own link, unless ``sequential``."""
+    clients = max(1, int(row.get("clients") or clients))  # the round's own count when it has one
     exchanges = float(row.get("messages") or clients)
     per = link.transfer_s(
         float(row["uplink_bytes"]) / clients, float(row["downlink_bytes"]) / clients, exchanges / clients

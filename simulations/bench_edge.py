@@ -82,9 +82,19 @@ def specs(args: argparse.Namespace, server_ip: str) -> list[Spec]:
     return out
 
 
-def run_profile(profile: LinkProfile, args: argparse.Namespace, workdir: Path) -> dict[str, list[dict[str, Any]]]:
-    """Every configuration on ``profile``'s links; the metrics rows per configuration name."""
-    from simulations.deploy import LocalDeployment
+def _profile_dir(out: Path, link: LinkProfile) -> Path:
+    return out / link.name.replace("=", "").replace(",", "_")
+
+
+def run_profile(
+    profile: LinkProfile, args: argparse.Namespace, workdir: Path, failures: list[dict[str, str]]
+) -> dict[str, list[dict[str, Any]]]:
+    """Every configuration on ``profile``'s links; the metrics rows per configuration name.
+
+    A configuration whose run fails is recorded in ``failures`` (with its error) and the others go on;
+    one that finished in an earlier invocation (its ``summary.json`` is there) is not run again.
+    """
+    from simulations.deploy import DeploymentError, LocalDeployment
     from simulations.netns import ShapedNetwork
 
     rows: dict[str, list[dict[str, Any]]] = {}
@@ -92,10 +102,29 @@ def run_profile(profile: LinkProfile, args: argparse.Namespace, workdir: Path) -
         with LocalDeployment(args.clients, workdir / "deploy", network=net) as dep:
             for spec in specs(args, net.server_ip):
                 out = workdir / spec.name
+                if (out / "summary.json").exists():  # done by an earlier invocation: kept (delete it to rerun)
+                    rows[spec.name] = read_metrics(out / "metrics.jsonl")
+                    print(f"  {profile.name:9s} {spec.name:14s} (kept from an earlier run)", file=sys.stderr)
+                    continue
                 t0 = time.perf_counter()
-                dep.run(APP, {**spec.values, "out-dir": str(out)}, timeout_s=args.run_timeout_s)
-                rows[spec.name] = read_metrics(out / "metrics.jsonl")
+                try:
+                    dep.run(APP, {**spec.values, "out-dir": str(out)}, timeout_s=args.run_timeout_s)
+                    rows[spec.name] = read_metrics(out / "metrics.jsonl")
+                except (DeploymentError, OSError) as exc:
+                    failures.append({"profile": profile.name, "run": spec.name, "error": str(exc)[-2000:]})
+                    print(f"  {profile.name:9s} {spec.name:14s} FAILED: {str(exc)[-300:]}", file=sys.stderr)
+                    continue
                 print(f"  {profile.name:9s} {spec.name:14s} {time.perf_counter() - t0:6.1f} s", file=sys.stderr)
+    return rows
+
+
+def stored_rows(args: argparse.Namespace, workdir: Path) -> dict[str, list[dict[str, Any]]]:
+    """The rows of a profile's earlier runs under ``workdir`` (``--report-only``)."""
+    rows = {}
+    for spec in specs(args, ""):
+        path = workdir / spec.name / "metrics.jsonl"
+        if path.exists():
+            rows[spec.name] = read_metrics(path)
     return rows
 
 
@@ -178,7 +207,7 @@ def table(runs: Sequence[Mapping[str, Any]], target: float) -> str:
     return head + "\n".join(lines) + "\n"
 
 
-def plot(runs: Sequence[Mapping[str, Any]], target: float, path: Path) -> None:
+def plot(runs: Sequence[Mapping[str, Any]], target: float, clients: int, path: Path) -> None:
     """Time to target per configuration, one panel per profile; SL and FL in two colours; link time hatched."""
     import matplotlib
 
@@ -242,7 +271,9 @@ def plot(runs: Sequence[Mapping[str, Any]], target: float, path: Path) -> None:
         ),
     ]
     fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, bbox_to_anchor=(0.5, -0.02))
-    fig.suptitle("Time to accuracy on shaped edge links (digits, 4 SuperNodes, each behind its own link)", fontsize=11)
+    fig.suptitle(
+        f"Time to accuracy on shaped edge links (digits, {clients} SuperNodes, each behind its own link)", fontsize=11
+    )
     fig.tight_layout(rect=(0, 0.1, 1, 0.95))
     fig.savefig(path, dpi=130, bbox_inches="tight")
     plt.close(fig)
@@ -270,6 +301,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fl-rounds", type=int, default=8, help="federated learning: rounds")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--run-timeout-s", type=float, default=1800.0)
+    p.add_argument(
+        "--report-only", action="store_true", help="run nothing: rebuild edge.json, .md and .png from the runs in --out"
+    )
     p.add_argument("--out", default="runs/bench_edge", help="folder for edge.json, edge.md, edge.png and the runs")
     args = p.parse_args(argv)
     args.sl_codecs = [c for c in args.sl_codecs.split(",") if c]
@@ -290,25 +324,49 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    from simulations.netns import NetnsError, check_can_create
+    out = Path(args.out).resolve()  # the ServerApps write here from the SuperLink's folder
+    if not args.report_only:
+        from simulations.netns import NetnsError, check_can_create
 
-    try:
-        check_can_create()
-    except NetnsError as exc:
-        print(f"fl-split bench edge: {exc}", file=sys.stderr)
-        return 2
-    out = Path(args.out)
+        try:
+            check_can_create()
+        except NetnsError as exc:
+            print(f"fl-split bench edge: {exc}", file=sys.stderr)
+            return 2
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    print(f"unshaped links (the model's baseline), then {', '.join(p.name for p in args.links)}", file=sys.stderr)
-    baseline = run_profile(UNSHAPED, args, out / "unshaped")
+    failures: list[dict[str, str]] = []
     names = {s.name: s for s in specs(args, "")}
-    runs = [summarize(names[n], UNSHAPED, rows, None, args.target, args.clients) for n, rows in baseline.items()]
+
+    def rows_of(link: LinkProfile) -> dict[str, list[dict[str, Any]]]:
+        where = _profile_dir(out, link)
+        if args.report_only:
+            return stored_rows(args, where)
+        print(f"{link.describe()}: {len(names)} runs", file=sys.stderr)
+        return run_profile(link, args, where, failures)
+
+    baseline = rows_of(UNSHAPED)
+    runs = [
+        summarize(names[n], UNSHAPED, rows, None, args.target, args.clients) for n, rows in baseline.items() if rows
+    ]
     for link in args.links:
-        measured = run_profile(link, args, out / link.name.replace("=", "").replace(",", "_"))
+        measured = rows_of(link)
         runs += [
-            summarize(names[n], link, rows, baseline[n], args.target, args.clients) for n, rows in measured.items()
+            summarize(names[n], link, rows, baseline.get(n), args.target, args.clients)
+            for n, rows in measured.items()
+            if rows
         ]
+        write_report(out, args, runs, failures, time.perf_counter() - t0)  # what is done so far survives
+    report = write_report(out, args, runs, failures, time.perf_counter() - t0)
+    print(table(runs, args.target))
+    print(json.dumps({k: v for k, v in report.items() if k != "runs"}))
+    return 1 if failures else 0
+
+
+def write_report(
+    out: Path, args: argparse.Namespace, runs: list[dict[str, Any]], failures: list[dict[str, str]], wall: float
+) -> dict[str, Any]:
+    """``edge.json``, ``edge.md`` and ``edge.png`` from the runs summarised so far."""
     errors = [abs(r["prediction_error"]) for r in runs if r["prediction_error"] is not None]
     report = {
         "benchmark": "edge",
@@ -316,16 +374,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "clients": args.clients,
         "profiles": [vars(p) for p in args.links],
         "runs": runs,
+        "failures": failures,
         "prediction_abs_error_max": round(max(errors), 4) if errors else None,
         "prediction_abs_error_mean": round(sum(errors) / len(errors), 4) if errors else None,
-        "wall_s": round(time.perf_counter() - t0, 1),
+        "wall_s": round(wall, 1),
     }
     (out / "edge.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     (out / "edge.md").write_text(table(runs, args.target), encoding="utf-8")
-    plot(runs, args.target, out / "edge.png")
-    print(table(runs, args.target))
-    print(json.dumps({k: v for k, v in report.items() if k != "runs"}))
-    return 0
+    if runs:
+        plot(runs, args.target, args.clients, out / "edge.png")
+    return report
 
 
 if __name__ == "__main__":

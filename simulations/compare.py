@@ -25,6 +25,7 @@ import yaml
 
 from fl_split.compare.cells import Cell, cell_result, expand_grid
 from fl_split.config import ConfigError, resolve_config_path
+from fl_split.link import PROFILES, LinkProfile, parse_link
 from fl_split.metrics import read_metrics
 from fl_split.sl.config import SLConfig
 
@@ -46,6 +47,9 @@ COLUMNS = [
     "mb_up_to_target",
     "mb_down_to_target",
     "wall_s",
+    "s_to_target",
+    "link",
+    "s_to_target_link",
     "uplink_bits_per_element",
     "test_images",
     "key",
@@ -93,12 +97,18 @@ def load_grid(name_or_path: str) -> dict[str, Any]:
 
 
 def run_grid(
-    grid: dict[str, Any], out_dir: str | Path, jobs: int = 1, progress: bool = True, overrides: Sequence[str] = ()
+    grid: dict[str, Any],
+    out_dir: str | Path,
+    jobs: int = 1,
+    progress: bool = True,
+    overrides: Sequence[str] = (),
+    link: LinkProfile | None = None,
 ) -> list[dict[str, Any]]:
     """Run every cell not yet done; write and return the summary rows (one per cell, grid order).
 
     ``overrides``: ``KEY=VALUE`` for every cell that has the key (:func:`expand_grid`). Progress is
-    a bar on a terminal, else a line per finished cell.
+    a bar on a terminal, else a line per finished cell. ``link``: add the link model's time to the
+    target on that link (:func:`~fl_split.compare.cells.cell_result`).
     """
     from tqdm import tqdm
 
@@ -141,10 +151,10 @@ def run_grid(
         summary_path = cell_dir / "summary.json"
         if summary_path.exists():
             summary = json.loads(summary_path.read_text(encoding="utf-8"))
-            rows.append(cell_result(cell, summary, read_metrics(cell_dir / "metrics.jsonl"), target))
+            rows.append(cell_result(cell, summary, read_metrics(cell_dir / "metrics.jsonl"), target, link))
         else:
-            rows.append(cell_result(cell, {"status": errors.get(cell.key, "failed")}, [], target))
-    write_summary(rows, out, grid, target)
+            rows.append(cell_result(cell, {"status": errors.get(cell.key, "failed")}, [], target, link))
+    write_summary(rows, out, grid, target, link)
     return rows
 
 
@@ -159,7 +169,9 @@ def _pm(mean: float | None, std: float | None, digits: int) -> str:
     return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def write_summary(rows: list[dict[str, Any]], out: Path, grid: dict[str, Any], target: float) -> None:
+def write_summary(
+    rows: list[dict[str, Any]], out: Path, grid: dict[str, Any], target: float, link: LinkProfile | None = None
+) -> None:
     """``summary.csv`` (a row per run), ``summary_by_cell.csv`` and ``summary.md`` (a row per cell: mean
     ± std over its seeds) and the two plots."""
     from fl_split.compare.plots import plot_accuracy_vs_mb_grid, plot_mb_to_target
@@ -186,15 +198,22 @@ def write_summary(rows: list[dict[str, Any]], out: Path, grid: dict[str, Any], t
         ),
         "",
         "| cell | uplink bits/element | final accuracy | ± images | reached | MB to target | uplink MB to target "
-        "| downlink MB to target |",
-        "|---|---|---|---|---|---|---|---|",
+        "| downlink MB to target |" + (f" s to target on {link.name} (model) |" if link else ""),
+        "|---|---|---|---|---|---|---|---|" + ("---|" if link else ""),
     ]
+    if link is not None:
+        lines[2] += (
+            f" The last column is the link model's time to the target with every client on its own {link.describe()}"
+            " link (fl_split.link), from the run's measured bytes and times."
+        )
     for r in by_cell:
         acc = r["status"] if not r["completed"] else _pm(r["final_accuracy_mean"], r["final_accuracy_std"], 4)
         mb = [_pm(r[f"{k}_mean"], r[f"{k}_std"], 1) for k in ("mb_to_target", "mb_up_to_target", "mb_down_to_target")]
         if r["mb_to_target_mean"] is None:
             mb = ["not reached"] * 3
         bits, spread = _cell_text(r["uplink_bits_per_element_mean"], 2), _cell_text(r["std_in_test_images"], 1)
+        if link is not None:
+            mb.append(_pm(r["s_to_target_link_mean"], r["s_to_target_link_std"], 1) if r["reached"][0] != "0" else "–")
         lines.append(f"| {r['cell']} | {bits} | {acc} | {spread} | {r['reached']} | " + " | ".join(mb) + " |")
     (out / "summary.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     curves = {}
@@ -222,7 +241,7 @@ def write_codec_error(out: Path, n: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``fl-split compare [--config NAME|PATH] [--set KEY=VALUE ...] [--out DIR] [--jobs N] [--no-progress]``."""
+    """``fl-split compare [--config NAME|PATH] [--set KEY=VALUE ...] [--out DIR] [--jobs N] [--link L]``."""
     from fl_split.plugins import add_import_option, add_plugins
 
     parser = argparse.ArgumentParser(prog="fl-split compare", description=__doc__.splitlines()[0])
@@ -238,12 +257,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="runs/compare", help="output folder (cells are kept here for reruns)")
     parser.add_argument("--jobs", type=int, default=1, help="cells run at once, each in its own process")
     parser.add_argument("--no-progress", action="store_true", help="no bar or per-cell lines")
+    parser.add_argument(
+        "--link",
+        default=None,
+        help="add the time to the target on this link (the link model): a profile name ("
+        + ", ".join(PROFILES)
+        + ") or up=MBIT,down=MBIT[,rtt=MS]",
+    )
     add_import_option(parser)
     args = parser.parse_args(argv)
     try:
+        link = None if args.link is None else parse_link(args.link)
+    except ValueError as err:
+        parser.error(f"--link: {err}")
+    try:
         add_plugins(args.imports)
         grid = load_grid(args.config)
-        rows = run_grid(grid, args.out, jobs=args.jobs, progress=not args.no_progress, overrides=args.set)
+        rows = run_grid(grid, args.out, jobs=args.jobs, progress=not args.no_progress, overrides=args.set, link=link)
     except (ConfigError, FileNotFoundError, ImportError) as err:
         parser.error(str(err))
     failed = [r for r in rows if r["status"] != "completed"]

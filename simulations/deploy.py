@@ -121,7 +121,7 @@ class LocalDeployment:
             raise ValueError(f"{num_supernodes} SuperNodes on a network of {len(network.nodes)} node links")
         self.network = network
         self.num_supernodes = num_supernodes
-        self.workdir = Path(workdir)
+        self.workdir = Path(workdir).resolve()  # the SuperLink's children inherit it as their cwd
         self.start_timeout_s = start_timeout_s
         self.superlink_port = 0
         self.tls = tls

@@ -40,7 +40,10 @@ class FLRun:
         self.writer = writer
         self.rows: list[dict[str, Any]] = []
         self._cum = [0, 0]
-        self._t0 = time.perf_counter()
+        self._created = self._t0 = time.perf_counter()
+        self._resumed_wall = 0.0  #: wall seconds of the rounds a resumed run had done
+        #: seconds from here to the end of the initial evaluation (Ray, actors, nodes; the rows' clock starts then)
+        self.start_s: float | None = None
         self.done_rounds = 0  #: rounds a resumed run had done before
 
     def evaluate(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
@@ -48,6 +51,10 @@ class FLRun:
         and (every ``checkpoint_every`` rounds) the checkpoint."""
         self.model.load_state_dict(arrays.to_torch_state_dict())
         acc = accuracy(self.model, self.x_test, self.y_test, self.config.eval_batch_size or 512)
+        if server_round == 0:  # the rows' clock starts with round 1, as split learning's does
+            now = time.perf_counter()
+            self.start_s = self.start_s if self.start_s is not None else now - self._created
+            self._t0 = now - self._resumed_wall
         if server_round >= 1:
             rnd = server_round + self.done_rounds
             self._write(rnd, acc)
@@ -72,7 +79,8 @@ class FLRun:
         self.model.load_state_dict(state["model"])
         self.strategy.load_state_dict(state["strategy"], round_)
         self._cum = [int(n) for n in state["cum_bytes"]]
-        self._t0 = time.perf_counter() - float(state["wall_s"])
+        self._resumed_wall = float(state["wall_s"])
+        self._t0 = time.perf_counter() - self._resumed_wall
         version, internal, gauss = state["random"]
         random.setstate((version, tuple(internal), gauss))
         self.done_rounds = round_
@@ -215,10 +223,10 @@ def _finish(
     walls = [r["wall_s"] for r in writer.rows]
     per_round = (walls[-1] - walls[0]) / (len(walls) - 1) if len(walls) > 1 else None
     timing = {
-        # rounds after the first (the first also starts Ray, its actors and their imports)
+        # rounds after the first (the first also starts the actors' imports)
         "s_per_round": None if per_round is None else round(per_round, 3),
-        # start-up: round 1's wall time less one steady round (Ray, actors, node registration, imports)
-        "start_s": None if per_round is None else round(walls[0] - per_round, 3),
+        # start-up before round 1 (Ray, waiting for the nodes, the initial evaluation); not in the rows' wall_s
+        "start_s": None if run.start_s is None else round(run.start_s, 3),
     }
     summary = writer.write_summary(
         config,

@@ -28,6 +28,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import FrameType, TracebackType
+from typing import Any
 
 from fl_split.link import LinkProfile
 
@@ -35,6 +36,10 @@ SUBNET = "10.231.0"
 SERVER_IP = f"{SUBNET}.1"
 _PREFIX = "fls"
 _NAME = re.compile(rf"^{_PREFIX}(\d+)-(srv|n\d+)$")
+
+
+#: ``_old_sigterm`` while this network has not replaced the SIGTERM handler
+_NOT_TRAPPED = object()
 
 
 class NetnsError(RuntimeError):
@@ -131,7 +136,7 @@ class ShapedNetwork:
         self.server_netns = f"{tag}-srv"
         self.nodes = [NodeLink(f"{tag}-n{i}", node_ip(i), link) for i, link in enumerate(self.links)]
         self._created: list[str] = []
-        self._old_sigterm: signal.Handlers | object | None = None
+        self._old_sigterm: Any = _NOT_TRAPPED
 
     @property
     def server_ip(self) -> str:
@@ -165,7 +170,7 @@ class ShapedNetwork:
         try:
             self._old_sigterm = signal.signal(signal.SIGTERM, _raise_interrupt)
         except ValueError:  # not the main thread: the caller's handlers stay
-            self._old_sigterm = None
+            self._old_sigterm = _NOT_TRAPPED
 
     def _create(self) -> None:
         srv = self.server_netns
@@ -206,16 +211,20 @@ class ShapedNetwork:
                 time.sleep(0.1)
 
     def close(self) -> None:
-        """Delete every namespace made (their veths and bridge go with them); harmless to repeat."""
-        for name in reversed(self._created):
-            subprocess.run(["ip", "netns", "delete", name], capture_output=True, check=False)
-        self._created.clear()
-        if self._old_sigterm is not None:
-            try:
-                signal.signal(signal.SIGTERM, self._old_sigterm)  # type: ignore[arg-type]
-            except ValueError:
-                pass
-            self._old_sigterm = None
+        """Delete every namespace made (their veths and bridge go with them); harmless to repeat.
+
+        A second SIGTERM while deleting does not interrupt it (it is ignored until the namespaces are gone).
+        """
+        if self._old_sigterm is not _NOT_TRAPPED:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # main thread: it was trapped there
+        try:
+            while self._created:
+                subprocess.run(["ip", "netns", "delete", self._created.pop()], capture_output=True, check=False)
+        finally:
+            if self._old_sigterm is not _NOT_TRAPPED:
+                # None: a handler not set from Python; the default is the closest to restore
+                signal.signal(signal.SIGTERM, signal.SIG_DFL if self._old_sigterm is None else self._old_sigterm)
+                self._old_sigterm = _NOT_TRAPPED
 
     def leftovers(self) -> list[str]:
         """Namespaces of this network that still exist (empty after :meth:`close`)."""

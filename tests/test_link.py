@@ -54,3 +54,40 @@ def test_prediction_replaces_the_measured_links_share_round_by_round() -> None:
     assert predict_time_to_round(shaped, link, 2, clients=4, measured_on=link) == pytest.approx(7.0 + 2 * per_client)
     with pytest.raises(ValueError, match="no row for round 3"):
         predict_time_to_round(rows, link, 3, clients=4)
+
+
+def test_compare_gives_each_run_its_time_to_target_on_a_link() -> None:
+    """``fl-split compare --link``: the run's rows up to its first round at the target, through the model;
+    sequential split learning puts its clients' links in turn, splitfed2 in parallel."""
+    from fl_split.compare.cells import Cell, cell_result
+    from fl_split.sl.config import SLConfig
+
+    rows = [
+        {
+            "round": r,
+            "wall_s": 2.0 * r,
+            "uplink_bytes": 10**6,
+            "downlink_bytes": 4 * 10**6,
+            "messages": 4,
+            "test_accuracy": acc,
+            "cum_uplink_bytes": r * 10**6,
+            "cum_downlink_bytes": 4 * r * 10**6,
+        }
+        for r, acc in ((1, 0.5), (2, 0.96), (3, 0.97))
+    ]
+    link = PROFILES["lte"]
+    for mode, sequential in (("splitfed2", False), ("sequential", True)):
+        cell = Cell("sl", "x", SLConfig.from_dict({"clients": 4, "mode": mode, "engine": "inprocess"}))
+        got = cell_result(cell, {"status": "completed"}, rows, 0.95, link)
+        assert (got["s_to_target"], got["link"]) == (4.0, "lte")
+        # by hand: per client and round 0.25 MB up at 5 Mbit/s, 1 MB down at 20 (x 1/0.985), one 50 ms exchange
+        per_client = 2e6 / (5e6 * 0.985) + 8e6 / (20e6 * 0.985) + 0.05
+        expected = 4.0 + 2 * (4 * per_client if sequential else per_client)
+        assert got["s_to_target_link"] == pytest.approx(expected, abs=0.01), (mode, got["s_to_target_link"])
+    # a round's own client count wins over the configured one (sampling: 2 of 10 here)
+    sampled = [{**r, "clients": 2} for r in rows]
+    cell = Cell("sl", "x", SLConfig.from_dict({"clients": 10, "fraction": 0.2, "engine": "inprocess"}))
+    got = cell_result(cell, {"status": "completed"}, sampled, 0.95, link)
+    per_client = 4e6 / (5e6 * 0.985) + 16e6 / (20e6 * 0.985) + 0.1
+    assert got["s_to_target_link"] == pytest.approx(4.0 + 2 * per_client, abs=0.01)
+    assert cell_result(cell, {"status": "completed"}, rows, 0.99, link)["s_to_target_link"] is None

@@ -19,6 +19,7 @@ from typing import Any
 
 from fl_split.config import ConfigError, plain
 from fl_split.fl.config import FLConfig
+from fl_split.link import LinkProfile, predict_time_to_round
 from fl_split.sl.config import SLConfig
 
 #: Keys of a cell's config that do not change its result.
@@ -150,10 +151,27 @@ def _seed(seed: int | None) -> dict[str, int]:
     return {} if seed is None else {"seed": seed}
 
 
-def cell_result(cell: Cell, summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], target: float) -> dict:
-    """One line of ``summary.csv`` from a finished cell's ``summary.json`` and ``metrics.jsonl`` rows."""
+def cell_result(
+    cell: Cell,
+    summary: Mapping[str, Any],
+    rows: Sequence[Mapping[str, Any]],
+    target: float,
+    link: LinkProfile | None = None,
+) -> dict:
+    """One line of ``summary.csv`` from a finished cell's ``summary.json`` and ``metrics.jsonl`` rows.
+
+    ``s_to_target`` is the run's wall clock at the end of the first round at or above ``target`` (as
+    measured here: split learning in process, FL over Flower's simulation); with a ``link``,
+    ``s_to_target_link`` is the link model's time on it (:mod:`fl_split.link`): every client on its own
+    link of that profile, in parallel (``sequential`` mode: in turn).
+    """
     hit = next((r for r in rows if r["test_accuracy"] >= target), None)
     last = rows[-1] if rows else {}
+    on_link = None
+    if hit is not None and link is not None:
+        clients = max(1, round(cell.config.fraction * cell.config.clients))
+        sequential = cell.scheme == "sl" and cell.config.get("mode") == "sequential"
+        on_link = round(predict_time_to_round(rows, link, int(hit["round"]), clients, sequential=sequential), 2)
     return {
         "cell": cell.label,
         "seed": cell.seed,
@@ -171,6 +189,9 @@ def cell_result(cell: Cell, summary: Mapping[str, Any], rows: Sequence[Mapping[s
         "mb_up_to_target": None if hit is None else round(hit["cum_uplink_bytes"] / 1e6, 3),
         "mb_down_to_target": None if hit is None else round(hit["cum_downlink_bytes"] / 1e6, 3),
         "wall_s": summary.get("wall_s"),
+        "s_to_target": None if hit is None else round(float(hit["wall_s"]), 2),
+        "link": "" if link is None else link.name,
+        "s_to_target_link": on_link,
         "uplink_bits_per_element": _uplink_bits_per_element(cell, rows),
         "test_images": _test_images(cell.config),
         "key": cell.key,

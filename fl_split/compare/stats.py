@@ -33,6 +33,11 @@ AGGREGATE_COLUMNS = [
     "mb_up_to_target_std",
     "mb_down_to_target_mean",
     "mb_down_to_target_std",
+    "s_to_target_mean",
+    "s_to_target_std",
+    "link",
+    "s_to_target_link_mean",
+    "s_to_target_link_std",
     "mb_up_mean",
     "mb_down_mean",
     "uplink_bits_per_element_mean",
@@ -82,8 +87,9 @@ def aggregate(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             ),
             "reached": f"{len(hit)}/{len(runs)}",
         }
-        for key in ("mb_to_target", "mb_up_to_target", "mb_down_to_target"):
-            row[f"{key}_mean"], row[f"{key}_std"] = mean_std([float(r[key]) for r in hit])
+        for key in ("mb_to_target", "mb_up_to_target", "mb_down_to_target", "s_to_target", "s_to_target_link"):
+            row[f"{key}_mean"], row[f"{key}_std"] = mean_std([float(r[key]) for r in hit if r.get(key) is not None])
+        row["link"] = first.get("link", "")
         for key in ("mb_up", "mb_down", "uplink_bits_per_element"):
             row[f"{key}_mean"] = mean_std([float(r[key]) for r in done if r.get(key) is not None])[0]
         out.append(row)
