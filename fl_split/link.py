@@ -3,20 +3,23 @@
 A :class:`LinkProfile` is a device's link: uplink and downlink Mbit/s and a round-trip time. The
 named profiles (:data:`PROFILES`) are typical, not measured, rates; ``up=2,down=8,rtt=40`` names any.
 
-The model (:func:`predict_round_s`) adds to a round's measured wall time on a fast link the time the
-round's bytes take on the given one, and one round trip per exchange::
+The model (:func:`predict_time_to_round`) takes a run's metrics rows measured on a fast link (an
+unshaped one: ``measured_on``) and puts each round's bytes on the given link::
 
-    t_round(link) = t_round(measured) − t_link(measured link) + t_link(link)      (t_round from wall_s)
-    t_link(L)     = max over parallel clients of  up_bytes / (L.up · η) + down_bytes / (L.down · η)
-                    + exchanges · L.rtt
+    t_link(L)     = up_bytes / (L.up · η) + down_bytes / (L.down · η) + exchanges · L.rtt     (per client)
+    t_round(L)    = t_round − t_stream + max(t_stream, t_link(L))      SplitFed over the stream transport
+    t_round(L)    = t_round + t_link(L)                                 FL, messages transport, sequential SL
 
 Clients of a round run in parallel, each on its own link (SplitFed, FL), so a round waits for its
-slowest client; in sequential split learning they take turns, so their times add. With equal
-partitions every client moves the same bytes: ``bytes / clients`` each. ``η`` (:data:`GOODPUT`) is
-the share of a shaped rate that carries payload bytes after TCP/IP, HTTP/2 and gRPC framing,
-measured by ``tests/test_netns.py`` on a ``tbf`` link. The model ignores compute that overlaps
-transfers (none at one batch per message: a client waits for its gradient) and contention at the
-server (the measured wall time holds the server's share for the measured clients).
+slowest client; with equal partitions every client moves ``bytes / clients``. In a SplitFed round
+over the stream transport (``stream_s``: its first frame to its last) a client's compute overlaps the
+other clients' transfers (measured: on 5/20 Mbit/s links the stream part took the longer of its
+unshaped time and the link time, within 2 s), so that part is the longer of the two; the round's
+other seconds (Flower's messages, evaluation) stay. Elsewhere the link time adds: FL's transfers
+come before and after local training, and ``sequential`` split learning's clients take turns, so their
+link times add up. ``η`` (:data:`GOODPUT`) is the share of a shaped rate that carries payload bytes,
+measured by ``tests/test_netns.py`` on a ``tbf`` link. Not modelled: TCP slow start after idle
+periods, loss, and round trips beyond one per exchange.
 """
 
 from __future__ import annotations
@@ -149,9 +152,34 @@ def predict_time_to_round(
     for row, wall in zip(rows, round_walls(rows), strict=True):
         if int(row["round"]) > last_round:
             break
-        fixed = max(0.0, wall - round_link_s(row, measured_on, clients, sequential=sequential))
-        total += fixed + round_link_s(row, link, clients, sequential=sequential)
+        total += predict_round_s(row, wall, link, clients, measured_on, sequential=sequential)
     return total
+
+
+def predict_round_s(
+    row: Mapping[str, Any],
+    wall: float,
+    link: LinkProfile,
+    clients: int,
+    measured_on: LinkProfile = UNSHAPED,
+    *,
+    sequential: bool = False,
+) -> float:
+    """One round's seconds on ``link`` from its row and its measured ``wall`` seconds (see the module docstring).
+
+    A split-learning round over the stream transport (its row has ``stream_s``, the seconds from its first
+    frame to its last) overlaps its clients' compute with the other clients' transfers: that part takes
+    the longer of its compute and the link time; the rest of the round (Flower's messages, evaluation)
+    is kept. Other rounds (FL, the messages transport, ``sequential`` clients in turn) add the link time.
+    """
+    measured_link = round_link_s(row, measured_on, clients, sequential=sequential)
+    new_link = round_link_s(row, link, clients, sequential=sequential)
+    stream = row.get("stream_s")
+    if stream is None or sequential:
+        return max(0.0, wall - measured_link) + new_link
+    stream = float(stream)
+    compute = max(0.0, stream - measured_link)  # measured on a link slower than the compute: a lower bound
+    return max(0.0, wall - stream) + max(compute, new_link)
 
 
 def link_share_s(

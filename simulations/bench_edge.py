@@ -219,7 +219,12 @@ def plot(runs: Sequence[Mapping[str, Any]], target: float, clients: int, path: P
         dict.fromkeys(f"{r['scheme'].upper()} {r['codec']}" + (f" k={r['k']}" if r["k"] > 1 else "") for r in runs)
     )
     fig, axes = plt.subplots(
-        1, len(profiles), figsize=(4.2 * len(profiles), 0.45 * len(labels) + 1.6), sharey=True, squeeze=False
+        1,
+        len(profiles),
+        figsize=(4.2 * len(profiles), 0.45 * len(labels) + 1.6),
+        sharey=True,
+        sharex=True,
+        squeeze=False,
     )
     colors = {"sl": "#1f77b4", "fl": "#ff7f0e"}
     for ax, name in zip(axes[0], profiles, strict=True):
@@ -257,14 +262,14 @@ def plot(runs: Sequence[Mapping[str, Any]], target: float, clients: int, path: P
         ax.set_xlabel(f"seconds to {target:g} test accuracy")
         ax.grid(axis="x", alpha=0.3)
     axes[0][0].set_yticks(range(len(labels)), labels)
-    axes[0][0].invert_yaxis()
+    axes[0][0].set_ylim(len(labels) - 0.5, -0.5)  # first configuration on top; room for the last row's text
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
     handles = [
-        Patch(color=colors["sl"], alpha=0.45, label="SL: compute + Flower"),
+        Patch(color=colors["sl"], alpha=0.45, label="SL: the rest (compute, Flower)"),
         Patch(facecolor=colors["sl"], hatch="//", edgecolor="white", label="SL: link (model)"),
-        Patch(color=colors["fl"], alpha=0.45, label="FL: compute + Flower"),
+        Patch(color=colors["fl"], alpha=0.45, label="FL: the rest (compute, Flower)"),
         Patch(facecolor=colors["fl"], hatch="//", edgecolor="white", label="FL: link (model)"),
         Line2D(
             [], [], marker="|", markersize=12, color="black", linestyle="none", label="predicted from the unshaped run"

@@ -91,3 +91,24 @@ def test_compare_gives_each_run_its_time_to_target_on_a_link() -> None:
     per_client = 4e6 / (5e6 * 0.985) + 16e6 / (20e6 * 0.985) + 0.1
     assert got["s_to_target_link"] == pytest.approx(4.0 + 2 * per_client, abs=0.01)
     assert cell_result(cell, {"status": "completed"}, rows, 0.99, link)["s_to_target_link"] is None
+
+
+def test_a_splitfed_stream_round_overlaps_compute_with_transfers() -> None:
+    """SplitFed over the stream: the streamed part takes the longer of its compute and the link time
+    (clients compute while others transfer); the round's other seconds stay (measured on lte links)."""
+    row = {
+        "round": 1,
+        "wall_s": 20.0,
+        "stream_s": 9.0,
+        "uplink_bytes": 4_000_000,
+        "downlink_bytes": 8_000_000,
+        "messages": 4,
+        "clients": 4,
+    }
+    slow = LinkProfile("slow", up_mbit=1.0, down_mbit=2.0)
+    fast = LinkProfile("fast", up_mbit=100.0, down_mbit=100.0)
+    link_slow = 8e6 / (1e6 * GOODPUT) + 16e6 / (2e6 * GOODPUT)  # per client: 1 MB up, 2 MB down
+    assert predict_time_to_round([row], slow, 1, clients=4) == pytest.approx(11.0 + link_slow)
+    assert predict_time_to_round([row], fast, 1, clients=4) == pytest.approx(20.0)  # compute (9 s) is longer
+    # sequential clients take turns: nothing overlaps, the link time adds
+    assert predict_time_to_round([row], slow, 1, clients=4, sequential=True) == pytest.approx(20.0 + 4 * link_slow)

@@ -8,7 +8,7 @@ its batch (cheap: the shallow half) with the current weights.
 
 Protocol (one round trip per step, ``k = batches_per_message``)::
 
-    sl_begin (config: the task, round, weights[, momentum], returns)  ->  acts/labels of the next k batches
+    sl_begin (config: the task, run, round, weights[, momentum], returns)  ->  acts/labels of the next k batches
     sl_step  (grads of the pending batches) ->  apply them, step; acts/labels of the next k
                                                ... or, when the round's batches are done,
                                                done=True, the fields ``returns`` named, counts
@@ -63,6 +63,7 @@ class ClientState:
     """Everything a client keeps between messages (serialised by :meth:`to_fields`)."""
 
     config: str = ""  #: the task ``sl_begin`` sent (:class:`~fl_split.sl.config.SLClientTask`), JSON
+    run: str = ""  #: the run's identity ``sl_begin`` sent: another one (a new run on this node) restarts the cursor
     weights: list[bytes] = field(default_factory=list)  #: client-half state_dict, ``none`` payloads
     momentum: list[bytes] = field(default_factory=list)  #: SGD momentum per parameter (``b""``: none yet)
     epoch: int = 0  #: cursor: current epoch over the partition
@@ -264,8 +265,9 @@ def _timed(reply: dict[str, Any], rt: _Runtime, t0: float) -> dict[str, Any]:
 def _begin(
     fields: dict[str, Any], state: ClientState | None, partition_id: int, num_partitions: int, *, own: bool = False
 ) -> tuple[ClientState, _Runtime, dict[str, Any]]:
-    if state is None or state.config != str(fields["config"]):
-        state = ClientState(config=str(fields["config"]))  # a node's first round of this run: a fresh cursor
+    config, run = str(fields["config"]), str(fields.get("run", ""))
+    if state is None or state.config != config or state.run != run:
+        state = ClientState(config=config, run=run)  # a node's first round of this run: a fresh cursor
     state.returns = _returns(fields.get(RETURNS, [WEIGHTS]))
     rt = _Runtime(state, partition_id, num_partitions, own=own)
     rt.load(list(fields[WEIGHTS]), list(fields.get(MOMENTUM, [])))  # no momentum: fresh optimizer state

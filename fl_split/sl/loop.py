@@ -23,6 +23,7 @@ there and gradients encoded from there; the global client half stays on the CPU.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 import time
@@ -33,7 +34,7 @@ from typing import Any
 import torch
 
 from fl_split import validate
-from fl_split.checkpoint import save_checkpoint
+from fl_split.checkpoint import MAY_CHANGE, save_checkpoint
 from fl_split.codecs import Codec, CodecError, codec_from_spec
 from fl_split.config import ConfigError, config_digest
 from fl_split.data import dataset_info
@@ -161,9 +162,12 @@ class SplitLearningLoop:
         self.server_history: list[list[torch.Tensor]] = []
         #: node id → the partition id its done replies reported
         self.partitions: dict[int, int] = {}
-        # what the clients get: only the keys they train with (SLClientTask); none a resumed run may change,
-        # so a resumed run's clients see the run they were in (a client restarts its cursor when it changes)
+        # what the clients get: only the keys they train with (SLClientTask), and the run's identity: a hash of
+        # the config without the keys a resumed run may change. A client restarts its data cursor when either
+        # changes (another run on the same nodes), and a resumed run's clients go on where they were.
         self._config_json = config_digest(SLClientTask.of(config))
+        run_keys = config_digest({k: v for k, v in config.items() if k not in MAY_CHANGE})
+        self._run_id = hashlib.sha256(run_keys.encode()).hexdigest()[:16]
         #: resuming: the first round to train, totals so far, and the clients' state to restore
         self.first_round = 1
         self._cum = [0, 0]
@@ -182,7 +186,7 @@ class SplitLearningLoop:
 
     def begin_fields(self, rnd: int) -> dict[str, Any]:
         """The fields of the next wave's ``sl_begin``: the config, the round and what the protocol hands out."""
-        return {"config": self._config_json, "round": rnd, **self.protocol.begin()}
+        return {"config": self._config_json, "run": self._run_id, "round": rnd, **self.protocol.begin()}
 
     # ------------------------------------------------------------------ the loop
     def start(self, transport: Transport) -> list[dict[str, Any]]:
