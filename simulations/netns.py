@@ -233,33 +233,31 @@ class ShapedNetwork:
         return sorted(names & {self.server_netns, *(n.netns for n in self.nodes)})
 
 
+#: exit 0 when ``argv[1]:argv[2]`` accepts a TCP connection (or, with ``argv[3] == "refused-ok"``, refuses it:
+#: the address is reachable)
 _PROBE = """
 import errno, socket, sys
 s = socket.socket(); s.settimeout(1.0)
-sys.exit(0 if s.connect_ex((sys.argv[1], 9)) in (0, errno.ECONNREFUSED) else 1)
+ok = (0, errno.ECONNREFUSED) if sys.argv[3:] == ["refused-ok"] else (0,)
+sys.exit(0 if s.connect_ex((sys.argv[1], int(sys.argv[2]))) in ok else 1)
 """
 
 
-_PORT_PROBE = """
-import socket, sys
-s = socket.socket(); s.settimeout(1.0)
-sys.exit(0 if s.connect_ex((sys.argv[1], int(sys.argv[2]))) == 0 else 1)
-"""
+def _probe(netns: str, ip: str, port: int, *extra: str) -> bool:
+    import sys
+
+    probe = ["ip", "netns", "exec", netns, sys.executable, "-S", "-c", _PROBE, ip, str(port), *extra]
+    return subprocess.run(probe, capture_output=True, check=False).returncode == 0
 
 
 def _reaches(netns: str, ip: str) -> bool:
-    import sys
-
-    probe = ["ip", "netns", "exec", netns, sys.executable, "-S", "-c", _PROBE, ip]
-    return subprocess.run(probe, capture_output=True, check=False).returncode == 0
+    """Whether ``ip`` answers from inside ``netns`` (a closed port's refusal counts)."""
+    return _probe(netns, ip, 9, "refused-ok")
 
 
 def port_open(netns: str, ip: str, port: int) -> bool:
     """Whether something listens on ``ip:port`` as seen from inside ``netns``."""
-    import sys
-
-    probe = ["ip", "netns", "exec", netns, sys.executable, "-S", "-c", _PORT_PROBE, ip, str(port)]
-    return subprocess.run(probe, capture_output=True, check=False).returncode == 0
+    return _probe(netns, ip, port)
 
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
