@@ -347,6 +347,7 @@ BENCHMARKS: dict[str, Command] = {
     "codecs": Command("codec throughput, payload sizes and errors", _delegate("simulations.bench_codecs")),
     "sl": Command("split-learning throughput (engines, clients, batching)", _delegate("simulations.bench_sl")),
     "sl-accuracy": Command("SL accuracy at equal measured budgets", _delegate("simulations.bench_sl_accuracy")),
+    "sl-payoff": Command("SL vs FL bytes per epoch by samples per client", _delegate("simulations.bench_sl_payoff")),
     "deploy": Command("SL on local SuperLink + SuperNodes: messages vs stream", _delegate("simulations.bench_deploy")),
     "edge": Command(
         "time to accuracy on shaped edge links (root: network namespaces)", _delegate("simulations.bench_edge")
