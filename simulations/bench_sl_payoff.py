@@ -340,7 +340,7 @@ def markdown(result: dict[str, Any]) -> str:
         + ".",
         "",
         "Input stems: "
-        + ", ".join(sorted({f"{e['model']} {e['stem'] or 'none'}" for e in result["results"]}))
+        + (", ".join(sorted({f"{e['model']} {e['stem']}" for e in result["results"] if e["stem"]})) or "none")
         + " (the ImageNet stem's stride-2 conv and max-pool turn a 32×32 input into 8×8 maps before the first cut).",
         "",
         "## Models, cuts and per-round bytes",
@@ -370,8 +370,10 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         "## Crossover: samples per client n* from which SL moves at least as many bytes as FL",
         "",
-        "SL moves fewer bytes than FL for every n below n*; *never*: SL moves more already at one sample "
-        f"(its weights alone cost as much as FL). Cells: vs {' / vs '.join('FL ' + n for n in fl_names)}.",
+        "SL moves fewer bytes than FL for every n below n*; *never*: SL moves at least as many already at one "
+        "sample (one batch plus the client half's weights down and up). n* is exact (from the formula), also where it "
+        f"lies beyond the plotted {min(s['samples']):,} to {max(s['samples']):,} samples. "
+        f"Cells: vs {' / vs '.join('FL ' + n for n in fl_names)}.",
         "",
         "| model | cut | " + " | ".join(f"sl {n}" for n in sl_names) + " |",
         "|---|---|" + "---:|" * len(sl_names),
