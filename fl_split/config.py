@@ -124,6 +124,11 @@ def _set_dotted(config: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config as one level of dotted keys (``{"optimizer.lr": 0.02, ...}``)."""
+    return _flatten(data, prefix)
+
+
 def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in data.items():

@@ -35,6 +35,7 @@ COLUMNS = [
     "seed",
     "scheme",
     "codec",
+    "downlink",
     "cut",
     "mode",
     "error_feedback",

@@ -218,3 +218,80 @@ def reference_splitfed(config: dict[str, Any], rounds: int) -> tuple[nn.Module, 
         _average(client, clients, [sum(len(y) for _, y in b) for b in batches])
         history.append(_snapshot(client))
     return client, server, history
+
+
+def _train_locally(
+    module: nn.Module, opt: torch.optim.Optimizer, batches: list[tuple[torch.Tensor, torch.Tensor]], every: int
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Local-loss SL by hand, one client: a step on the auxiliary head's loss per batch; the activations
+    (computed before the step) and labels of batches 0, ``every``, 2·``every``, ... of the round."""
+    sent = []
+    for j, (x, y) in enumerate(batches):
+        module.train()
+        out = module.body(x)
+        loss = nn.functional.cross_entropy(module.head(out), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if j % every == 0:
+            sent.append((out.detach(), y))
+    return sent
+
+
+def _server_step(server: nn.Module, opt: torch.optim.Optimizer, a: torch.Tensor, y: torch.Tensor) -> None:
+    server.train()
+    loss = nn.functional.cross_entropy(server(a), y)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+
+
+def reference_local_loss(
+    config: Any, rounds: int, orders: list[list[int]] | None = None
+) -> tuple[nn.Module, nn.Module, list[list[torch.Tensor]]]:
+    """Local-loss split learning by hand: the client halves (with their heads) train on their own loss,
+    and the server half trains on the activations they sent, as centralized training of each on its own.
+
+    ``splitfed2``: client copies with fresh SGD state per round, averaged by the samples sent; one server
+    half (SGD state kept for the run) stepped round-robin in ascending partition order.
+    ``splitfed1``: the same clients; a server copy per client with fresh SGD state, averaged likewise.
+    ``sequential``: one client half and its SGD state, handed from client to client in ``orders``' order.
+    Returns the client module (half + head), the server half and the client module after each round.
+    """
+    from fl_split.sl.setup import build_sl_halves
+
+    n, every, mode = int(config["clients"]), int(config["send_every"]), str(config["mode"])
+    client, server = build_sl_halves(config, seed=int(config["seed"]))
+    server_opt = make_sgd(server.parameters(), config)
+    client_opt = make_sgd(client.parameters(), config)  # sequential: one trajectory
+    cursors = [_Cursor(config, p, n) for p in range(n)]
+    history = []
+    for rnd in range(rounds):
+        if mode == "sequential":
+            assert orders is not None, "sequential needs the visiting order of each round"
+            for pid in orders[rnd]:
+                for a, y in _train_locally(client, client_opt, cursors[pid].round_batches(), every):
+                    _server_step(server, server_opt, a, y)
+            history.append(_snapshot(client))
+            continue
+        copies = [copy.deepcopy(client) for _ in range(n)]
+        sent = [
+            _train_locally(c, make_sgd(c.parameters(), config), cur.round_batches(), every)
+            for c, cur in zip(copies, cursors, strict=True)
+        ]
+        weights = [sum(len(y) for _, y in s) for s in sent]
+        if mode == "splitfed1":
+            servers = [copy.deepcopy(server) for _ in range(n)]
+            for s, batches in zip(servers, sent, strict=True):
+                opt = make_sgd(s.parameters(), config)
+                for a, y in batches:
+                    _server_step(s, opt, a, y)
+            _average(server, servers, weights)
+        else:
+            for t in range(max(len(s) for s in sent)):
+                for p in range(n):
+                    if t < len(sent[p]):
+                        _server_step(server, server_opt, *sent[p][t])
+        _average(client, copies, weights)
+        history.append(_snapshot(client))
+    return client, server, history

@@ -115,23 +115,22 @@ def test_jobs_run_cells_in_separate_processes_with_the_same_results(
     assert [[r[k] for k in keys] for r in parallel] == [[r[k] for k in keys] for r in serial]
 
 
-def test_a_cells_key_hashes_the_config_as_plain_json_so_typed_configs_keep_the_old_keys() -> None:
-    """Done cells are found again by this key: it must hash the values (nested blocks as mappings), not
-    the Python repr of a config object."""
+def test_a_cells_key_hashes_the_keys_that_differ_from_their_defaults_so_a_new_key_keeps_the_old_keys() -> None:
+    """Done cells are found again by this key: it hashes the values that differ from the defaults (dotted,
+    as plain JSON, not the repr of a config object), so a key added later with a default changes no key."""
     import hashlib
     import json
 
     from fl_split.compare.cells import Cell
     from fl_split.sl.config import load_sl_config
 
-    cfg = load_sl_config("sl", ["optimizer.lr=0.1"])
-    keyed = {
-        k: v for k, v in cfg.to_dict().items() if k not in ("out_dir", "progress", "existing_out", "checkpoint_every")
-    }
-    assert keyed["optimizer"]["lr"] == 0.1
-    text = json.dumps({"scheme": "sl", "config": keyed}, sort_keys=True)
+    cfg = load_sl_config("sl", ["optimizer.lr=0.1", "rounds=3", "out_dir=/elsewhere"])
+    text = json.dumps({"scheme": "sl", "config": {"optimizer.lr": 0.1, "rounds": 3}}, sort_keys=True)
     assert Cell("sl", "x", cfg).key == hashlib.sha256(text.encode()).hexdigest()[:16]
     assert Cell("sl", "x", cfg.replace(optimizer={"lr": 0.2})).key != Cell("sl", "x", cfg).key
+    # keys added after a grid ran (here: the local-loss keys), at their defaults, leave its keys as they were
+    assert Cell("sl", "x", cfg.replace(gradients="server", send_every=1)).key == Cell("sl", "x", cfg).key
+    assert Cell("sl", "x", cfg.replace(gradients="local")).key != Cell("sl", "x", cfg).key
 
 
 def test_set_overrides_every_cell_that_has_the_key_over_the_grids_own_values() -> None:

@@ -7,7 +7,6 @@ between messages, so if it were lost the client half would never train and these
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,18 +19,7 @@ from simulations.engine import run_flower_simulation
 from simulations.server_app import make_server_app
 from strategies.split_learning import SplitLearningStrategy
 
-
-@pytest.fixture(autouse=True)
-def _one_intra_op_thread() -> Iterator[None]:
-    """Match the virtual clients' thread count: Ray runs each (``num_cpus = 1``) with one thread.
-
-    Results are bit-identical only for equal intra-op thread counts: with 2 threads here and 1 in
-    the actor, the halves differ by 2.4e-5 after 12 steps (measured), from the order of float sums.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")  # conftest.py: as the virtual clients
 
 
 def _flower(config: dict[str, Any], mods: tuple = ()) -> SplitLearningStrategy:

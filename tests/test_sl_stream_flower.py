@@ -7,12 +7,20 @@ client half lives in ``context.state`` between rounds, as with the ``messages`` 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import torch
-from sl_helpers import MODES, history_diff, inprocess_twin, oracle_config, run_on_flower, small_config
+from sl_helpers import (
+    MODES,
+    history_diff,
+    inprocess_twin,
+    max_diff,
+    oracle_config,
+    reference_local_loss,
+    run_on_flower,
+    small_config,
+)
 
 from fl_split.config import ConfigError
 from fl_split.sl.faults import BreakStream, PoisonWeights
@@ -24,13 +32,7 @@ from strategies.split_learning import SplitLearningStrategy
 CATEGORIES = ("uplink_activation_bytes", "uplink_label_bytes", "uplink_model_bytes", "downlink_gradient_bytes")
 
 
-@pytest.fixture(autouse=True)
-def _one_intra_op_thread() -> Iterator[None]:
-    """Ray runs each virtual client with one intra-op thread; match it (see test_sl_flower.py)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")  # conftest.py: as the virtual clients
 
 
 def _flower(config: dict[str, Any], **client: Any) -> SplitLearningStrategy:
@@ -45,7 +47,13 @@ def test_stream_modes_with_three_clients_equal_the_inprocess_engine() -> None:
     its invariants. Same payloads, counted the same way; the stream's announcement adds its 32-byte
     token per client and round."""
     configs = [oracle_config(m, engine="flower", transport="stream") for m in MODES]
-    runs = dict(zip(MODES, run_on_flower(configs), strict=True))
+    # local-loss SL over the stream in the same simulation: every gradient frame is an empty acknowledgement
+    local_loss = oracle_config("splitfed1", engine="flower", transport="stream", gradients="local", send_every=2)
+    *done, local_run = run_on_flower([*configs, local_loss])
+    ref_client, ref_server, _ = reference_local_loss(local_loss, rounds=2)
+    assert max_diff(local_run.client_half, ref_client) < 1e-5 and max_diff(local_run.server_half, ref_server) < 1e-5
+    assert [(r["steps"], r.get("downlink_gradient_bytes", 0)) for r in local_run.rows] == [(5 + 4 + 3, 0)] * 2
+    runs = dict(zip(MODES, done, strict=True))
     for mode, stream in runs.items():
         local = inprocess_twin(stream)
         assert [(r["steps"], r["samples"], r["failed_clients"]) for r in stream.rows] == [(23, 1437, 0)] * 2, mode

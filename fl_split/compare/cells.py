@@ -4,8 +4,12 @@ A grid config (``conf/compare/*.yaml``) names a ``base`` (keys shared by every c
 seed, clients), an ``sl`` block (``codecs`` × ``cuts`` × ``modes``, plus any split-learning keys),
 an ``fl`` block (``codecs`` × ``error_feedback``, plus any FL keys) and ``seeds``: every cell runs
 once per seed (the ``seed`` key: data split, partition, initial model, batch order). Each run is
-one fully resolved run config; its key is a hash of that config (without output paths), so a
-rerun finds the runs already done.
+one fully resolved run config; its key is a hash of the keys that differ from their defaults (less
+the output keys), so a rerun finds the runs already done, also after a release adds a key.
+
+``sl.variants`` adds split-learning cells beyond the codec grid: each entry is a set of keys (say
+``{downlink: mask}`` or ``{gradients: local}``) on top of the block, run with its own ``cuts`` and
+``modes`` (the block's by default) and the block's first codec unless it names an ``uplink``.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from dataclasses import dataclass
 from itertools import product
 from typing import Any
 
-from fl_split.config import ConfigError, plain
+from fl_split.config import ConfigError, defaults, flatten, plain
 from fl_split.fl.config import FLConfig
 from fl_split.link import LinkProfile, predict_time_to_round
 from fl_split.sl.config import SLConfig
@@ -52,8 +56,14 @@ class Cell:
 
     @property
     def key(self) -> str:
-        """16 hex digits of the SHA-256 of the canonical JSON of the config (output keys left out)."""
-        keyed = {k: v for k, v in plain(self.config).items() if k not in _NOT_KEYED}
+        """16 hex digits of the SHA-256 of the canonical JSON of the config's keys that differ from their
+        defaults (output keys left out): a key added with a default does not change any cell's key."""
+        default = flatten(defaults(type(self.config).schema()))
+        keyed = {
+            k: v
+            for k, v in flatten(plain(self.config)).items()
+            if k.split(".")[0] not in _NOT_KEYED and (k not in default or default[k] != v)
+        }
         text = json.dumps({"scheme": self.scheme, "config": keyed}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -121,10 +131,14 @@ def expand_grid(grid: Mapping[str, Any], overrides: Sequence[str] = ()) -> list[
     sl = dict(grid.get("sl") or {})
     if sl:
         codecs, cuts, modes = _list(sl, "codecs", []), _list(sl, "cuts", ["shallow"]), _list(sl, "modes", ["splitfed2"])
-        extra = {k: v for k, v in sl.items() if k not in ("codecs", "cuts", "modes")}
-        for codec, cut, mode, seed in product(codecs, cuts, modes, seeds):
-            label = f"sl {codec} {cut} {mode}"
-            values = {**base, **_seed(seed), **extra, "uplink": codec, "cut": cut, "mode": mode, "progress": False}
+        extra = {k: v for k, v in sl.items() if k not in ("codecs", "cuts", "modes", "variants")}
+        runs = [({"uplink": codec}, cut, mode) for codec, cut, mode in product(codecs, cuts, modes)]
+        for variant in _variants(sl):
+            own = {"uplink": codecs[0], **{k: v for k, v in variant.items() if k not in ("cuts", "modes")}}
+            runs += [(own, cut, mode) for cut, mode in product(variant.get("cuts", cuts), variant.get("modes", modes))]
+        for (own, cut, mode), seed in product(runs, seeds):
+            label = f"sl {_variant_label(own)} {cut} {mode}"
+            values = {**base, **_seed(seed), **extra, **own, "cut": cut, "mode": mode, "progress": False}
             values |= sl_over
             try:
                 cells.append(Cell("sl", label, load_sl_config(values=values)))
@@ -145,6 +159,38 @@ def expand_grid(grid: Mapping[str, Any], overrides: Sequence[str] = ()) -> list[
     if not cells:
         raise ConfigError("compare: the grid has no cells (give an sl or an fl block with codecs)")
     return cells
+
+
+def _variants(sl: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """``sl.variants``: a list of key mappings (each may hold its own ``cuts`` and ``modes`` lists)."""
+    variants = sl.get("variants", [])
+    if not isinstance(variants, list) or not all(isinstance(v, Mapping) and v for v in variants):
+        raise ConfigError(f"compare: sl.variants must be a list of non-empty key mappings, got {variants!r}")
+    for v in variants:
+        for name in ("cuts", "modes"):
+            if name in v:
+                _list(v, name, [])
+    return [dict(v) for v in variants]
+
+
+def _downlink_label(config: Mapping[str, Any]) -> str:
+    """What goes back to a client: the downlink codec, or ``local`` (every h-th) for local-loss SL."""
+    if config.get("gradients") == "local":
+        every = int(config.get("send_every", 1))
+        return "local" + (f" every {every}" if every != 1 else "")
+    return str(config.get("downlink", "none"))
+
+
+def _variant_label(own: Mapping[str, Any]) -> str:
+    """A split-learning cell's codec label: the uplink, then the downlink or local loss when they are set."""
+    label = str(own["uplink"])
+    if own.get("gradients") == "local":
+        every = own.get("send_every", 1)
+        label += " local" + (f" every {every}" if every != 1 else "")
+    if own.get("downlink", "none") != "none":
+        label += f" down {own['downlink']}"
+    rest = {k: v for k, v in own.items() if k not in ("uplink", "downlink", "gradients", "send_every")}
+    return label + "".join(f" {k}={v}" for k, v in sorted(rest.items()))
 
 
 def _seed(seed: int | None) -> dict[str, int]:
@@ -177,6 +223,7 @@ def cell_result(
         "seed": cell.seed,
         "scheme": cell.scheme,
         "codec": cell.config.uplink,
+        "downlink": _downlink_label(cell.config),
         "cut": cell.config.get("cut", "") if cell.scheme == "sl" else "",
         "mode": cell.config.get("mode", "") if cell.scheme == "sl" else "fedavg",
         "error_feedback": cell.config.get("error_feedback", "") if cell.scheme == "fl" else "",

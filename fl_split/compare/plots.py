@@ -27,8 +27,11 @@ def _plt() -> Any:
 
 
 def codec_label(row: Mapping[str, Any]) -> str:
-    """What a curve is called in the legend: the uplink codec, with ``+ EF`` for FL's error feedback."""
-    return f"{row['codec']}{' + EF' if row.get('error_feedback') is True else ''}"
+    """What a curve is called in the legend: the uplink codec, ``/ down D`` when the downlink is not dense
+    (``/ local`` for local-loss SL), ``+ EF`` for FL's error feedback."""
+    down = str(row.get("downlink") or "none")
+    back = "" if down == "none" else f" / {down}" if down.startswith("local") else f" / down {down}"
+    return f"{row['codec']}{back}{' + EF' if row.get('error_feedback') is True else ''}"
 
 
 def codec_styles(labels: Sequence[str]) -> dict[str, dict[str, Any]]:

@@ -17,6 +17,7 @@ AGGREGATE_COLUMNS = [
     "cell",
     "scheme",
     "codec",
+    "downlink",
     "cut",
     "mode",
     "error_feedback",
@@ -73,6 +74,7 @@ def aggregate(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         acc_mean, acc_std = mean_std([float(r["final_accuracy"]) for r in done])
         images = [r.get("test_images") for r in done]
         row: dict[str, Any] = {k: first[k] for k in ("scheme", "codec", "cut", "mode", "error_feedback")}
+        row["downlink"] = first.get("downlink", "none")  # summaries written before the column: dense
         row |= {
             "cell": label,
             "seeds": " ".join(str(r["seed"]) for r in runs),

@@ -13,6 +13,11 @@ Protocol (one round trip per step, ``k = batches_per_message``)::
                                                ... or, when the round's batches are done,
                                                done=True, the fields ``returns`` named, counts
 
+With ``gradients=local`` (local-loss split learning) the client half has an auxiliary head and steps on
+its loss as it goes: ``send_next`` trains each batch, and sends the activations (computed before the
+batch's step) of every ``send_every``-th batch of the round; ``sl_step`` carries no gradient (an empty
+list: the server has trained on the batches) and only asks for the next ones.
+
 The client never reads the server's mode: ``sl_begin`` says where to start (the weights, and the
 optimizer state: the momentum it carries, or fresh SGD state when it carries none) and what to
 return (``returns``: ``["weights"]`` or ``["weights", "momentum"]``).
@@ -27,9 +32,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch.nn import functional as F
 
 from fl_split.codecs import Codec, CodecError, codec_from_spec
 from fl_split.data import dataset_info
+from fl_split.models.aux_heads import WithAuxHead
 from fl_split.sl.config import MASK, SLClientTask
 from fl_split.sl.setup import (
     batch_indices,
@@ -119,6 +126,7 @@ class _Runtime:
         down = self.task.downlink
         self.downlink: Codec | None = None if down == MASK else codec_from_spec(down)
         self.num_classes = dataset_info(self.task.dataset).num_classes
+        self.local = self.task.gradients == "local"
         self.codec_s = 0.0  # seconds spent in codecs during this message
 
     # ------------------------------------------------------------- weights and momentum
@@ -142,6 +150,8 @@ class _Runtime:
 
     def send_next(self) -> dict[str, Any]:
         """Forward the next ``k`` batches of the round; their payloads for the server."""
+        if self.local:
+            return self.train_and_send()
         st, k = self.state, self.task.batches_per_message
         nb = batches_per_epoch(len(self.y), self.task.batch_size)
         acts, labels = [], []
@@ -163,9 +173,49 @@ class _Runtime:
                 st.epoch, st.pos = st.epoch + 1, 0
         return {ACTIVATIONS: acts, LABELS: labels, "done": False}
 
+    def train_and_send(self) -> dict[str, Any]:
+        """Local-loss SL: train the next batches on the auxiliary head's loss, one step each, until ``k``
+        activations are collected and the next batch would be sent; the payloads of the sent ones.
+
+        Batch ``j`` of the round (``j = 0, 1, ...``) is sent when ``j % send_every == 0``, with the
+        activations its step's forward computed (before the step); the batches after the round's last
+        sent one are trained in the same call, so the done reply follows the last acknowledgement.
+        """
+        st, k, h = self.state, self.task.batches_per_message, self.task.send_every
+        nb = batches_per_epoch(len(self.y), self.task.batch_size)
+        if not isinstance(self.half, WithAuxHead):  # pragma: no cover - build_sl_halves adds the head
+            raise TypeError("gradients=local needs a client half with an auxiliary head")
+        head = self.half.head
+        acts: list[bytes] = []
+        labels: list[bytes] = []
+        while st.left > 0 and not (st.steps % h == 0 and len(acts) == k):
+            send = st.steps % h == 0
+            x, y = self.batch(st.epoch, st.pos)
+            out = self.half(x)
+            loss = F.cross_entropy(head(out), y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            st.steps += 1
+            st.samples += x.shape[0]
+            if send:
+                t0 = time.perf_counter()
+                acts.append(self.uplink.encode(out.detach()))
+                self.codec_s += time.perf_counter() - t0
+                labels.append(encode_labels(y, self.num_classes))
+            st.left -= 1
+            st.pos += 1
+            if st.pos == nb:
+                st.epoch, st.pos = st.epoch + 1, 0
+        return {ACTIVATIONS: acts, LABELS: labels, "done": False}
+
     def apply(self, grads: list[bytes]) -> None:
         """Apply the server's gradients to the pending batches, one optimizer step each, in order."""
         st = self.state
+        if self.local:  # the batches were trained when they were sent; the server only acknowledges them
+            if grads:
+                raise CodecError(f"got {len(grads)} gradients, but this client trains on its local loss")
+            return
         pending = list(zip(st.pending[::2], st.pending[1::2], strict=True))
         if len(grads) != len(pending):
             raise CodecError(f"got {len(grads)} gradients for {len(pending)} pending batches")
@@ -228,7 +278,7 @@ def client_handle(
             raise RuntimeError("sl_step before sl_begin: this node holds no split-learning state")
         rt = _Runtime(state, partition_id, num_partitions)
         rt.load(state.weights, state.momentum)
-        reply = _step(rt, list(fields[GRADIENTS]))
+        reply = _step(rt, list(fields.get(GRADIENTS, [])))  # Flower drops an empty list (local loss)
         if not reply["done"]:
             rt.save()  # after send_next: its forward updates BatchNorm statistics
     else:
@@ -253,7 +303,7 @@ class ClientRound:
         """Apply one gradient frame; the next batches' payloads, or the done reply (the state is saved then)."""
         t0 = time.perf_counter()
         self._rt.codec_s = 0.0
-        return _timed(_step(self._rt, list(fields[GRADIENTS])), self._rt, t0)
+        return _timed(_step(self._rt, list(fields.get(GRADIENTS, []))), self._rt, t0)
 
 
 def _timed(reply: dict[str, Any], rt: _Runtime, t0: float) -> dict[str, Any]:

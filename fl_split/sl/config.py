@@ -38,6 +38,10 @@ MODES = ("sequential", "splitfed1", "splitfed2")
 PARTITIONS = PARTITIONERS
 #: Downlink value meaning "the gradient only at the positions the uplink kept, no indices sent".
 MASK = "mask"
+#: Where a client half's gradient comes from (``gradients``): the server's activation gradient, sent back
+#: (split learning as published), or the loss of an auxiliary head on the client (local-loss SL: nothing
+#: is sent back).
+GRADIENT_SOURCES = ("server", "local")
 
 
 _activation_gradient = signed_codec_check("an activation gradient")
@@ -45,6 +49,12 @@ _activation_gradient = signed_codec_check("an activation gradient")
 
 def _downlink_check(value: str) -> str | None:
     return None if value == MASK else _activation_gradient(value)
+
+
+def _aux_head_check(value: str) -> str | None:
+    from fl_split.models.aux_heads import AUX_HEADS
+
+    return None if value in ("auto", *AUX_HEADS) else f"auto or one of {', '.join(AUX_HEADS)}"
 
 
 def _cut_check(value: str | int) -> str | None:
@@ -126,6 +136,20 @@ class SLClientKeys(Config):
     cut: str | int = key("shallow", "shallow, medium, deep, or the number of client layers", check=_cut_check)
     uplink: str = key("ms:keep=0.01,bits=2", "codec spec for the activations", check=codec_spec_check)
     downlink: str = key("none", "codec spec for the activation gradient, or 'mask'", check=_downlink_check)
+    gradients: str = key(
+        "server",
+        "where the client half's gradient comes from: server (the activation gradient, sent back) or local (an "
+        "auxiliary head's loss on the client; no gradient is sent back)",
+        GRADIENT_SOURCES,
+    )
+    aux_head: str = key(
+        "auto", "gradients=local: the client's auxiliary head (auto, linear, pool, mlp)", check=_aux_head_check
+    )
+    send_every: int = key(
+        1,
+        "gradients=local: send the activations of every h-th batch only (the client trains on every batch)",
+        check=at_least_one,
+    )
     optimizer: SLOptimizer = block(SLOptimizer)
 
 
@@ -183,7 +207,7 @@ class SLConfig(SLClientKeys, OutputKeys, FederationKeys, PartitionKeys, DataKeys
 
     def check(self) -> None:
         """Cross-key checks: data source, server batching needs splitfed2, the stream needs Flower, TLS
-        files come in pairs, ``downlink=mask`` needs a sparse uplink."""
+        files come in pairs, ``downlink=mask`` needs a sparse uplink, local-loss keys need ``gradients=local``."""
         check_data_source(self)
         if self.server_batching and self.mode != "splitfed2":
             raise ConfigError(
@@ -201,6 +225,16 @@ class SLConfig(SLClientKeys, OutputKeys, FederationKeys, PartitionKeys, DataKeys
             raise ConfigError(
                 "stream TLS needs both stream.ssl_certfile and stream.ssl_keyfile (and optionally "
                 f"stream.ssl_ca_certfile); got only {given or ['ssl_ca_certfile']}"
+            )
+        if self.gradients == "local" and self.downlink != "none":
+            raise ConfigError(
+                f"gradients=local sends no gradient back, so downlink={self.downlink!r} would compress nothing: "
+                "leave downlink at none, or set gradients=server"
+            )
+        if self.gradients == "server" and (self.send_every != 1 or self.aux_head != "auto"):
+            raise ConfigError(
+                "send_every and aux_head belong to local-loss split learning (the client trains on its own head's "
+                "loss between the batches it sends): set gradients=local, or leave them at their defaults"
             )
         if self.downlink == MASK and self.uplink.split(":")[0] in ("none", "fp16", "bf16"):
             raise ConfigError(

@@ -44,7 +44,7 @@ from fl_split.sl.client import BEGIN, STEP
 from fl_split.sl.config import MASK, SLClientTask, SLConfig
 from fl_split.sl.protocol import RoundProtocol, Session, SessionStatus, create_protocol, mergeable
 from fl_split.sl.server import ServerStep, StepInput, evaluate, server_step_batched
-from fl_split.sl.setup import batches_per_epoch, build_halves, check_model_fits_data, load_split, make_sgd
+from fl_split.sl.setup import batches_per_epoch, build_sl_halves, check_model_fits_data, load_split, make_sgd
 from fl_split.sl.transport import Reply, Transport
 from fl_split.sl.wire import (
     ACTIVATIONS,
@@ -140,7 +140,9 @@ class SplitLearningLoop:
         self.sample_shape = check_model_fits_data(config)
         self.num_classes = dataset_info(config.dataset).num_classes
         self.device = server_device(config.server_device)
-        self.client_half, server_half = build_halves(config, seed=config.seed)
+        self.client_half, server_half = build_sl_halves(config, seed=config.seed)
+        #: local-loss split learning: clients train on their auxiliary head; no gradient goes back
+        self.local = config.gradients == "local"
         self.server_half = server_half.to(self.device)
         self.uplink: Codec = codec_from_spec(config.uplink)
         self.downlink: Codec | None = None if config.downlink == MASK else codec_from_spec(config.downlink)
@@ -410,8 +412,8 @@ class SplitLearningLoop:
         self, transport: Transport, session: Session, grads: list[bytes], rnd: int, counters: RoundCounters
     ) -> None:
         """Send a session its gradients, or release it if it left the round while they were computed."""
-        if session.active:
-            self._send(transport, session.node, STEP, {GRADIENTS: grads}, rnd, counters)
+        if session.active:  # local-loss SL: an acknowledgement, no gradient
+            self._send(transport, session.node, STEP, {GRADIENTS: [] if self.local else grads}, rnd, counters)
         else:
             transport.release(session.node)
 
@@ -476,7 +478,9 @@ class SplitLearningLoop:
         samples = validate.count(validate.field(fields, "samples"), "samples")
         steps = validate.count(validate.field(fields, "steps"), "steps")
         validate.count(fields.get("skipped", 0), "skipped", high=session.batches)
-        if (samples, steps) != (session.trained, session.steps):
+        if self.local:
+            _check_local_counts(samples, steps, session, self.config)
+        elif (samples, steps) != (session.trained, session.steps):
             raise BadReply(
                 "out_of_range",
                 f"reports {samples} samples in {steps} steps; the server stepped {session.trained} samples in "
@@ -534,6 +538,7 @@ class SplitLearningLoop:
                 self.num_classes,
                 self.sample_shape,
                 self.config.batch_size,
+                send_gradient=not self.local,
             )
             for _, act, labels in batch
         ]
@@ -565,6 +570,24 @@ class SplitLearningLoop:
             counters.server_steps += 1
         counters.add_time("server_compute", elapsed)
         return payloads
+
+
+def _check_local_counts(samples: int, steps: int, session: Session, config: SLConfig) -> None:
+    """A local-loss client's done counts against what the server saw: it trained ``steps`` batches and
+    sent every ``send_every``-th, so ``ceil(steps / send_every)`` of them; each holds 1..batch_size samples.
+
+    Raises
+    ------
+    BadReply
+        When the counts cannot be those of the batches the server received (``out_of_range``).
+    """
+    h = config.send_every
+    if -(-steps // h) != session.steps or not steps <= samples <= steps * config.batch_size:
+        raise BadReply(
+            "out_of_range",
+            f"reports {samples} samples in {steps} local steps; sending every {h}-th batch, that is not the "
+            f"{session.steps} batches ({session.trained} samples) the server received from it",
+        )
 
 
 def server_device(name: str) -> torch.device:

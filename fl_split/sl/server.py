@@ -46,7 +46,8 @@ class StepInput:
     gradient codec, ``None`` for the ``mask`` downlink (float32 values at the uplink's kept
     positions only, in row-major order, no indices). ``num_classes``, ``sample_shape`` and
     ``max_batch`` bound what decodes: anything else raises ``CodecError`` before any allocation
-    beyond ``max_batch`` samples.
+    beyond ``max_batch`` samples. ``send_gradient`` false (local-loss split learning): no activation
+    gradient is computed or encoded, the step's payload is ``b""``.
     """
 
     act_payload: bytes
@@ -56,6 +57,7 @@ class StepInput:
     num_classes: int
     sample_shape: tuple[int, ...]
     max_batch: int
+    send_gradient: bool = True
 
 
 def server_step(
@@ -136,7 +138,9 @@ def server_step_batched(
         decoded.append((i, a, y, time.perf_counter() - t0))
     while decoded:
         try:
-            grads, losses = train_on(half, optimizer, [d[1] for d in decoded], [d[2] for d in decoded])
+            grads, losses = train_on(
+                half, optimizer, [d[1] for d in decoded], [d[2] for d in decoded], input_grad=steps[0].send_gradient
+            )
         except NonFiniteLoss as exc:
             if not all(bool(torch.isfinite(t).all()) for t in half.state_dict().values()):
                 raise  # the server half itself diverged: no client is to blame
@@ -146,7 +150,7 @@ def server_step_batched(
             continue
         for (i, a, _, decode_s), grad, loss in zip(decoded, grads, losses, strict=True):
             t0 = time.perf_counter()
-            payload = encode_gradient(steps[i], grad)
+            payload = encode_gradient(steps[i], grad) if steps[i].send_gradient else b""
             out[i] = ServerStep(payload, loss, int(a.shape[0]), decode_s + time.perf_counter() - t0)
         break
     return [out[i] for i in range(len(steps))]
@@ -183,9 +187,17 @@ def decode_step(step: StepInput, device: torch.device) -> tuple[torch.Tensor, to
 
 
 def train_on(
-    half: nn.Module, optimizer: torch.optim.Optimizer, acts: Sequence[torch.Tensor], labels: Sequence[torch.Tensor]
+    half: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    acts: Sequence[torch.Tensor],
+    labels: Sequence[torch.Tensor],
+    *,
+    input_grad: bool = True,
 ) -> tuple[list[torch.Tensor], list[float]]:
     """One optimizer step on the sum of the batches' mean losses; return each batch's input gradient and loss.
+
+    With ``input_grad`` false the input gradient is not computed (local-loss split learning sends none
+    back): the gradients returned are empty tensors.
 
     Raises
     ------
@@ -196,7 +208,7 @@ def train_on(
     """
     a = acts[0] if len(acts) == 1 else torch.cat(list(acts))
     y = labels[0] if len(labels) == 1 else torch.cat(list(labels))
-    a.requires_grad_(True)
+    a.requires_grad_(input_grad)
     half.train()
     saved = [b.detach().clone() for b in half.buffers()]  # BatchNorm statistics: the forward updates them
     logits = half(a)
@@ -218,6 +230,8 @@ def train_on(
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
+    if not input_grad:
+        return [a.new_empty(0) for _ in acts], values
     grad = a.grad
     assert grad is not None
     grads = [grad] if len(acts) == 1 else list(grad.split([len(t) for t in acts]))

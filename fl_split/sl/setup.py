@@ -30,6 +30,7 @@ __all__ = [
     "batch_indices",
     "batches_per_epoch",
     "build_halves",
+    "build_sl_halves",
     "cached_client_half",
     "check_model_fits_data",
     "client_data",
@@ -40,19 +41,41 @@ __all__ = [
     "set_momentum",
 ]
 
-_HALF_CACHE: dict[tuple[str, str, str], nn.Sequential] = {}
+_HALF_CACHE: dict[tuple[str, ...], nn.Module] = {}
 
 
-def cached_client_half(config: Mapping[str, Any]) -> nn.Sequential:
-    """A client-half module for this architecture, reused within a process.
+def build_sl_halves(config: Mapping[str, Any], seed: int | None = None) -> tuple[nn.Module, nn.Sequential]:
+    """``(client, server_half)`` of a split-learning config, initialised from ``seed``.
+
+    With ``gradients=local`` the client is a :class:`~fl_split.models.aux_heads.WithAuxHead`: the client
+    half (``forward``) and its auxiliary head (``config["aux_head"]``, initialised from ``seed + 1``),
+    which move and average together; otherwise the client half itself.
+    """
+    from fl_split.data import dataset_info
+    from fl_split.models.aux_heads import WithAuxHead, build_aux_head
+
+    client, server = build_halves(config, seed=seed)
+    if config.get("gradients", "server") != "local":
+        return client, server
+    info = dataset_info(str(config["dataset"]))
+    with torch.no_grad():
+        shape = tuple(client.eval()(torch.zeros((1, *info.input_shape))).shape[1:])
+    client.train()
+    head_seed = None if seed is None else seed + 1
+    return WithAuxHead(client, build_aux_head(str(config["aux_head"]), shape, info.num_classes, head_seed)), server
+
+
+def cached_client_half(config: Mapping[str, Any]) -> nn.Module:
+    """A client module for this architecture (:func:`build_sl_halves`), reused within a process.
 
     Module-level caches are per process (per Ray actor in simulation, shared by its nodes), so
     the module only saves construction: every message loads the node's own weights into it.
     """
-    key = (model_name(config), str(config["cut"]), str(config["dataset"]))
+    local = config.get("gradients", "server") == "local"
+    key = (model_name(config), str(config["cut"]), str(config["dataset"]), str(config["aux_head"]) if local else "")
     half = _HALF_CACHE.get(key)
     if half is None:
-        half = _HALF_CACHE.setdefault(key, build_halves(config, seed=0)[0])
+        half = _HALF_CACHE.setdefault(key, build_sl_halves(config, seed=0)[0])
     return half
 
 
