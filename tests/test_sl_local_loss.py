@@ -182,3 +182,11 @@ def test_a_done_reply_with_counts_the_server_did_not_see_is_refused() -> None:
     for samples, steps in ((10 * 32, 10), (6 * 32, 6), (9 * 33, 9), (8, 9)):
         with pytest.raises(BadReply, match="not the 3 batches"):
             _check_local_counts(samples, steps, session, cfg)
+
+
+def test_the_run_line_says_no_gradient_goes_down() -> None:
+    from fl_split.sl.loop import describe
+
+    line = describe(small_config(**LOCAL, send_every=4))
+    assert line.endswith("up ms:keep=0.01,bits=2, local loss (auto head), no gradient down, activations every 4")
+    assert describe(small_config()).endswith("up ms:keep=0.01,bits=2, down none")

@@ -618,7 +618,11 @@ def describe(config: SLConfig) -> str:
     """One short line naming the run (for logs and plot titles), e.g.
     ``SL splitfed2, digits, 10 clients, cut 2: up ms:keep=0.05,bits=2, down none``."""
     per_message = f", {config.batches_per_message} batches/message" if config.batches_per_message > 1 else ""
+    down = f"down {config.downlink}"
+    if config.gradients == "local":
+        every = f" every {config.send_every}" if config.send_every > 1 else ""
+        down = f"local loss ({config.aux_head} head), no gradient down{every and ', activations' + every}"
     return (
         f"SL {config.mode}, {config.dataset}, {config.clients} clients, cut {config.cut}{per_message}: "
-        f"up {config.uplink}, down {config.downlink}"
+        f"up {config.uplink}, {down}"
     )
