@@ -147,7 +147,7 @@ def plot_mb_to_target(cells: Sequence[Mapping[str, Any]], path: str | Path, targ
     Bars are coloured by scheme (legend).
     """
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 0.32 * len(cells) + 1.6), dpi=110, sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 0.32 * len(cells) + 1.6), dpi=110, sharey=True, squeeze=False)
     labels = [
         f"{r['scheme'].upper()} {codec_label(r)}" + (f" ({r['mode']}, {r['cut']})" if r["scheme"] == "sl" else "")
         for r in cells
@@ -169,7 +169,7 @@ def plot_mb_to_target(cells: Sequence[Mapping[str, Any]], path: str | Path, targ
         wide = bool(reached) and max(reached) / floor > 300  # over 2.5 decades: label decades only
         _log_x(ax, subs=(1.0,) if wide else (1.0, 2.0, 5.0))
         ax.set_xlim(left=floor)
-        ax.set_xlabel(f"{direction} MB to test accuracy {target} (measured)", fontsize=9)
+        ax.set_xlabel(f"{direction} MB to accuracy {target}, measured", fontsize=9)
         ax.grid(alpha=0.3, axis="x", which="both")
     axes[0][0].set_yticks(list(range(len(cells))), labels, fontsize=7)
     axes[0][0].invert_yaxis()
