@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from fl_split.config import ConfigError, plain
+from fl_split.config import ConfigError, defaults, flatten, plain
 from fl_split.durable import atomic_torch_save, from_safe, to_safe
 
 CHECKPOINT, MODEL = "checkpoint.pt", "model.pt"
@@ -57,8 +57,13 @@ def load_checkpoint(out_dir: str | Path, command: str, config: Mapping[str, Any]
         raise ConfigError(f"--resume: {path} is not a readable checkpoint ({type(exc).__name__}: {exc})") from None
     if not isinstance(blob, dict) or blob.get("format") != FORMAT or blob.get("command") != command:
         raise ConfigError(f"--resume: {path} is not a checkpoint of `fl-split {command}` (format {FORMAT})")
-    saved, config = json.loads(blob["config"]), plain(config)
-    changed = sorted(k for k in set(saved) | set(config) if k not in MAY_CHANGE and saved.get(k) != config.get(k))
+    schema = getattr(type(config), "schema", None)
+    # a key added to the schema after the checkpoint was written counts at its default there
+    default = flatten(defaults(schema())) if schema is not None else {}
+    saved, config = {**default, **flatten(json.loads(blob["config"]))}, flatten(plain(config))
+    changed = sorted(
+        k for k in set(saved) | set(config) if k.split(".")[0] not in MAY_CHANGE and saved.get(k) != config.get(k)
+    )
     if changed:
         diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {config.get(k)!r}" for k in changed[:5])
         raise ConfigError(f"--resume: the config differs from the checkpoint's in {diffs}; resume with the same config")

@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from fl_split.compare.cells import Cell, cell_result, expand_grid
+from fl_split.compare.cells import Cell, cell_result, expand_grid, stored_cell_key, stored_config_differs
 from fl_split.config import ConfigError, resolve_config_path
 from fl_split.link import PROFILES, LinkProfile, parse_link
 from fl_split.metrics import read_metrics
@@ -55,6 +55,48 @@ COLUMNS = [
     "test_images",
     "key",
 ]
+
+
+def _adopt_and_check(cells_dir: Path, cells: Sequence[Cell]) -> None:
+    """Match stored runs to the grid's cells by their configs, not only their folder names.
+
+    A stored run in a folder named by an older key rule (or by the key of a config a release has since
+    extended) moves to its cell's folder when its config is that cell's; a run whose folder matches a
+    cell but whose config differs (a default changed since it ran) moves aside to ``KEY.stale``, and the
+    cell runs again.
+    """
+    if not cells_dir.is_dir():
+        return
+    wanted = {c.key: c for c in cells}
+
+    def stored(folder: Path) -> dict[str, Any] | None:
+        try:
+            config = json.loads((folder / "summary.json").read_text(encoding="utf-8")).get("config")
+        except (OSError, ValueError):
+            return None
+        return config if isinstance(config, dict) else None
+
+    for folder in sorted(p for p in cells_dir.iterdir() if p.is_dir() and p.name not in wanted and "." not in p.name):
+        config = stored(folder)
+        key = stored_cell_key(config) if config is not None else None
+        if key in wanted and not (cells_dir / key).exists():
+            print(f"compare: adopting the stored run {folder.name} as cell {wanted[key].label!r}", file=sys.stderr)
+            folder.rename(cells_dir / key)
+    for key, cell in wanted.items():
+        config = stored(cells_dir / key)
+        differs = stored_config_differs(cell, config) if config is not None else []
+        if differs:
+            print(
+                f"compare: the stored run of {cell.label!r} (seed {cell.seed}) has another {', '.join(differs[:3])}; "
+                "moved aside (KEY.stale), running it again",
+                file=sys.stderr,
+            )
+            aside = cells_dir / f"{key}.stale"
+            n = 1
+            while aside.exists():
+                n += 1
+                aside = cells_dir / f"{key}.stale{n}"
+            (cells_dir / key).rename(aside)
 
 
 def run_cell(cell: Cell, cell_dir: str) -> str:
@@ -116,6 +158,7 @@ def run_grid(
     out = Path(out_dir)
     cells = expand_grid(grid, overrides)
     target = float(grid.get("target_accuracy", 0.9))
+    _adopt_and_check(out / "cells", cells)
     todo = [c for c in cells if not (out / "cells" / c.key / "summary.json").exists()]
     errors: dict[str, str] = {}
     bar = tqdm(

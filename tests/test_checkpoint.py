@@ -231,3 +231,17 @@ def test_the_failure_log_survives_a_resume() -> None:
     b = SplitLearningStrategy(cfg)
     b.load_state_dict(from_safe(to_safe(a.state_dict())))
     assert b.failures == a.failures
+
+
+def test_a_checkpoint_written_before_a_key_existed_resumes_with_that_key_at_its_default(tmp_path: Path) -> None:
+    from fl_split.checkpoint import load_checkpoint, save_checkpoint
+    from fl_split.config import plain
+    from fl_split.sl.config import load_sl_config
+
+    config = load_sl_config("sl")
+    older = {k: v for k, v in plain(config).items() if k not in ("gradients", "aux_head", "send_every")}
+    older["flower"] = {k: v for k, v in older["flower"].items() if k != "engine_wait_ms"}
+    save_checkpoint(tmp_path, "sl", 2, older, {"x": 1})
+    assert load_checkpoint(tmp_path, "sl", config)[0] == 2
+    with pytest.raises(ConfigError, match="gradients: 'server' -> 'local'"):
+        load_checkpoint(tmp_path, "sl", config.replace(gradients="local"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,52 @@ def test_a_tiny_grid_writes_every_file_and_a_rerun_does_no_work(
     monkeypatch.setattr(compare, "run_cell", lambda cell, d: calls.append(cell.label) or "completed")
     again = compare.run_grid(TINY, tmp_path, progress=False)
     assert calls == [] and again == rows  # every cell was found done
+
+
+def test_stored_runs_are_matched_by_config_adopted_from_old_folders_and_rerun_when_stale(
+    tiny: tuple[Path, list[dict]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run stored under another folder name (an older key rule) is adopted; a run whose stored config
+    differs from its cell's (a default changed since) is moved aside and runs again."""
+    import shutil
+
+    src, rows = tiny
+    shutil.copytree(src / "cells", tmp_path / "cells")
+    first, second = (r["key"] for r in rows)
+    (tmp_path / "cells" / first).rename(tmp_path / "cells" / "0123456789abcdef")  # an old-rule folder name
+    summary = tmp_path / "cells" / second / "summary.json"
+    stored = json.loads(summary.read_text())
+    stored["config"]["optimizer"]["lr"] = 0.5  # as if the default had been another when it ran
+    summary.write_text(json.dumps(stored))
+    calls: list[str] = []
+    monkeypatch.setattr(compare, "run_cell", lambda cell, d: calls.append(cell.key) or "completed")
+    compare.run_grid(TINY, tmp_path, progress=False)
+    assert (tmp_path / "cells" / first / "summary.json").exists()  # adopted, not run
+    assert calls == [second] and (tmp_path / "cells" / f"{second}.stale" / "summary.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("variants", "words"),
+    [
+        ([{"uplink": "topk:keep=0.01"}], "are the same run"),  # repeats a grid cell
+        ([{"gradients": "local"}, {"gradients": "local", "send_every": 1}], "are the same run"),
+        ([{"gradients": "local", "cut": "medium"}], "a variant takes lists `cuts` and `modes`"),
+        ([{"gradients": "local", "seed": 3}], "a variant takes lists `cuts` and `modes`"),
+    ],
+)
+def test_a_variant_that_repeats_a_run_or_sets_a_cut_is_refused(variants: list, words: str) -> None:
+    grid = {**TINY, "sl": {**TINY["sl"], "variants": variants}}
+    with pytest.raises(ConfigError, match=words):
+        expand_grid(grid)
+
+
+def test_variant_labels_come_from_the_resolved_config() -> None:
+    grid = {**TINY, "sl": {**TINY["sl"], "variants": [{"downlink": "mask"}, {"gradients": "local", "send_every": 2}]}}
+    labels = [c.label for c in expand_grid(grid)]
+    assert labels[2:] == [
+        "sl ms:keep=0.01,bits=2 down mask shallow splitfed2",
+        "sl ms:keep=0.01,bits=2 local every 2 shallow splitfed2",
+    ]
 
 
 def test_a_failing_cell_is_reported_and_the_other_finishes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -190,3 +190,24 @@ def test_the_run_line_says_no_gradient_goes_down() -> None:
     line = describe(small_config(**LOCAL, send_every=4))
     assert line.endswith("up ms:keep=0.01,bits=2, local loss (auto head), no gradient down, activations every 4")
     assert describe(small_config()).endswith("up ms:keep=0.01,bits=2, down none")
+
+
+def test_a_local_client_may_send_only_every_hth_batch_of_the_largest_plan() -> None:
+    """The server's cap on a round's batches counts every ``send_every``-th: a client that sends every
+    batch (to weigh more in FedAvg) leaves the round before it can."""
+    from fl_split.sl.loop import SplitLearningLoop
+
+    plain = SplitLearningLoop(small_config(max_steps_per_round=9))
+    local = SplitLearningLoop(small_config(**LOCAL, send_every=4, max_steps_per_round=9))
+    assert (plain.max_batches, local.max_batches) == (9, 3)
+
+
+def test_done_counts_must_cover_the_samples_the_server_received() -> None:
+    cfg = small_config(**LOCAL, send_every=2, batch_size=32)
+    session = Session(node=0, server=torch.nn.Linear(1, 1), optimizer=torch.optim.SGD([torch.zeros(1)], lr=0.1))
+    session.steps, session.trained = 2, 64  # two batches of 32 received: it trained 3 or 4
+    _check_local_counts(64 + 32, 3, session, cfg)
+    _check_local_counts(64 + 20, 3, session, cfg)  # a short unsent last batch
+    for samples in (63, 64 + 33):  # fewer than it sent; more than one batch beyond it
+        with pytest.raises(BadReply):
+            _check_local_counts(samples, 3, session, cfg)

@@ -68,6 +68,25 @@ class Cell:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def stored_config_differs(cell: Cell, stored: Mapping[str, Any]) -> list[str]:
+    """The keys in which a stored run's config (its ``summary.json``'s ``config``) differs from ``cell``'s,
+    output keys left out; a key the stored config lacks (added since) counts at its default."""
+    default = flatten(defaults(type(cell.config).schema()))
+    mine = {k: v for k, v in flatten(plain(cell.config)).items() if k.split(".")[0] not in _NOT_KEYED}
+    theirs = {**default, **flatten(stored)}
+    return sorted(k for k in mine if theirs.get(k) != mine[k])
+
+
+def stored_cell_key(stored: Mapping[str, Any]) -> str | None:
+    """The key a stored run's config has now (:attr:`Cell.key`), or ``None`` if it no longer validates."""
+    scheme, cls = ("fl", FLConfig) if "error_feedback" in stored else ("sl", SLConfig)
+    try:
+        config = cls.from_dict({k: v for k, v in stored.items() if k not in _NOT_KEYED})
+    except (ConfigError, TypeError, ValueError):
+        return None
+    return Cell(scheme, "", config).key
+
+
 def _list(block: Mapping[str, Any], key: str, default: Sequence[Any]) -> list[Any]:
     value = block.get(key, default)
     if not isinstance(value, list) or not value:
@@ -137,13 +156,13 @@ def expand_grid(grid: Mapping[str, Any], overrides: Sequence[str] = ()) -> list[
             own = {"uplink": codecs[0], **{k: v for k, v in variant.items() if k not in ("cuts", "modes")}}
             runs += [(own, cut, mode) for cut, mode in product(variant.get("cuts", cuts), variant.get("modes", modes))]
         for (own, cut, mode), seed in product(runs, seeds):
-            label = f"sl {_variant_label(own)} {cut} {mode}"
-            values = {**base, **_seed(seed), **extra, **own, "cut": cut, "mode": mode, "progress": False}
+            values = {**base, **extra, **own, **_seed(seed), "cut": cut, "mode": mode, "progress": False}
             values |= sl_over
             try:
-                cells.append(Cell("sl", label, load_sl_config(values=values)))
+                config = load_sl_config(values=values)
             except ConfigError as exc:
-                raise ConfigError(f"compare: cell {label!r}: {exc}") from exc
+                raise ConfigError(f"compare: cell 'sl {_variant_label(own, own)} {cut} {mode}': {exc}") from exc
+            cells.append(Cell("sl", f"sl {_variant_label(own, config)} {config.cut} {config.mode}", config))
     fl = dict(grid.get("fl") or {})
     if fl:
         codecs, efs = _list(fl, "codecs", []), _list(fl, "error_feedback", [True])
@@ -158,6 +177,14 @@ def expand_grid(grid: Mapping[str, Any], overrides: Sequence[str] = ()) -> list[
                 raise ConfigError(f"compare: cell {label!r}: {exc}") from exc
     if not cells:
         raise ConfigError("compare: the grid has no cells (give an sl or an fl block with codecs)")
+    seen: dict[str, str] = {}
+    for cell in cells:
+        if cell.key in seen:
+            raise ConfigError(
+                f"compare: cells {seen[cell.key]!r} and {cell.label!r} (seed {cell.seed}) are the same run; "
+                "drop one (a variant that repeats a grid cell, or two equal variants)"
+            )
+        seen[cell.key] = cell.label
     return cells
 
 
@@ -170,6 +197,12 @@ def _variants(sl: Mapping[str, Any]) -> list[dict[str, Any]]:
         for name in ("cuts", "modes"):
             if name in v:
                 _list(v, name, [])
+        own = sorted(set(v) & {"cut", "mode", "seed"})
+        if own:
+            raise ConfigError(
+                f"compare: sl.variants entry {dict(v)!r} sets {own}: a variant takes lists `cuts` and `modes`, and "
+                "the grid's `seeds`"
+            )
     return [dict(v) for v in variants]
 
 
@@ -181,14 +214,13 @@ def _downlink_label(config: Mapping[str, Any]) -> str:
     return str(config.get("downlink", "none"))
 
 
-def _variant_label(own: Mapping[str, Any]) -> str:
-    """A split-learning cell's codec label: the uplink, then the downlink or local loss when they are set."""
-    label = str(own["uplink"])
-    if own.get("gradients") == "local":
-        every = own.get("send_every", 1)
-        label += " local" + (f" every {every}" if every != 1 else "")
-    if own.get("downlink", "none") != "none":
-        label += f" down {own['downlink']}"
+def _variant_label(own: Mapping[str, Any], config: Mapping[str, Any]) -> str:
+    """A split-learning cell's codec label, from its resolved ``config``: the uplink, then what goes back
+    when it is not the dense gradient, then the variant's other keys (``own``)."""
+    down = _downlink_label(config)
+    label = str(config["uplink"]) + (
+        "" if down == "none" else f" {down}" if down.startswith("local") else f" down {down}"
+    )
     rest = {k: v for k, v in own.items() if k not in ("uplink", "downlink", "gradients", "send_every")}
     return label + "".join(f" {k}={v}" for k, v in sorted(rest.items()))
 

@@ -79,7 +79,7 @@ class ClientState:
     pending: list[int] = field(default_factory=list)  #: sent, not yet applied: [epoch, batch, epoch, batch, ...]
     pending_uplink: list[bytes] = field(default_factory=list)  #: their uplink payloads (mask downlink only)
     round: int = 0
-    samples: int = 0  #: samples whose gradient was applied this round
+    samples: int = 0  #: samples trained this round (server gradients applied, or local-loss steps)
     steps: int = 0  #: optimizer steps this round
     skipped: int = 0  #: batches the server dropped this round
     returns: list[str] = field(default_factory=lambda: [WEIGHTS])  #: what the done reply carries
@@ -278,7 +278,7 @@ def client_handle(
             raise RuntimeError("sl_step before sl_begin: this node holds no split-learning state")
         rt = _Runtime(state, partition_id, num_partitions)
         rt.load(state.weights, state.momentum)
-        reply = _step(rt, list(fields.get(GRADIENTS, [])))  # Flower drops an empty list (local loss)
+        reply = _step(rt, list(fields.get(GRADIENTS, [])))  # to_record leaves an empty list out (local loss)
         if not reply["done"]:
             rt.save()  # after send_next: its forward updates BatchNorm statistics
     else:

@@ -176,8 +176,10 @@ class SplitLearningLoop:
         self._wall = 0.0
         self._transport_state: dict[str, Any] | None = None
         #: most batches a client may send in a round: what a client holding the whole training set
-        #: would plan (``local_epochs`` passes, capped by ``max_steps_per_round``)
+        #: would plan (``local_epochs`` passes, capped by ``max_steps_per_round``); local loss: every h-th of them
         self.max_batches = local_epochs_batches(config, len(load_split(config, "train")[1]))
+        if self.local:
+            self.max_batches = -(-self.max_batches // config.send_every)
 
     # ------------------------------------------------------------------ helpers
     def sample(self, nodes: list[int]) -> list[int]:
@@ -574,15 +576,20 @@ class SplitLearningLoop:
 
 def _check_local_counts(samples: int, steps: int, session: Session, config: SLConfig) -> None:
     """A local-loss client's done counts against what the server saw: it trained ``steps`` batches and
-    sent every ``send_every``-th, so ``ceil(steps / send_every)`` of them; each holds 1..batch_size samples.
+    sent every ``send_every``-th, so ``ceil(steps / send_every)`` of them; it trained the samples the
+    server received and at most ``batch_size`` more per batch it did not send, and each batch holds at
+    least one. (The FedAvg weight is the server's own count, so this is a consistency check.)
 
     Raises
     ------
     BadReply
         When the counts cannot be those of the batches the server received (``out_of_range``).
     """
-    h = config.send_every
-    if -(-steps // h) != session.steps or not steps <= samples <= steps * config.batch_size:
+    h, unsent = config.send_every, steps - session.steps
+    if (
+        -(-steps // h) != session.steps
+        or not max(steps, session.trained) <= samples <= session.trained + unsent * config.batch_size
+    ):
         raise BadReply(
             "out_of_range",
             f"reports {samples} samples in {steps} local steps; sending every {h}-th batch, that is not the "

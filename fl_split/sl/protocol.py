@@ -20,7 +20,8 @@ The modes (``mode`` in the config):
     training of the whole model on the clients' batches in visiting order.
 ``splitfed1``
     SplitFed v1. All sampled clients in one wave; each trains its own copy of the server half.
-    At the end of the round both halves are averaged, weighted by the samples each client trained.
+    At the end of the round both halves are averaged, weighted by the samples the server stepped for
+    each client (with ``gradients=local``: the samples each client sent).
 ``splitfed2``
     SplitFed v2. All sampled clients in one wave, one shared server half stepped in the order the
     clients' batches arrive; client halves averaged by samples at the end of the round.
