@@ -577,6 +577,13 @@ def dataset_choices() -> list[str]:
     return list_datasets()
 
 
+def client_device_check(value: str) -> str | None:
+    """A client's torch device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (:func:`fl_split.training.client_device`)."""
+    if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
+        return None
+    return "auto, cpu, cuda or cuda:N"
+
+
 def positive(value: float) -> str | None:
     """``> 0``."""
     return None if value > 0 else "must be > 0"

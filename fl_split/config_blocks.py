@@ -90,9 +90,25 @@ class Optimizer(Config):
     weight_decay: float = key(5e-4, "SGD weight decay", check=non_negative)
 
 
+def _ray_address_check(value: str) -> str | None:
+    if value in ("", "auto"):
+        return None
+    host, _, port = value.removeprefix("ray://").rpartition(":")
+    if host and port.isdigit() and 0 < int(port) < 65536:
+        return None
+    return "empty (start Ray here), auto, or the cluster head's host:port, e.g. 10.0.0.1:6379"
+
+
 @dataclass(frozen=True)
 class RayKeys(Config):
-    """``num_cpus``, ``num_gpus`` of the ``flower`` block: Ray's resources per virtual client."""
+    """``num_cpus``, ``num_gpus`` of the ``flower`` block: Ray's resources per virtual client; ``ray_address``:
+    the Ray cluster the virtual clients run on."""
 
     num_cpus: float = key(1.0, "Ray CPUs per virtual client", check=positive)
     num_gpus: float = key(0.0, "Ray GPU fraction per virtual client", check=non_negative)
+    ray_address: str = key(
+        "",
+        "run the virtual clients on a running Ray cluster: its head's host:port (as `ray start --head` printed), "
+        "or auto; empty: start Ray on this machine",
+        check=_ray_address_check,
+    )

@@ -54,6 +54,44 @@ def build_model(config: Mapping[str, Any], seed: int | None = None) -> nn.Sequen
     return nn.Sequential(*client, *server)
 
 
+def client_device(name: str) -> torch.device:
+    """The torch device a client trains on: ``auto`` is CUDA when this process sees a GPU (in a Flower
+    simulation: when ``flower.num_gpus > 0`` gave the virtual client a share of one; Ray hides the GPUs
+    from the others), else the CPU; or ``cpu``, ``cuda``, ``cuda:N``.
+
+    Raises
+    ------
+    ValueError
+        A CUDA device this process does not see (the message says how to give the clients one).
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        seen = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if seen == 0 or (device.index or 0) >= seen:
+            raise ValueError(
+                f"client device {name!r}, but this client process sees {seen} CUDA device(s); in a simulation "
+                "set flower.num_gpus > 0 (a share of a GPU per virtual client), or use auto or cpu"
+            )
+    return device
+
+
+@lru_cache(maxsize=16)
+def _partition_on(key: tuple[Any, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = _partition(*key)
+    return x.to(device), y.to(device)
+
+
+def client_data_on(
+    config: Mapping[str, Any], partition_id: int, num_partitions: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`client_data` on ``device`` (moved there once per process and kept)."""
+    if device.type == "cpu":
+        return client_data(config, partition_id, num_partitions)
+    return _partition_on(_partition_key(config, partition_id, num_partitions), device)
+
+
 def make_sgd(params: Iterable[nn.Parameter], config: Mapping[str, Any]) -> torch.optim.SGD:
     """SGD with the config's ``optimizer`` settings (both halves, and the centralized reference)."""
     opt = config["optimizer"]
@@ -81,7 +119,11 @@ def _partition(
 
 def client_data(config: Mapping[str, Any], partition_id: int, num_partitions: int) -> tuple[torch.Tensor, torch.Tensor]:
     """This client's training partition (inputs, labels), cached per process, never in client state."""
-    return _partition(
+    return _partition(*_partition_key(config, partition_id, num_partitions))
+
+
+def _partition_key(config: Mapping[str, Any], partition_id: int, num_partitions: int) -> tuple[Any, ...]:
+    return (
         str(config["dataset"]),
         config["data_dir"],
         int(config["seed"]),

@@ -152,6 +152,7 @@ def cell_config(
             "flower": {"engine_wait_ms": wait_ms},
             "server_batching": batching,
             "server_device": device,
+            "client_device": "cpu",  # the clients' half on the CPU, as on an edge device (gpu-check varies it)
         },
     )
 
@@ -174,6 +175,7 @@ def measure(config: SLConfig, transport: Transport, engine: str) -> dict[str, An
         "batch_size": config.batch_size,
         "server_batching": config.server_batching,
         "server_device": config.server_device,
+        "client_device": config.client_device,
         "steps": row["steps"],
         "server_steps": row["server_steps"],
         "samples": row["samples"],

@@ -406,6 +406,9 @@ COMMANDS: dict[str, Command] = {
     "codecs": Command("list the registered codecs, their parameters and defaults", _codecs_command, _codecs_options),
     "bench": Command("benchmarks: " + ", ".join(BENCHMARKS), _bench),
     "certs": Command("TLS files for a deployment", _delegate("simulations.certs")),
+    "gpu-check": Command(
+        "one prepared check of every CUDA path (JSON; cuda: false without a GPU)", _delegate("simulations.gpu_check")
+    ),
 }
 
 

@@ -81,12 +81,15 @@ def run_flower_simulation(
     num_cpus: float = 1.0,
     num_gpus: float = 0.0,
     engine_wait_ms: float = STOCK_ENGINE_WAIT_MS,
+    ray_address: str = "",
 ) -> None:
     """Run ``server_app`` against ``num_clients`` virtual SuperNodes on Ray, in this process.
 
     Each virtual node gets ``partition-id`` / ``num-partitions`` in its node config. Ray runs
     ``floor(cpus / num_cpus)`` actors, each handling one message at a time. ``engine_wait_ms``
-    below Flower's 100 ms shortens the engine's poll (see :func:`engine_wait`).
+    below Flower's 100 ms shortens the engine's poll (see :func:`engine_wait`). With ``ray_address``
+    (a running cluster's head, ``host:port``, or ``auto``) the actors run on that cluster, across its
+    machines; this process connects to it and disconnects at the end, leaving the cluster running.
 
     Raises
     ------
@@ -97,11 +100,11 @@ def run_flower_simulation(
 
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # silences a FutureWarning per actor
 
-    init_args: dict[str, object] = {
-        "num_cpus": os.cpu_count() or 1,
-        "include_dashboard": False,
-        "logging_level": logging.ERROR,
-    }
+    init_args: dict[str, object] = {"logging_level": logging.ERROR}
+    if ray_address:  # the cluster's resources are its own: only connect
+        init_args["address"] = ray_address
+    else:  # "local": a Ray of our own, even where `ray start` left a cluster that a bare ray.init() would join
+        init_args |= {"address": "local", "num_cpus": os.cpu_count() or 1, "include_dashboard": False}
     backend_config = {"client_resources": {"num_cpus": num_cpus, "num_gpus": num_gpus}, "init_args": init_args}
     flwr_logger = logging.getLogger("flwr")
     flwr_logger.addFilter(_hide_run_simulation_deprecation)
@@ -150,12 +153,25 @@ def start_ray(init_args: dict[str, object], attempts: int = RAY_START_ATTEMPTS) 
     if os.environ.get("PYTHONPATH"):
         pythonpath = f"{pythonpath}{os.pathsep}{os.environ['PYTHONPATH']}"
     os.environ["PYTHONPATH"] = pythonpath
+    address = str(init_args.get("address", "local"))
+    if address not in ("local", "auto") and not _answers(address):  # ray.init would wait minutes on it
+        raise RuntimeError(
+            f"could not connect to the Ray cluster at flower.ray_address={address!r}: nothing answers there. Is "
+            "`ray start --head` running, is the address its host:port (6379 unless --port was given), and is it "
+            "reachable from this machine?"
+        )
     for attempt in range(1, attempts + 1):
         try:
             ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **init_args)  # type: ignore[arg-type]
             return
         except (RuntimeError, ConnectionError, TimeoutError) as exc:
             ray.shutdown()
+            if attempt == attempts and init_args.get("address", "local") != "local":
+                raise RuntimeError(
+                    f"could not connect to the Ray cluster at flower.ray_address={init_args['address']!r} in "
+                    f"{attempts} tries: {exc}. Is `ray start --head` running there, is the address its host:port "
+                    "(6379 unless --port was given), and is it reachable from this machine?"
+                ) from exc
             if attempt == attempts:
                 raise RuntimeError(
                     f"Ray (Flower's simulation engine) did not start in {attempts} tries: {exc}. "
@@ -163,6 +179,18 @@ def start_ray(init_args: dict[str, object], attempts: int = RAY_START_ATTEMPTS) 
                 ) from exc
             log.warning("Ray did not start (%s); trying again in %.0f s", exc, RAY_START_PAUSE_S)
             time.sleep(RAY_START_PAUSE_S)
+
+
+def _answers(address: str, timeout_s: float = 5.0) -> bool:
+    """Whether a TCP connection to ``host:port`` (``ray://`` allowed) opens within ``timeout_s``."""
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            return True
+    except (OSError, ValueError):
+        return False
 
 
 def _hide_run_simulation_deprecation(record: logging.LogRecord) -> bool:

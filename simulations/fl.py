@@ -173,6 +173,7 @@ def run_fl(config: FLConfig, *, echo: bool = False, mods: tuple = ()) -> dict[st
             config.clients,
             num_cpus=flower["num_cpus"],
             num_gpus=flower["num_gpus"],
+            ray_address=flower["ray_address"],
         )
     except TrainingFailed as exc:
         return _finish(config, run, writer, echo, exc)

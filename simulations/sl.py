@@ -122,6 +122,7 @@ def _start(strategy: SplitLearningStrategy, config: SLConfig) -> None:
             num_cpus=flower["num_cpus"],
             num_gpus=flower["num_gpus"],
             engine_wait_ms=flower["engine_wait_ms"],
+            ray_address=flower["ray_address"],
         )
 
 

@@ -62,6 +62,8 @@ _LONG_FIRST = (
     "test_bench_sl.py",
     "test_plugins.py",
     "test_sl_stream_flower.py",
+    "test_ray_cluster.py",
+    "test_sl_local_loss.py",
 )
 
 

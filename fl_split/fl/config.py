@@ -12,6 +12,7 @@ from fl_split.config import (
     at_least_one,
     block,
     check_data_source,
+    client_device_check,
     key,
     non_negative,
     positive,
@@ -53,6 +54,12 @@ class FLClientKeys(Config):
 
     local_epochs: int = key(1, "passes over its partition a sampled client makes per round", check=at_least_one)
     batch_size: int = key(32, "local SGD batch size", check=at_least_one)
+    device: str = key(
+        "auto",
+        "torch device of a client's model and batches: auto (CUDA when the client process sees a GPU: in simulation "
+        "when flower.num_gpus > 0 gave it a share), cpu, cuda, cuda:N",
+        check=client_device_check,
+    )
     optimizer: FLOptimizer = block(FLOptimizer)
 
 

@@ -42,7 +42,6 @@ from fl_split.sl.setup import (
     batch_indices,
     batches_per_epoch,
     cached_client_half,
-    client_data,
     make_sgd,
     momentum_buffers,
     set_momentum,
@@ -61,6 +60,7 @@ from fl_split.sl.wire import (
     encode_labels,
     encode_tensors,
 )
+from fl_split.training import client_data_on, client_device
 
 BEGIN, STEP = "sl_begin", "sl_step"
 
@@ -115,13 +115,16 @@ class _Runtime:
         self.state = state
         self.task = client_task(state.config)
         self.partition_id = partition_id
+        #: where the half, its batches and the codecs run; payloads leave it once, as bytes
+        self.device = client_device(self.task.client_device)
         # the per-process cached module is reloaded by every message; a live round needs its own copy
-        self.half = copy.deepcopy(cached_client_half(self.task)) if own else cached_client_half(self.task)
+        half = cached_client_half(self.task, self.device)
+        self.half = copy.deepcopy(half) if own else half
         self.half.train()
         self.params = list(self.half.parameters())
         self.tensors = list(self.half.state_dict(keep_vars=True).values())
         self.optimizer = make_sgd(self.params, self.task)
-        self.x, self.y = client_data(self.task, partition_id, num_partitions)
+        self.x, self.y = client_data_on(self.task, partition_id, num_partitions, self.device)
         self.uplink: Codec = codec_from_spec(self.task.uplink)
         down = self.task.downlink
         self.downlink: Codec | None = None if down == MASK else codec_from_spec(down)
@@ -137,7 +140,7 @@ class _Runtime:
                 dst.copy_(src)
         if momentum:
             bufs = decode_tensors(momentum, self.params, "client-half momentum", allow_missing=True)
-            set_momentum(self.optimizer, self.params, bufs)
+            set_momentum(self.optimizer, self.params, [None if b is None else b.to(self.device) for b in bufs])
 
     def save(self) -> None:
         self.state.weights = encode_tensors(self.tensors)
@@ -146,6 +149,7 @@ class _Runtime:
     # ------------------------------------------------------------- batches
     def batch(self, epoch: int, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         idx = batch_indices(len(self.y), self.task.batch_size, self.task.seed, self.partition_id, epoch, index)
+        idx = idx.to(self.device)
         return self.x[idx], self.y[idx]
 
     def send_next(self) -> dict[str, Any]:
@@ -246,12 +250,12 @@ class _Runtime:
 
     def _decode_gradient(self, payload: bytes, out: torch.Tensor, j: int) -> torch.Tensor:
         if self.downlink is not None:
-            grad = self.downlink.decode(payload, max_numel=out.numel())
+            grad = self.downlink.decode(payload, max_numel=out.numel(), device=out.device)
         else:  # mask: the values at the uplink's kept positions, in row-major order
             grad = decode_masked(payload, self.uplink.support(self.state.pending_uplink[j]))
         if tuple(grad.shape) != tuple(out.shape):
             raise CodecError(f"gradient of shape {tuple(grad.shape)} for activations of shape {tuple(out.shape)}")
-        return grad.to(out.dtype)
+        return grad.to(out.device, out.dtype)
 
 
 def client_handle(

@@ -13,6 +13,7 @@ from fl_split.config import (
     at_least_one,
     block,
     check_data_source,
+    client_device_check,
     codec_spec_check,
     key,
     non_negative,
@@ -149,6 +150,12 @@ class SLClientKeys(Config):
         1,
         "gradients=local: send the activations of every h-th batch only (the client trains on every batch)",
         check=at_least_one,
+    )
+    client_device: str = key(
+        "auto",
+        "torch device of the client half, its batches and its codec: auto (CUDA when the client process sees a GPU: "
+        "in simulation when flower.num_gpus > 0 gave it a share), cpu, cuda, cuda:N",
+        check=client_device_check,
     )
     optimizer: SLOptimizer = block(SLOptimizer)
 

@@ -65,17 +65,18 @@ def build_sl_halves(config: Mapping[str, Any], seed: int | None = None) -> tuple
     return WithAuxHead(client, build_aux_head(str(config["aux_head"]), shape, info.num_classes, head_seed)), server
 
 
-def cached_client_half(config: Mapping[str, Any]) -> nn.Module:
-    """A client module for this architecture (:func:`build_sl_halves`), reused within a process.
+def cached_client_half(config: Mapping[str, Any], device: torch.device | str = "cpu") -> nn.Module:
+    """A client module for this architecture (:func:`build_sl_halves`) on ``device``, reused within a process.
 
     Module-level caches are per process (per Ray actor in simulation, shared by its nodes), so
     the module only saves construction: every message loads the node's own weights into it.
     """
     local = config.get("gradients", "server") == "local"
-    key = (model_name(config), str(config["cut"]), str(config["dataset"]), str(config["aux_head"]) if local else "")
+    head = str(config["aux_head"]) if local else ""
+    key = (model_name(config), str(config["cut"]), str(config["dataset"]), head, str(torch.device(device)))
     half = _HALF_CACHE.get(key)
     if half is None:
-        half = _HALF_CACHE.setdefault(key, build_sl_halves(config, seed=0)[0])
+        half = _HALF_CACHE.setdefault(key, build_sl_halves(config, seed=0)[0].to(device))
     return half
 
 

@@ -1,0 +1,76 @@
+"""Client devices and the GPU check: what runs without a GPU, and the CUDA paths where one exists."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from sl_helpers import max_diff, small_config
+
+from fl_split.config import ConfigError
+from fl_split.errors import TrainingFailed
+from fl_split.fl.config import load_fl_config
+from fl_split.sl.transport import InProcessTransport
+from fl_split.training import client_device
+from strategies.split_learning import SplitLearningStrategy
+
+CUDA = torch.cuda.is_available()
+needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA device (torch.cuda.is_available() is False)")
+
+
+def _run(config: dict) -> SplitLearningStrategy:
+    strategy = SplitLearningStrategy(config, keep_history=True)
+    strategy.start(InProcessTransport(int(config["clients"])))
+    return strategy
+
+
+def test_auto_is_cuda_only_where_this_process_sees_a_gpu() -> None:
+    assert client_device("auto") == torch.device("cuda" if CUDA else "cpu")
+    assert client_device("cpu") == torch.device("cpu")
+
+
+@pytest.mark.skipif(CUDA, reason="checks the message on a machine without CUDA")
+def test_a_cuda_client_without_a_gpu_fails_its_round_with_advice() -> None:
+    with pytest.raises(ValueError, match=r"sees 0 CUDA device\(s\); in a simulation set flower.num_gpus > 0"):
+        client_device("cuda")
+    with pytest.raises(TrainingFailed, match="sees 0 CUDA device"):
+        _run(small_config(client_device="cuda", max_steps_per_round=2))
+
+
+@pytest.mark.parametrize("value", ["gpu", "cuda:x", "tpu"])
+def test_a_bad_client_device_is_refused_up_front(value: str) -> None:
+    with pytest.raises(ConfigError, match="auto, cpu, cuda or cuda:N"):
+        small_config(client_device=value)
+    with pytest.raises(ConfigError, match="auto, cpu, cuda or cuda:N"):
+        load_fl_config("fl", [f"device={value}"])
+
+
+@pytest.mark.skipif(CUDA, reason="checks the report of a machine without CUDA")
+def test_gpu_check_without_cuda_reports_so_runs_nothing_and_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
+    from simulations.gpu_check import CHECKS, NOT_BUILT, main
+
+    assert main([]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["cuda"] is False and report["device"] is None and report["failed"] == []
+    assert set(report["checks"]) == set(CHECKS) | set(NOT_BUILT)
+    assert all(c["status"] == "skipped" and c["reason"] for c in report["checks"].values())
+
+
+@needs_cuda
+def test_cuda_clients_and_server_equal_the_cpu_run() -> None:
+    """Codec ``none``, one client, 6 steps: both halves on CUDA equal the CPU run (float sums may differ
+    in order: 1e-4)."""
+    cfg = small_config(uplink="none", max_steps_per_round=6, client_device="cpu")
+    cpu = _run(cfg)
+    gpu = _run(cfg.replace(client_device="cuda", server_device="cuda"))
+    assert max_diff(cpu.client_half, gpu.client_half) < 1e-4
+    assert max_diff(cpu.server_half, gpu.server_half.cpu()) < 1e-4
+
+
+@needs_cuda
+def test_gpu_check_codecs_pass_on_cuda() -> None:
+    from simulations.gpu_check import run_checks
+
+    report = run_checks(["codecs"])
+    assert report["checks"]["codecs"]["status"] == "passed", report
