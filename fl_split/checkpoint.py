@@ -25,7 +25,7 @@ from fl_split.durable import atomic_torch_save, from_safe, to_safe
 CHECKPOINT, MODEL = "checkpoint.pt", "model.pt"
 FORMAT = 1
 #: config keys a resumed run may change: where and how it reports, how long it runs, how it checkpoints
-MAY_CHANGE = ("out_dir", "existing_out", "progress", "rounds", "steps", "checkpoint_every")
+MAY_CHANGE = ("out_dir", "existing_out", "progress", "rounds", "steps", "checkpoint_every", "flower.ray_address")
 
 
 def save_checkpoint(out_dir: str | Path, command: str, round_: int, config: Mapping[str, Any], state: Any) -> Path:
@@ -62,7 +62,9 @@ def load_checkpoint(out_dir: str | Path, command: str, config: Mapping[str, Any]
     default = flatten(defaults(schema())) if schema is not None else {}
     saved, config = {**default, **flatten(json.loads(blob["config"]))}, flatten(plain(config))
     changed = sorted(
-        k for k in set(saved) | set(config) if k.split(".")[0] not in MAY_CHANGE and saved.get(k) != config.get(k)
+        k
+        for k in set(saved) | set(config)
+        if k.split(".")[0] not in MAY_CHANGE and k not in MAY_CHANGE and saved.get(k) != config.get(k)
     )
     if changed:
         diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {config.get(k)!r}" for k in changed[:5])

@@ -65,7 +65,8 @@ def client_device(name: str) -> torch.device:
         A CUDA device this process does not see (the message says how to give the clients one).
     """
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        gpu = torch.cuda.is_available() and not _ray_worker_without_gpu()
+        return torch.device("cuda" if gpu else "cpu")
     device = torch.device(name)
     if device.type == "cuda":
         seen = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -77,7 +78,26 @@ def client_device(name: str) -> torch.device:
     return device
 
 
-@lru_cache(maxsize=16)
+def _ray_worker_without_gpu() -> bool:
+    """Whether this process is a Ray worker (a virtual client's actor) given no GPU share. Ray hides the
+    GPUs from such workers today; a future Ray will not (its FutureWarning), and ``auto`` must not then
+    put every virtual client on GPU 0."""
+    import sys
+
+    if "ray" not in sys.modules:
+        return False
+    try:
+        import ray
+        from ray._private import worker
+
+        if not ray.is_initialized() or worker.global_worker.mode != worker.WORKER_MODE:
+            return False
+        return len(ray.get_gpu_ids()) == 0
+    except Exception:
+        return False
+
+
+@lru_cache(maxsize=64)
 def _partition_on(key: tuple[Any, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     x, y = _partition(*key)
     return x.to(device), y.to(device)

@@ -98,8 +98,6 @@ def run_flower_simulation(
     """
     from flwr.simulation import run_simulation
 
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # silences a FutureWarning per actor
-
     init_args: dict[str, object] = {"logging_level": logging.ERROR}
     if ray_address:  # the cluster's resources are its own: only connect
         init_args["address"] = ray_address
@@ -162,7 +160,10 @@ def start_ray(init_args: dict[str, object], attempts: int = RAY_START_ATTEMPTS) 
         )
     for attempt in range(1, attempts + 1):
         try:
-            ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **init_args)  # type: ignore[arg-type]
+            with warnings.catch_warnings():  # Ray's tip that a future version will stop hiding GPUs from
+                # actors without a GPU share: this version hides them, which client_device=auto relies on
+                warnings.filterwarnings("ignore", message="Tip: In future versions of Ray", category=FutureWarning)
+                ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **init_args)  # type: ignore[arg-type]
             return
         except (RuntimeError, ConnectionError, TimeoutError) as exc:
             ray.shutdown()
@@ -187,7 +188,7 @@ def _answers(address: str, timeout_s: float = 5.0) -> bool:
 
     host, _, port = address.removeprefix("ray://").rpartition(":")
     try:
-        with socket.create_connection((host, int(port)), timeout=timeout_s):
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
             return True
     except (OSError, ValueError):
         return False

@@ -26,8 +26,9 @@ def run_from_context(grid: Grid, context: Context) -> dict[str, Any]:
     _, config = task_config(context.run_config)
     if config.flower.ray_address:
         raise ConfigError(
-            f"flower.ray-address={config.flower.ray_address!r} is for `fl-split sl` and `fl-split fl`; under `flwr run` "
-            "Flower's own runtime runs the clients (a deployment's SuperNodes, or its simulation's Ray): drop the key"
+            f"flower.ray-address={config.flower.ray_address!r} is for `fl-split sl` and `fl-split fl`; under "
+            "`flwr run` Flower's own runtime runs the clients (a deployment's SuperNodes, or its simulation's Ray): "
+            "drop the key"
         )
     if isinstance(config, FLConfig):
         return run_fl_on_grid(config, grid)

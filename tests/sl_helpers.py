@@ -77,6 +77,7 @@ def small_config(**values: Any) -> dict[str, Any]:
         "progress": False,
         "rounds": 1,
         "clients": 1,
+        "client_device": "cpu",  # the oracles compare with CPU references (auto would take a GPU where one is)
         "out_dir": tempfile.mkdtemp(prefix="fl-split-test-"),  # runs never share (or refuse) a folder
     }
     base.update(values)

@@ -34,7 +34,8 @@ from strategies.compressed_fedavg import CompressedFedAvg
 
 
 def _config(**values: object) -> dict:
-    return load_fl_config("fl", values={"progress": False, "out_dir": tempfile.mkdtemp(prefix="fl-test-"), **values})
+    values = {"progress": False, "device": "cpu", "out_dir": tempfile.mkdtemp(prefix="fl-test-"), **values}
+    return load_fl_config("fl", values=values)
 
 
 def _reply(node: int, content: RecordDict) -> Message:

@@ -30,6 +30,11 @@ def test_auto_is_cuda_only_where_this_process_sees_a_gpu() -> None:
     assert client_device("cpu") == torch.device("cpu")
 
 
+def test_stream_is_refused_on_a_ray_cluster() -> None:
+    with pytest.raises(ConfigError, match=r"use transport=messages with flower\.ray_address"):
+        small_config(engine="flower", transport="stream", flower={"ray_address": "10.0.0.1:6379"})
+
+
 @pytest.mark.skipif(CUDA, reason="checks the message on a machine without CUDA")
 def test_a_cuda_client_without_a_gpu_fails_its_round_with_advice() -> None:
     with pytest.raises(ValueError, match=r"sees 0 CUDA device\(s\); in a simulation set flower.num_gpus > 0"):
@@ -61,6 +66,7 @@ def test_gpu_check_without_cuda_reports_so_runs_nothing_and_exits_0(capsys: pyte
 def test_cuda_clients_and_server_equal_the_cpu_run() -> None:
     """Codec ``none``, one client, 6 steps: both halves on CUDA equal the CPU run (float sums may differ
     in order: 1e-4)."""
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False  # full float32 on CUDA
     cfg = small_config(uplink="none", max_steps_per_round=6, client_device="cpu")
     cpu = _run(cfg)
     gpu = _run(cfg.replace(client_device="cuda", server_device="cuda"))

@@ -39,7 +39,7 @@ def _session(sid: int) -> list[int]:
                 fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue
-            if int(fields[3]) == sid:  # after "pid (comm)": state, ppid, pgrp, session
+            if int(fields[3]) == sid and fields[0] != "Z":  # after "pid (comm)": state, ppid, pgrp, session
                 pids.append(int(entry.name))
     return pids
 
@@ -65,18 +65,22 @@ def cluster() -> Iterator[str]:
     port = free_port()
     cmd = [str(RAY), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}"]
     cmd += [f"--temp-dir={folder}", "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats"]
+    cmd += [f"--ray-client-server-port={free_port()}"]  # not the fixed 10001 another cluster may hold
     env = {**os.environ, "RAY_worker_niceness": "0"}
-    head = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    log = open(Path(folder) / "ray-start.log", "wb")
+    head = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
         while not _accepts(port):
             if head.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"`ray start --head` did not come up on port {port} (exit {head.poll()})")
+                tail = (Path(folder) / "ray-start.log").read_text(errors="replace")[-2000:]
+                pytest.fail(f"`ray start --head` did not come up on port {port} (exit {head.poll()}):\n{tail}")
             time.sleep(0.5)
         yield f"127.0.0.1:{port}"
     finally:
         _stop(head.pid)
         head.wait(timeout=30)
+        log.close()
         assert not _session(head.pid), "a process of the test's Ray cluster outlived it"
         shutil.rmtree(folder, ignore_errors=True)
 

@@ -27,7 +27,7 @@ from fl_split.link import LinkProfile, predict_time_to_round
 from fl_split.sl.config import SLConfig
 
 #: Keys of a cell's config that do not change its result.
-_NOT_KEYED = ("out_dir", "progress", "existing_out", "checkpoint_every")
+_NOT_KEYED = ("out_dir", "progress", "existing_out", "checkpoint_every", "flower.ray_address")
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ class Cell:
         keyed = {
             k: v
             for k, v in flatten(plain(self.config)).items()
-            if k.split(".")[0] not in _NOT_KEYED and (k not in default or default[k] != v)
+            if k.split(".")[0] not in _NOT_KEYED and k not in _NOT_KEYED and (k not in default or default[k] != v)
         }
         text = json.dumps({"scheme": self.scheme, "config": keyed}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -72,7 +72,11 @@ def stored_config_differs(cell: Cell, stored: Mapping[str, Any]) -> list[str]:
     """The keys in which a stored run's config (its ``summary.json``'s ``config``) differs from ``cell``'s,
     output keys left out; a key the stored config lacks (added since) counts at its default."""
     default = flatten(defaults(type(cell.config).schema()))
-    mine = {k: v for k, v in flatten(plain(cell.config)).items() if k.split(".")[0] not in _NOT_KEYED}
+    mine = {
+        k: v
+        for k, v in flatten(plain(cell.config)).items()
+        if k.split(".")[0] not in _NOT_KEYED and k not in _NOT_KEYED
+    }
     theirs = {**default, **flatten(stored)}
     return sorted(k for k in mine if theirs.get(k) != mine[k])
 

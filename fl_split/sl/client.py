@@ -252,7 +252,7 @@ class _Runtime:
         if self.downlink is not None:
             grad = self.downlink.decode(payload, max_numel=out.numel(), device=out.device)
         else:  # mask: the values at the uplink's kept positions, in row-major order
-            grad = decode_masked(payload, self.uplink.support(self.state.pending_uplink[j]))
+            grad = decode_masked(payload, self.uplink.support(self.state.pending_uplink[j], device=out.device))
         if tuple(grad.shape) != tuple(out.shape):
             raise CodecError(f"gradient of shape {tuple(grad.shape)} for activations of shape {tuple(out.shape)}")
         return grad.to(out.device, out.dtype)

@@ -221,6 +221,12 @@ class SLConfig(SLClientKeys, OutputKeys, FederationKeys, PartitionKeys, DataKeys
                 f"server_batching runs one server step over batches of several clients on the shared server half: "
                 f"it needs mode=splitfed2 (mode is {self.mode!r}); or set server_batching=false"
             )
+        if self.transport == "stream" and self.flower.ray_address:
+            raise ConfigError(
+                "transport=stream in a simulation serves the stream on 127.0.0.1, which virtual clients on other "
+                "machines of a Ray cluster cannot reach: use transport=messages with flower.ray_address (the stream "
+                "is for deployments: docs/deployment.md)"
+            )
         if self.transport == "stream" and self.engine != "flower":
             raise ConfigError(
                 "transport=stream carries the batches of Flower clients over a gRPC stream: it needs engine=flower "

@@ -72,8 +72,8 @@ def decode_masked(payload: bytes, support: torch.Tensor) -> torch.Tensor:
     values = NONE_CODEC.decode(payload, max_numel=max(count, 1))
     if values.ndim != 1 or values.numel() != count:
         raise CodecError(f"mask gradient holds {values.numel()} values for {count} kept positions")
-    out = torch.zeros(support.shape)
-    out[support] = values
+    out = torch.zeros(support.shape, dtype=torch.float32, device=support.device)
+    out[support] = values.to(support.device)
     return out
 
 
