@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from fl_split.config import ConfigError, defaults, flatten, plain
+from fl_split.config import ConfigError, flatten, flatten_filled, plain
 from fl_split.durable import atomic_torch_save, from_safe, to_safe
 
 CHECKPOINT, MODEL = "checkpoint.pt", "model.pt"
@@ -58,9 +58,8 @@ def load_checkpoint(out_dir: str | Path, command: str, config: Mapping[str, Any]
     if not isinstance(blob, dict) or blob.get("format") != FORMAT or blob.get("command") != command:
         raise ConfigError(f"--resume: {path} is not a checkpoint of `fl-split {command}` (format {FORMAT})")
     schema = getattr(type(config), "schema", None)
-    # a key added to the schema after the checkpoint was written counts at its default there
-    default = flatten(defaults(schema())) if schema is not None else {}
-    saved, config = {**default, **flatten(json.loads(blob["config"]))}, flatten(plain(config))
+    saved = flatten_filled(json.loads(blob["config"]), schema() if schema is not None else None)
+    config = flatten(plain(config))
     changed = sorted(
         k
         for k in set(saved) | set(config)

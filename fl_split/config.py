@@ -129,6 +129,12 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return _flatten(data, prefix)
 
 
+def flatten_filled(stored: Mapping[str, Any], schema: Schema | None) -> dict[str, Any]:
+    """A stored config (a checkpoint's, a finished run's) flattened, every key it lacks (added to ``schema``
+    since it was written) at its default: what it meant under today's schema."""
+    return {**(flatten(defaults(schema)) if schema is not None else {}), **flatten(stored)}
+
+
 def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in data.items():
@@ -577,11 +583,14 @@ def dataset_choices() -> list[str]:
     return list_datasets()
 
 
+def is_device_name(value: str) -> bool:
+    """Whether ``value`` names a torch device fl-split places work on: ``cpu``, ``cuda`` or ``cuda:N``."""
+    return value in ("cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit())
+
+
 def client_device_check(value: str) -> str | None:
     """A client's torch device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (:func:`fl_split.training.client_device`)."""
-    if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
-        return None
-    return "auto, cpu, cuda or cuda:N"
+    return None if value == "auto" or is_device_name(value) else "auto, cpu, cuda or cuda:N"
 
 
 def positive(value: float) -> str | None:

@@ -90,11 +90,17 @@ class Optimizer(Config):
     weight_decay: float = key(5e-4, "SGD weight decay", check=non_negative)
 
 
-def _ray_address_check(value: str) -> str | None:
-    if value in ("", "auto"):
-        return None
-    host, _, port = value.removeprefix("ray://").rpartition(":")
+def ray_host_port(address: str) -> tuple[str, int] | None:
+    """``(host, port)`` of a Ray cluster address ``[ray://]host:port`` (IPv6 hosts in brackets), or ``None``
+    when it is not one."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
     if host and port.isdigit() and 0 < int(port) < 65536:
+        return host.strip("[]"), int(port)
+    return None
+
+
+def _ray_address_check(value: str) -> str | None:
+    if value in ("", "auto") or ray_host_port(value) is not None:
         return None
     return "empty (start Ray here), auto, or the cluster head's host:port, e.g. 10.0.0.1:6379"
 

@@ -153,11 +153,7 @@ def start_ray(init_args: dict[str, object], attempts: int = RAY_START_ATTEMPTS) 
     os.environ["PYTHONPATH"] = pythonpath
     address = str(init_args.get("address", "local"))
     if address not in ("local", "auto") and not _answers(address):  # ray.init would wait minutes on it
-        raise RuntimeError(
-            f"could not connect to the Ray cluster at flower.ray_address={address!r}: nothing answers there. Is "
-            "`ray start --head` running, is the address its host:port (6379 unless --port was given), and is it "
-            "reachable from this machine?"
-        )
+        raise RuntimeError(_unreachable(address, "nothing answers there"))
     for attempt in range(1, attempts + 1):
         try:
             with warnings.catch_warnings():  # Ray's tip that a future version will stop hiding GPUs from
@@ -167,12 +163,8 @@ def start_ray(init_args: dict[str, object], attempts: int = RAY_START_ATTEMPTS) 
             return
         except (RuntimeError, ConnectionError, TimeoutError) as exc:
             ray.shutdown()
-            if attempt == attempts and init_args.get("address", "local") != "local":
-                raise RuntimeError(
-                    f"could not connect to the Ray cluster at flower.ray_address={init_args['address']!r} in "
-                    f"{attempts} tries: {exc}. Is `ray start --head` running there, is the address its host:port "
-                    "(6379 unless --port was given), and is it reachable from this machine?"
-                ) from exc
+            if attempt == attempts and address != "local":
+                raise RuntimeError(_unreachable(address, f"{attempts} tries failed: {exc}")) from exc
             if attempt == attempts:
                 raise RuntimeError(
                     f"Ray (Flower's simulation engine) did not start in {attempts} tries: {exc}. "
@@ -182,15 +174,27 @@ def start_ray(init_args: dict[str, object], attempts: int = RAY_START_ATTEMPTS) 
             time.sleep(RAY_START_PAUSE_S)
 
 
+def _unreachable(address: str, why: str) -> str:
+    return (
+        f"could not connect to the Ray cluster at flower.ray_address={address!r}: {why}. Is `ray start --head` "
+        "running there, is the address its host:port (6379 unless --port was given), and is it reachable from "
+        "this machine?"
+    )
+
+
 def _answers(address: str, timeout_s: float = 5.0) -> bool:
-    """Whether a TCP connection to ``host:port`` (``ray://`` allowed) opens within ``timeout_s``."""
+    """Whether a TCP connection to the cluster address ``[ray://]host:port`` opens within ``timeout_s``."""
     import socket
 
-    host, _, port = address.removeprefix("ray://").rpartition(":")
+    from fl_split.config_blocks import ray_host_port
+
+    target = ray_host_port(address)
+    if target is None:
+        return False
     try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+        with socket.create_connection(target, timeout=timeout_s):
             return True
-    except (OSError, ValueError):
+    except OSError:
         return False
 
 

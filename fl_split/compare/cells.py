@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from itertools import product
 from typing import Any
 
-from fl_split.config import ConfigError, defaults, flatten, plain
+from fl_split.compare.plots import downlink_words
+from fl_split.config import ConfigError, defaults, flatten, flatten_filled, plain
 from fl_split.fl.config import FLConfig
 from fl_split.link import LinkProfile, predict_time_to_round
 from fl_split.sl.config import SLConfig
@@ -59,11 +60,7 @@ class Cell:
         """16 hex digits of the SHA-256 of the canonical JSON of the config's keys that differ from their
         defaults (output keys left out): a key added with a default does not change any cell's key."""
         default = flatten(defaults(type(self.config).schema()))
-        keyed = {
-            k: v
-            for k, v in flatten(plain(self.config)).items()
-            if k.split(".")[0] not in _NOT_KEYED and k not in _NOT_KEYED and (k not in default or default[k] != v)
-        }
+        keyed = {k: v for k, v in _result_keys(self.config).items() if k not in default or default[k] != v}
         text = json.dumps({"scheme": self.scheme, "config": keyed}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -71,14 +68,16 @@ class Cell:
 def stored_config_differs(cell: Cell, stored: Mapping[str, Any]) -> list[str]:
     """The keys in which a stored run's config (its ``summary.json``'s ``config``) differs from ``cell``'s,
     output keys left out; a key the stored config lacks (added since) counts at its default."""
-    default = flatten(defaults(type(cell.config).schema()))
-    mine = {
-        k: v
-        for k, v in flatten(plain(cell.config)).items()
-        if k.split(".")[0] not in _NOT_KEYED and k not in _NOT_KEYED
-    }
-    theirs = {**default, **flatten(stored)}
+    mine = _result_keys(cell.config)
+    theirs = flatten_filled(stored, type(cell.config).schema())
     return sorted(k for k in mine if theirs.get(k) != mine[k])
+
+
+def _result_keys(config: SLConfig | FLConfig) -> dict[str, Any]:
+    """The config as dotted keys, less those that do not change a run's result (:data:`_NOT_KEYED`)."""
+    return {
+        k: v for k, v in flatten(plain(config)).items() if k.split(".")[0] not in _NOT_KEYED and k not in _NOT_KEYED
+    }
 
 
 def stored_cell_key(stored: Mapping[str, Any]) -> str | None:
@@ -221,10 +220,8 @@ def _downlink_label(config: Mapping[str, Any]) -> str:
 def _variant_label(own: Mapping[str, Any], config: Mapping[str, Any]) -> str:
     """A split-learning cell's codec label, from its resolved ``config``: the uplink, then what goes back
     when it is not the dense gradient, then the variant's other keys (``own``)."""
-    down = _downlink_label(config)
-    label = str(config["uplink"]) + (
-        "" if down == "none" else f" {down}" if down.startswith("local") else f" down {down}"
-    )
+    back = downlink_words(_downlink_label(config))
+    label = str(config["uplink"]) + (f" {back}" if back else "")
     rest = {k: v for k, v in own.items() if k not in ("uplink", "downlink", "gradients", "send_every")}
     return label + "".join(f" {k}={v}" for k, v in sorted(rest.items()))
 

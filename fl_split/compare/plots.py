@@ -26,12 +26,17 @@ def _plt() -> Any:
     return plt
 
 
+def downlink_words(down: str) -> str:
+    """What goes back to a client, in a label: nothing for the dense gradient (``none``), ``local ...`` for
+    local-loss SL, else ``down CODEC``."""
+    return "" if down == "none" else down if down.startswith("local") else f"down {down}"
+
+
 def codec_label(row: Mapping[str, Any]) -> str:
     """What a curve is called in the legend: the uplink codec, ``/ down D`` when the downlink is not dense
     (``/ local`` for local-loss SL), ``+ EF`` for FL's error feedback."""
-    down = str(row.get("downlink") or "none")
-    back = "" if down == "none" else f" / {down}" if down.startswith("local") else f" / down {down}"
-    return f"{row['codec']}{back}{' + EF' if row.get('error_feedback') is True else ''}"
+    back = downlink_words(str(row.get("downlink") or "none"))
+    return f"{row['codec']}{f' / {back}' if back else ''}{' + EF' if row.get('error_feedback') is True else ''}"
 
 
 def codec_styles(labels: Sequence[str]) -> dict[str, dict[str, Any]]:

@@ -163,19 +163,30 @@ class _Runtime:
             x, y = self.batch(st.epoch, st.pos)
             with torch.no_grad():
                 out = self.half(x)
-            t0 = time.perf_counter()
-            payload = self.uplink.encode(out)
-            self.codec_s += time.perf_counter() - t0
+            payload = self.encode_uplink(out)
             acts.append(payload)
             labels.append(encode_labels(y, self.num_classes))
             st.pending += [st.epoch, st.pos]
             if self.downlink is None:
                 st.pending_uplink.append(payload)
-            st.left -= 1
-            st.pos += 1
-            if st.pos == nb:
-                st.epoch, st.pos = st.epoch + 1, 0
+            self.advance(nb)
         return {ACTIVATIONS: acts, LABELS: labels, "done": False}
+
+    def encode_uplink(self, out: torch.Tensor) -> bytes:
+        """The uplink payload of activations ``out``, its time counted in :attr:`codec_s`."""
+        t0 = time.perf_counter()
+        try:
+            return self.uplink.encode(out)
+        finally:
+            self.codec_s += time.perf_counter() - t0
+
+    def advance(self, per_epoch: int) -> None:
+        """Move the cursor past the batch just taken (one fewer left this round; the next epoch after the last)."""
+        st = self.state
+        st.left -= 1
+        st.pos += 1
+        if st.pos == per_epoch:
+            st.epoch, st.pos = st.epoch + 1, 0
 
     def train_and_send(self) -> dict[str, Any]:
         """Local-loss SL: train the next batches on the auxiliary head's loss, one step each, until ``k``
@@ -203,14 +214,9 @@ class _Runtime:
             st.steps += 1
             st.samples += x.shape[0]
             if send:
-                t0 = time.perf_counter()
-                acts.append(self.uplink.encode(out.detach()))
-                self.codec_s += time.perf_counter() - t0
+                acts.append(self.encode_uplink(out.detach()))
                 labels.append(encode_labels(y, self.num_classes))
-            st.left -= 1
-            st.pos += 1
-            if st.pos == nb:
-                st.epoch, st.pos = st.epoch + 1, 0
+            self.advance(nb)
         return {ACTIVATIONS: acts, LABELS: labels, "done": False}
 
     def apply(self, grads: list[bytes]) -> None:

@@ -15,6 +15,7 @@ from fl_split.config import (
     check_data_source,
     client_device_check,
     codec_spec_check,
+    is_device_name,
     key,
     non_negative,
     positive,
@@ -65,9 +66,7 @@ def _cut_check(value: str | int) -> str | None:
 
 
 def _device_check(value: str) -> str | None:
-    if value == "cpu" or value == "cuda" or (value.startswith("cuda:") and value[5:].isdigit()):
-        return None
-    return "cpu, cuda or cuda:N (the server half's torch device)"
+    return None if is_device_name(value) else "cpu, cuda or cuda:N (the server half's torch device)"
 
 
 def _accuracy_or_off(value: float) -> str | None:
