@@ -1,8 +1,8 @@
 """Writing run outputs so that a crash loses nothing: atomic replaces, synced appends, safe checkpoints.
 
-- :func:`atomic_write_text` / :func:`atomic_torch_save`: write a temporary file in the same folder,
-  ``fsync`` it, then ``os.replace`` it over the target: a reader sees the old file or the new one,
-  never half of one.
+- :func:`atomic_write_text` / :func:`atomic_write_bytes` / :func:`atomic_torch_save`: write a temporary
+  file in the same folder, ``fsync`` it, then ``os.replace`` it over the target: a reader sees the old
+  file or the new one, never half of one.
 - :func:`append_line`: append, flush and ``fsync`` (a metrics row is on disk when the call returns).
 - :func:`to_safe` / :func:`from_safe`: checkpoints hold tensors, numbers, strings, lists and dicts
   only, so they load with ``torch.load(weights_only=True)`` (no pickled code runs on load); byte
@@ -51,6 +51,11 @@ def _umask() -> int:
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Replace ``path`` with ``text`` (UTF-8) atomically."""
     _atomic(Path(path), lambda fh: fh.write(text.encode("utf-8")))
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically."""
+    _atomic(Path(path), lambda fh: fh.write(data))
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:

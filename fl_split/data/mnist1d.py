@@ -8,11 +8,22 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from fl_split.data.cache import Arrays, cached_arrays, package_version
 from fl_split.data.digits import check_split
+
+#: The generated dataset's shape: 4000 training and 1000 test signals of length 40, 10 classes.
+NUM_TRAIN, NUM_TEST, LENGTH, NUM_CLASSES = 4000, 1000, 40, 10
 
 
 @lru_cache(maxsize=4)
-def _generate(seed: int) -> dict[str, np.ndarray]:
+def _generate(seed: int) -> Arrays:
+    """The ``mnist1d`` package's dataset for ``seed``: read from the dataset cache
+    (:mod:`fl_split.data.cache`) when an earlier process stored it, else generated (about 3 s)."""
+    version = package_version("mnist1d")
+    return cached_arrays(f"mnist1d-{version}-seed{seed}", lambda: _make(seed), _check) if version else _make(seed)
+
+
+def _make(seed: int) -> Arrays:
     """Run ``mnist1d.data.make_dataset`` with ``seed``, restoring the global RNG states it reseeds."""
     from mnist1d.data import get_dataset_args, make_dataset
 
@@ -25,7 +36,16 @@ def _generate(seed: int) -> dict[str, np.ndarray]:
     finally:
         np.random.set_state(np_state)  # noqa: NPY002
         random.setstate(py_state)
-    return {k: dataset[k] for k in ("x", "y", "x_test", "y_test")}
+    return {k: np.asarray(dataset[k]) for k in ("x", "y", "x_test", "y_test")}
+
+
+def _check(a: Arrays) -> None:
+    """``ValueError`` unless ``a`` has the generated dataset's shapes, finite signals and labels in range."""
+    for xs, ys, n in ((a["x"], a["y"], NUM_TRAIN), (a["x_test"], a["y_test"], NUM_TEST)):
+        if xs.shape != (n, LENGTH) or not np.isfinite(xs).all():
+            raise ValueError(f"signals are {xs.shape}, not finite ({n}, {LENGTH})")
+        if ys.shape != (n,) or ys.dtype.kind not in "iu" or ys.min() < 0 or ys.max() >= NUM_CLASSES:
+            raise ValueError(f"labels are {ys.dtype} {ys.shape}, not integers ({n},) in [0, {NUM_CLASSES})")
 
 
 def load_mnist1d_tensors(split: str = "train", seed: int = 42) -> tuple[torch.Tensor, torch.Tensor]:

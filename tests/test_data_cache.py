@@ -1,0 +1,124 @@
+"""The dataset cache: a new process reads digits and MNIST-1D from disk, exactly as the libraries make them."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fl_split.data import digits, mnist1d
+from fl_split.data.cache import CACHE_ENV, cache_dir
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """An empty cache folder for this test; the in-memory caches cleared before and after."""
+    folder = tmp_path / "cache"
+    monkeypatch.setenv(CACHE_ENV, str(folder))
+    digits._split_indices.cache_clear()
+    mnist1d._generate.cache_clear()
+    yield folder
+    digits._split_indices.cache_clear()
+    mnist1d._generate.cache_clear()
+
+
+def _sklearn_split(seed: int) -> tuple[np.ndarray, ...]:
+    """The reference, straight from scikit-learn."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()
+    train, test = train_test_split(
+        np.arange(1797), test_size=0.2, stratify=bunch.target, random_state=seed, shuffle=True
+    )
+    return bunch.images.astype(np.float32), bunch.target.astype(np.int64), np.sort(train), np.sort(test)
+
+
+def _equal(got: tuple[np.ndarray, ...], want: tuple[np.ndarray, ...]) -> bool:
+    return all(g.dtype == w.dtype and np.array_equal(g, w) for g, w in zip(got, want, strict=True))
+
+
+def _refuse_to_build(*_: object) -> None:
+    raise AssertionError("the cache was not used")
+
+
+def test_digits_are_stored_once_and_then_read_back_exactly(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = digits._split_indices(3)
+    files = sorted(p.name for p in cache.iterdir())
+    assert len(files) == 1 and files[0].startswith("digits-sklearn") and files[0].endswith("-seed3.npz")
+    assert _equal(first, _sklearn_split(3))
+    digits._split_indices.cache_clear()
+    monkeypatch.setattr(digits, "_from_sklearn", _refuse_to_build)  # a second process: read, not rebuilt
+    assert _equal(digits._split_indices(3), _sklearn_split(3))
+    x, y = digits.load_digits_tensors("test", seed=3)
+    assert x.shape == (360, 1, 16, 16) and np.array_equal(y.numpy(), _sklearn_split(3)[1][_sklearn_split(3)[3]])
+
+
+def test_mnist1d_is_stored_once_and_then_read_back_exactly(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    args.seed = 42
+    want = make_dataset(args)
+    mnist1d._generate(42)
+    mnist1d._generate.cache_clear()
+    monkeypatch.setattr(mnist1d, "_make", _refuse_to_build)
+    got = mnist1d._generate(42)
+    for k in ("x", "y", "x_test", "y_test"):
+        assert got[k].dtype == np.asarray(want[k]).dtype and np.array_equal(got[k], want[k]), k
+
+
+@pytest.mark.parametrize("damage", ["garbage", "labels_out_of_range", "missing_array"])
+def test_a_damaged_file_is_rebuilt_with_a_warning(cache: Path, damage: str, caplog: pytest.LogCaptureFixture) -> None:
+    digits._split_indices(0)
+    (path,) = cache.iterdir()
+    if damage == "garbage":
+        path.write_bytes(b"not a zip file")
+    else:
+        images, labels, train, test = _sklearn_split(0)
+        arrays = {"images": images, "labels": labels + 1, "train_idx": train, "test_idx": test}
+        if damage == "missing_array":
+            arrays = {"images": images, "labels": labels, "train_idx": train}
+        np.savez(path, **arrays)
+    digits._split_indices.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="fl_split.data.cache"):
+        assert _equal(digits._split_indices(0), _sklearn_split(0))
+    assert f"dataset cache {path} is unusable" in caplog.text
+    digits._split_indices.cache_clear()
+    caplog.clear()
+    assert _equal(digits._split_indices(0), _sklearn_split(0)) and not caplog.text  # the rebuilt file is good
+
+
+def test_off_or_an_unwritable_folder_means_no_cache_and_the_same_arrays(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cache: Path
+) -> None:
+    monkeypatch.setenv(CACHE_ENV, "off")
+    assert cache_dir() is None and _equal(digits._split_indices(1), _sklearn_split(1))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    monkeypatch.setenv(CACHE_ENV, str(blocker / "cache"))  # its parent is a file: mkdir fails
+    digits._split_indices.cache_clear()
+    assert _equal(digits._split_indices(1), _sklearn_split(1)) and blocker.read_text() == "x"
+    monkeypatch.delenv(CACHE_ENV)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir() == tmp_path / "xdg" / "fl-split"
+
+
+def test_a_new_process_with_a_warm_cache_imports_neither_sklearn_nor_mnist1d(cache: Path) -> None:
+    """What the cache is for: every Ray actor, ClientApp process and rank skips 2-5 s of imports and generation."""
+    digits._split_indices(0)
+    mnist1d._generate(42)
+    code = (
+        "import sys; from fl_split.data import load_dataset; load_dataset('digits', 'train'); "
+        "load_dataset('mnist1d', 'test'); print(sorted(m for m in ('sklearn', 'scipy', 'pandas', 'mnist1d') "
+        "if m in sys.modules))"
+    )
+    env = {CACHE_ENV: str(cache), "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"
