@@ -52,7 +52,7 @@ def load_checkpoint(out_dir: str | Path, command: str, config: Mapping[str, Any]
             "before its first one); run again with --overwrite"
         )
     try:
-        blob = from_safe(torch.load(path, weights_only=True))
+        blob = from_safe(torch.load(path, map_location="cpu", weights_only=True))
     except Exception as exc:  # a truncated or foreign file
         raise ConfigError(f"--resume: {path} is not a readable checkpoint ({type(exc).__name__}: {exc})") from None
     if not isinstance(blob, dict) or blob.get("format") != FORMAT or blob.get("command") != command:

@@ -2,8 +2,12 @@
 
 Used by ``fl-split ddp`` (one rank per data-parallel worker) and ``fl-split gossip`` with
 ``transport = distributed`` (one rank per node). Each rank runs ``fn(rank, world, config, *args)``
-in an initialised gloo group (timeout ``config.timeout_s``) and writes what it returned to
+in an initialised process group (timeout ``config.timeout_s``) and writes what it returned to
 ``out_dir/rank{r}.json`` — with ``error`` when it raised, so a caller can read every rank's failure.
+
+The group's backend comes from :func:`placement`: NCCL when the ranks' tensors live on CUDA (one
+process per GPU: rank ``r`` on ``cuda:LOCAL_RANK``), else gloo on the CPU. A config without ``device``
+and ``backend`` keys (gossip, whose exchange moves host bytes) runs gloo on the CPU.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
+import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
@@ -33,12 +38,66 @@ class RankConfig(Protocol):
     def timeout_s(self) -> float: ...
 
 
+#: ``backend`` values: ``auto`` (NCCL when the ranks use CUDA, else gloo), ``gloo``, ``nccl``.
+BACKENDS = ("auto", "gloo", "nccl")
+
+
+def placement(device: str, backend: str, world: int, local_rank: int = 0) -> tuple[torch.device, str]:
+    """A rank's torch device and the group's backend, from a config's ``device`` and ``backend`` keys.
+
+    ``device``: ``auto`` (CUDA when every local rank gets a GPU of its own, else the CPU), ``cpu`` or
+    ``cuda``; a CUDA rank uses ``cuda:local_rank``. ``backend``: ``auto`` (NCCL for CUDA ranks, gloo for CPU
+    ranks), ``gloo`` or ``nccl``. ``world`` is the number of ranks on this machine.
+
+    Raises
+    ------
+    ValueError
+        CUDA asked for where there is none, or fewer GPUs than local ranks (NCCL needs one GPU per rank),
+        or NCCL with CPU tensors; the message says what to set instead.
+    """
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if device == "auto":
+        device = "cuda" if gpus >= world and backend != "gloo" else "cpu"
+    if device == "cuda":
+        if gpus < world:
+            raise ValueError(
+                f"device=cuda needs one GPU per rank: {world} rank(s) on this machine, {gpus} CUDA device(s) "
+                "visible; start fewer ranks (world_size, or torchrun --nproc-per-node) or set device=cpu"
+            )
+        here = torch.device("cuda", local_rank)
+    elif device == "cpu":
+        here = torch.device("cpu")
+    else:
+        raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
+    if backend == "auto":
+        backend = "nccl" if here.type == "cuda" else "gloo"
+    if backend not in ("gloo", "nccl"):
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend == "nccl" and here.type != "cuda":
+        raise ValueError(
+            "backend=nccl moves CUDA tensors only: set device=cuda (or auto on a GPU machine) or backend=gloo"
+        )
+    return here, backend
+
+
+def rank_placement(config: object, world: int, rank: int) -> tuple[torch.device, str]:
+    """:func:`placement` for this process: the config's ``device``/``backend`` (CPU and gloo without them), its
+    local rank (``LOCAL_RANK`` under torchrun, else ``rank``) and the ranks on this machine (``LOCAL_WORLD_SIZE``)."""
+    device, backend = str(getattr(config, "device", "cpu")), str(getattr(config, "backend", "gloo"))
+    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    return placement(device, backend, local_world, local_rank)
+
+
 def run_rank(fn: RankFn, rank: int, world: int, config: RankConfig, *args: Any) -> None:
     """Initialise the group, run ``fn``, write ``rank{r}.json`` (with ``error`` when ``fn`` raised), leave the group."""
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"rank": rank}
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=config.timeout_s))
+    device, backend = rank_placement(config, world, rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # NCCL's communicator and every default CUDA allocation: this rank's GPU
+    dist.init_process_group(backend, rank=rank, world_size=world, timeout=timedelta(seconds=config.timeout_s))
     try:
         result = fn(rank, world, config, *args)
     except Exception as exc:
@@ -84,6 +143,7 @@ def launch(fn: RankFn, config: RankConfig, world: int, *args: Any, world_must_ma
             )
         run_rank(fn, int(os.environ["RANK"]), size, config, *args)
         return False
+    rank_placement(config, world, 0)  # a device or backend this machine cannot give: one error, before any spawn
     spawn_args = (fn, world, free_port(), config, args)
     mp.start_processes(_spawned, args=spawn_args, nprocs=world, join=True, start_method="spawn")
     return True

@@ -74,6 +74,8 @@ def test_codec_none_equals_plain_ddp_and_bytes_per_step_are_the_payloads(runs: d
     (plain_dir, plain), (none_dir, hooked) = runs["plain6"], runs["none6"]
     p, h = _params(plain_dir), _params(none_dir)
     assert (p - h).abs().max() < 1e-5 and _in_step(plain) and _in_step(hooked)  # both ranks hold the same model
+    # no GPU in the tests' config (device=auto on a CPU machine, or pinned): gloo on the CPU
+    assert {(r["device"], r["backend"]) for r in plain + hooked} == {("cpu", "gloo")}
     for r in hooked:  # float32 payloads: 4 bytes per gradient element plus a small header per bucket
         assert r["buckets"] >= 2 and 4 * NUMEL < r["step_bytes"] < 4 * NUMEL + 256 * r["buckets"]
         # the buckets settle before the first hooked step: every step sends the same buckets

@@ -53,12 +53,12 @@ def test_a_bad_client_device_is_refused_up_front(value: str) -> None:
 
 @pytest.mark.skipif(CUDA, reason="checks the report of a machine without CUDA")
 def test_gpu_check_without_cuda_reports_so_runs_nothing_and_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
-    from simulations.gpu_check import CHECKS, NOT_BUILT, main
+    from simulations.gpu_check import CHECKS, main
 
     assert main([]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["cuda"] is False and report["device"] is None and report["failed"] == []
-    assert set(report["checks"]) == set(CHECKS) | set(NOT_BUILT)
+    assert set(report["checks"]) == set(CHECKS) and "ddp_nccl" in CHECKS
     assert all(c["status"] == "skipped" and c["reason"] for c in report["checks"].values())
 
 
@@ -80,3 +80,66 @@ def test_gpu_check_codecs_pass_on_cuda() -> None:
 
     report = run_checks(["codecs"])
     assert report["checks"]["codecs"]["status"] == "passed", report
+
+
+def _gpus(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
+    """Pretend this machine has ``n`` CUDA devices (placement only asks how many)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: n > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: n)
+
+
+@pytest.mark.parametrize(
+    ("gpus", "device", "backend", "world", "local_rank", "want"),
+    [
+        (0, "auto", "auto", 2, 1, ("cpu", "gloo")),
+        (2, "auto", "auto", 2, 1, ("cuda:1", "nccl")),  # one process per GPU: rank 1 on GPU 1
+        (1, "auto", "auto", 2, 0, ("cpu", "gloo")),  # too few GPUs for one each: the CPU, not two ranks on one GPU
+        (2, "auto", "gloo", 2, 0, ("cpu", "gloo")),
+        (2, "cpu", "auto", 2, 0, ("cpu", "gloo")),
+        (4, "cuda", "auto", 4, 3, ("cuda:3", "nccl")),
+        (2, "cuda", "gloo", 1, 0, ("cuda:0", "gloo")),
+    ],
+)
+def test_ranks_take_one_gpu_each_and_nccl_where_every_rank_has_one(
+    monkeypatch: pytest.MonkeyPatch, gpus: int, device: str, backend: str, world: int, local_rank: int, want: tuple
+) -> None:
+    from fl_split.launch import placement
+
+    _gpus(monkeypatch, gpus)
+    here, chosen = placement(device, backend, world, local_rank)
+    assert (str(here), chosen) == want
+
+
+@pytest.mark.parametrize(
+    ("gpus", "device", "backend", "world", "message"),
+    [
+        (0, "cuda", "auto", 1, r"1 rank\(s\) on this machine, 0 CUDA device\(s\) visible"),
+        (2, "cuda", "auto", 3, "start fewer ranks .* or set device=cpu"),
+        (0, "auto", "nccl", 2, "backend=nccl moves CUDA tensors only"),
+    ],
+)
+def test_a_placement_this_machine_cannot_give_is_one_clear_error(
+    monkeypatch: pytest.MonkeyPatch, gpus: int, device: str, backend: str, world: int, message: str
+) -> None:
+    from fl_split.launch import placement
+
+    _gpus(monkeypatch, gpus)
+    with pytest.raises(ValueError, match=message):
+        placement(device, backend, world)
+
+
+def test_ddp_refuses_nccl_on_the_cpu_and_a_cuda_it_lacks_before_any_rank_starts(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from fl_split.ddp.config import load_ddp_config
+    from simulations.cli import main
+
+    with pytest.raises(ConfigError, match="backend=nccl moves CUDA tensors only"):
+        load_ddp_config(overrides=["device=cpu", "backend=nccl"])
+    with pytest.raises(ConfigError, match="backend"):
+        load_ddp_config(overrides=["backend=mpi"])
+    if CUDA:
+        return
+    with pytest.raises(SystemExit) as exit_:
+        main(["ddp", "--set", "device=cuda", "steps=1", f"out_dir={tmp_path / 'run'}"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "device=cuda needs one GPU per rank" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()  # nothing started, nothing written

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from fl_split.config import (
+    ConfigError,
     Schema,
     at_least_one,
     block,
@@ -17,6 +18,7 @@ from fl_split.config import (
     signed_codec_check,
 )
 from fl_split.config_blocks import OUT_HELP, DataKeys, Optimizer, OutputKeys, checkpoint_at_rows
+from fl_split.launch import BACKENDS
 
 
 @dataclass(frozen=True)
@@ -38,14 +40,25 @@ class DDPConfig(OutputKeys, DataKeys):
     error_feedback: bool = key(True, "keep a residual per bucket")
     hook: bool = key(True, "false: plain DDP (its own float32 all-reduce, the baseline; no bytes measured)")
     bucket_cap_mb: float = key(25.0, "DDP's bucket size in MB (the hook encodes one bucket per call)", check=positive)
+    device: str = key(
+        "auto",
+        "each rank's torch device: auto (CUDA, rank r on cuda:LOCAL_RANK, when every rank on the machine gets a GPU of "
+        "its own; else cpu), cpu or cuda",
+        ("auto", "cpu", "cuda"),
+    )
+    backend: str = key(
+        "auto", "torch.distributed backend: auto (nccl for CUDA ranks, else gloo), gloo or nccl", BACKENDS
+    )
     optimizer: Optimizer = block(Optimizer)
     timeout_s: float = key(60.0, "process-group timeout: a rank stuck in a collective fails after this", check=positive)
     out_dir: str = key("runs/ddp", OUT_HELP)
     checkpoint_every: int = key(1, checkpoint_at_rows("log_every", "steps"), check=non_negative)
 
     def check(self) -> None:
-        """Cross-key checks: a dataset read from disk needs ``data_dir``."""
+        """Cross-key checks: a dataset read from disk needs ``data_dir``; NCCL needs CUDA ranks."""
         check_data_source(self)
+        if self.backend == "nccl" and self.device == "cpu":
+            raise ConfigError("backend=nccl moves CUDA tensors only: set device=cuda (or auto) or backend=gloo")
 
 
 #: The schema :class:`DDPConfig` declares.

@@ -1,4 +1,8 @@
-"""``fl-split ddp``: data-parallel training of the configured model with the codec hook (gloo, CPU).
+"""``fl-split ddp``: data-parallel training of the configured model with the codec hook.
+
+Each rank trains on its ``device`` (``auto``: one GPU per rank where the machine has enough, with NCCL;
+else the CPU, with gloo; :func:`fl_split.launch.placement`): its model, batches and the hook's codec
+run there, and with NCCL the payloads are exchanged from that GPU.
 
 Started directly it spawns ``world_size`` local processes; under ``torchrun`` (``RANK``,
 ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT`` set) each process is one rank, on one machine or
@@ -37,9 +41,10 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from fl_split.checkpoint import check_resumable, due, load_rank_checkpoint, save_model, save_rank_checkpoint
 from fl_split.codecs import seeded_codec_from_spec
 from fl_split.codecs.rng_state import codec_rng_state, load_codec_rng_state
+from fl_split.config import ConfigError
 from fl_split.ddp.config import DDPConfig
 from fl_split.ddp.hook import CodecHookState, register_codec_hook
-from fl_split.launch import launch, read_rank_results
+from fl_split.launch import launch, rank_placement, read_rank_results
 from fl_split.metrics import refuse_used
 from fl_split.report import RunReporter
 from fl_split.training import accuracy, batch_indices, batches_per_epoch, build_model, iid_shard, load_split, make_sgd
@@ -82,6 +87,18 @@ def _weights_sha256(model: nn.Module) -> str:
     return h.hexdigest()
 
 
+def _on_cpu(obj: Any) -> Any:
+    """``obj`` (tensors in dicts and lists) with every tensor on the CPU: checkpoints load on any machine,
+    and ranks gather their states to rank 0 without pickling CUDA tensors."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _on_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_on_cpu(v) for v in obj)
+    return obj
+
+
 def _settle_buckets(ddp: DDP, model: nn.Module, x: torch.Tensor) -> None:
     """One backward pass in eval mode, then clear the gradients: DDP regroups its buckets by the order
     gradients arrived in, before the next step, so the hook sees that final layout from its first call."""
@@ -105,15 +122,17 @@ def train_rank(rank: int, world: int, config: DDPConfig, on_state: StateCallback
     """
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     out = Path(config.out_dir)
-    model = build_model(config, seed=config.seed)
-    x, y = iid_shard(config, rank, world)
+    device, _ = rank_placement(config, world, rank)
+    cuda = device.type == "cuda"
+    model = build_model(config, seed=config.seed).to(device)
+    x, y = (t.to(device) for t in iid_shard(config, rank, world))
     bs, nb = config.batch_size, batches_per_epoch(len(y), config.batch_size)
     start, resumed = 0, None
     if config.existing_out == "resume":  # collective: every rank gets its part (or the same error)
         start, shared, local = load_rank_checkpoint(out, "ddp", config)
         resumed = (shared, local)
         model.load_state_dict(shared["model"])
-    ddp = DDP(model, bucket_cap_mb=config.bucket_cap_mb)
+    ddp = DDP(model, device_ids=[device.index] if cuda else None, bucket_cap_mb=config.bucket_cap_mb)
     state = None
     if config.hook:
         _settle_buckets(ddp, model, x[:bs])
@@ -135,37 +154,41 @@ def train_rank(rank: int, world: int, config: DDPConfig, on_state: StateCallback
     if rank == 0:  # the bar counts steps; it moves at the metrics rows (every log_every steps)
         progress = config.progress
         writer = RunReporter(out, config.existing_out, start, total=steps, desc="DDP", unit="step", progress=progress)
-    xt, yt = load_split(config, "test")
+    xt, yt = (t.to(device) for t in load_split(config, "test"))
     sent0, recv0 = (state.bytes_sent, state.bytes_received) if state else (0, 0)
     step_times: list[float] = []
     loss = torch.zeros(())
     for step in range(start, steps):
         ts = time.perf_counter()
-        idx = batch_indices(len(y), bs, config.seed, rank, step // nb, step % nb)
+        idx = batch_indices(len(y), bs, config.seed, rank, step // nb, step % nb).to(device)
         loss = nn.functional.cross_entropy(ddp(x[idx]), y[idx])
         sgd.zero_grad(set_to_none=True)
         loss.backward()
         sgd.step()
+        if cuda:
+            torch.cuda.synchronize(device)  # the step's kernels, not only their launch
         step_times.append(time.perf_counter() - ts)
         loss_sum, seen = loss_sum + loss.item() * len(idx), seen + len(idx)
         if (step + 1) % log_every and step + 1 != steps:
             continue
         sent, recv = (state.bytes_sent, state.bytes_received) if state else (0, 0)
-        totals = torch.tensor([loss_sum, seen, sent - sent0, recv - recv0], dtype=torch.float64)
+        totals = torch.tensor([loss_sum, seen, sent - sent0, recv - recv0], dtype=torch.float64, device=device)
         dist.all_reduce(totals)
         sent0, recv0, loss_sum, seen = sent, recv, 0.0, 0
         if writer is not None:
             cum = [cum[0] + int(totals[2]), cum[1] + int(totals[3])]
             writer.write_round(_row(step + 1, totals, cum, accuracy(model, xt, yt), state, t0))
         if due(step + 1, saved, config.checkpoint_every, steps):  # collective: every rank at once
-            shared = {"model": model.state_dict(), "optimizer": sgd.state_dict(), "cum": cum}
+            shared = {"model": _on_cpu(model.state_dict()), "optimizer": sgd.state_dict(), "cum": cum}
             shared["wall_s"] = time.perf_counter() - t0
-            local = {"hook": state.state_dict(), "codec_rng": codec_rng_state(state.codec)} if state else {}
+            local = {"hook": _on_cpu(state.state_dict()), "codec_rng": codec_rng_state(state.codec)} if state else {}
             save_rank_checkpoint(out, "ddp", step + 1, config, shared, local)
             saved = step + 1
     timed = step_times[WARMUP_STEPS:] or step_times
     result: dict[str, Any] = {
         "rank": rank,
+        "device": str(device),
+        "backend": dist.get_backend(),
         "steps": steps,
         "step_s": statistics.median(timed) if timed else None,
         "step_s_mean": statistics.fmean(timed) if timed else None,
@@ -187,7 +210,7 @@ def train_rank(rank: int, world: int, config: DDPConfig, on_state: StateCallback
             "decode_s": state.decode_s,
         }
     if writer is not None:
-        save_model(out, {"model": model.state_dict()})
+        save_model(out, {"model": _on_cpu(model.state_dict())})
         title = f"DDP {world} ranks, {config.codec if state else 'plain all-reduce'}"
         writer.write_summary(config, {"title": title, "mode": "ddp"})
     return result
@@ -208,6 +231,10 @@ def run_ddp(config: DDPConfig, on_state: StateCallback | None = None) -> list[di
         A spawned rank raised (its message names the rank; ``rank{r}.json`` holds every rank's error).
     """
     world = config.world_size
+    try:  # CUDA asked for where there is none, or too few GPUs: one error before any rank starts
+        rank_placement(config, world, 0)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     if config.existing_out == "refuse":
         refuse_used(config.out_dir)  # before any rank starts
     elif config.existing_out == "resume":
