@@ -13,6 +13,7 @@ and ``backend`` keys (gossip, whose exchange moves host bytes) runs gloo on the 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 from collections.abc import Callable
@@ -23,6 +24,8 @@ from typing import Any, Protocol
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+
+log = logging.getLogger(__name__)
 
 #: A rank's body: ``fn(rank, world, config, *args)`` returns the rank's result (JSON-ready).
 RankFn = Callable[..., dict[str, Any]]
@@ -42,12 +45,17 @@ class RankConfig(Protocol):
 BACKENDS = ("auto", "gloo", "nccl")
 
 
-def placement(device: str, backend: str, world: int, local_rank: int = 0) -> tuple[torch.device, str]:
+def placement(
+    device: str, backend: str, world: int, local_rank: int = 0, *, across_machines: bool = False
+) -> tuple[torch.device, str]:
     """A rank's torch device and the group's backend, from a config's ``device`` and ``backend`` keys.
 
-    ``device``: ``auto`` (CUDA when every local rank gets a GPU of its own, else the CPU), ``cpu`` or
-    ``cuda``; a CUDA rank uses ``cuda:local_rank``. ``backend``: ``auto`` (NCCL for CUDA ranks, gloo for CPU
-    ranks), ``gloo`` or ``nccl``. ``world`` is the number of ranks on this machine.
+    ``device``: ``auto`` (CUDA when every rank on this machine gets a GPU of its own and the ranks are all
+    on this machine, else the CPU), ``cpu`` or ``cuda``; a CUDA rank uses ``cuda:local_rank``.
+    ``backend``: ``auto`` (NCCL for CUDA ranks, gloo for CPU ranks), ``gloo`` (``auto`` then picks the CPU)
+    or ``nccl``. ``world`` is the number of ranks on this machine. ``across_machines`` (torchrun on several
+    machines): ``auto`` picks the CPU, since each machine decides alone and the ranks must agree on one
+    backend; set ``device=cuda`` to use GPUs there.
 
     Raises
     ------
@@ -56,8 +64,17 @@ def placement(device: str, backend: str, world: int, local_rank: int = 0) -> tup
         or NCCL with CPU tensors; the message says what to set instead.
     """
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    why_cpu = ""
     if device == "auto":
-        device = "cuda" if gpus >= world and backend != "gloo" else "cpu"
+        if backend == "gloo":
+            why_cpu = "backend=gloo"
+        elif across_machines:
+            why_cpu = "ranks on several machines (set device=cuda to use their GPUs)"
+        elif gpus < world:
+            why_cpu = f"{gpus} GPU(s) for {world} rank(s) on this machine (one GPU per rank)"
+        device = "cpu" if why_cpu else "cuda"
+        if why_cpu and gpus:
+            log.warning("device=auto runs the ranks on the CPU: %s", why_cpu)
     if device == "cuda":
         if gpus < world:
             raise ValueError(
@@ -74,19 +91,29 @@ def placement(device: str, backend: str, world: int, local_rank: int = 0) -> tup
     if backend not in ("gloo", "nccl"):
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if backend == "nccl" and here.type != "cuda":
-        raise ValueError(
-            "backend=nccl moves CUDA tensors only: set device=cuda (or auto on a GPU machine) or backend=gloo"
-        )
+        because = f" (device=auto chose the CPU: {why_cpu})" if why_cpu else ""
+        raise ValueError(f"backend=nccl moves CUDA tensors only{because}: set device=cuda or backend=gloo")
     return here, backend
 
 
+def under_torchrun() -> bool:
+    """Whether this process is one rank started by ``torchrun`` (``RANK`` and ``WORLD_SIZE`` set)."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
 def rank_placement(config: object, world: int, rank: int) -> tuple[torch.device, str]:
-    """:func:`placement` for this process: the config's ``device``/``backend`` (CPU and gloo without them), its
-    local rank (``LOCAL_RANK`` under torchrun, else ``rank``) and the ranks on this machine (``LOCAL_WORLD_SIZE``)."""
+    """:func:`placement` for this process, from the config's ``device``/``backend`` (CPU and gloo without them).
+
+    Under ``torchrun``: its ``LOCAL_RANK`` and ``LOCAL_WORLD_SIZE`` (ranks on this machine; fewer than
+    ``WORLD_SIZE``: several machines). Spawned here: ``rank`` of ``world``, all on this machine.
+    """
     device, backend = str(getattr(config, "device", "cpu")), str(getattr(config, "backend", "gloo"))
-    local_rank = int(os.environ.get("LOCAL_RANK", rank))
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
-    return placement(device, backend, local_world, local_rank)
+    if not under_torchrun():
+        return placement(device, backend, world, rank)
+    local_rank = int(os.environ.get("LOCAL_RANK", os.environ["RANK"]))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"]))
+    across = local_world < int(os.environ["WORLD_SIZE"])
+    return placement(device, backend, local_world, local_rank, across_machines=across)
 
 
 def run_rank(fn: RankFn, rank: int, world: int, config: RankConfig, *args: Any) -> None:
@@ -134,7 +161,7 @@ def launch(fn: RankFn, config: RankConfig, world: int, *args: Any, world_must_ma
     torch.multiprocessing.ProcessRaisedException
         A spawned rank raised (its message names the rank; ``rank{r}.json`` holds every rank's error).
     """
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+    if under_torchrun():
         size = int(os.environ["WORLD_SIZE"])
         if world_must_match and size != world:
             raise ValueError(

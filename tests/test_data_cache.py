@@ -50,7 +50,9 @@ def _refuse_to_build(*_: object) -> None:
 def test_digits_are_stored_once_and_then_read_back_exactly(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     first = digits._split_indices(3)
     files = sorted(p.name for p in cache.iterdir())
-    assert len(files) == 1 and files[0].startswith("digits-sklearn") and files[0].endswith("-seed3.npz")
+    assert (
+        len(files) == 1 and files[0].startswith(f"digits-r{digits.RECIPE}-sklearn") and files[0].endswith("-seed3.npz")
+    )
     assert _equal(first, _sklearn_split(3))
     digits._split_indices.cache_clear()
     monkeypatch.setattr(digits, "_from_sklearn", _refuse_to_build)  # a second process: read, not rebuilt
@@ -107,6 +109,21 @@ def test_off_or_an_unwritable_folder_means_no_cache_and_the_same_arrays(
     monkeypatch.delenv(CACHE_ENV)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert cache_dir() == tmp_path / "xdg" / "fl-split"
+
+
+def test_a_folder_this_user_cannot_read_means_no_cache(
+    cache: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A ``HOME`` of another user (root's, in a container run as someone else): read, computed, nothing written."""
+    from fl_split.data import cache as cache_module
+
+    def denied(*_: object, **__: object) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(cache_module.np, "load", denied)  # as root, chmod cannot deny a read: say it here
+    with caplog.at_level(logging.INFO, logger="fl_split.data.cache"):
+        assert _equal(digits._split_indices(2), _sklearn_split(2))
+    assert "not readable" in caplog.text and not cache.exists()
 
 
 def test_a_new_process_with_a_warm_cache_imports_neither_sklearn_nor_mnist1d(cache: Path) -> None:

@@ -51,8 +51,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, list
     """Every run of :data:`RUNS`: its out_dir and each rank's result (``rank{r}.json``, as ``run_ddp`` returns)."""
     root = tmp_path_factory.mktemp("ddp")
     runs = list(RUNS.items()) + STAGES
-    configs = [load_ddp_config(values={"out_dir": str(root / k), "timeout_s": 30.0, **v}) for k, v in runs]
-    launch(train_each, load_ddp_config(values={"out_dir": str(root), "timeout_s": 30.0}), 2, configs)
+    base = {"timeout_s": 30.0, "device": "cpu"}  # the CPU oracles (auto would take GPUs where there are 2)
+    configs = [load_ddp_config(values={"out_dir": str(root / k), **base, **v}) for k, v in runs]
+    launch(train_each, load_ddp_config(values={"out_dir": str(root), **base}), 2, configs)
     done = {k: (root / k, read_rank_results(root / k, 2)) for k, _ in runs}
     for _, results in done.values():
         assert all("error" not in r for r in results), results
@@ -74,7 +75,7 @@ def test_codec_none_equals_plain_ddp_and_bytes_per_step_are_the_payloads(runs: d
     (plain_dir, plain), (none_dir, hooked) = runs["plain6"], runs["none6"]
     p, h = _params(plain_dir), _params(none_dir)
     assert (p - h).abs().max() < 1e-5 and _in_step(plain) and _in_step(hooked)  # both ranks hold the same model
-    # no GPU in the tests' config (device=auto on a CPU machine, or pinned): gloo on the CPU
+    # device=cpu (pinned by the fixture): gloo
     assert {(r["device"], r["backend"]) for r in plain + hooked} == {("cpu", "gloo")}
     for r in hooked:  # float32 payloads: 4 bytes per gradient element plus a small header per bucket
         assert r["buckets"] >= 2 and 4 * NUMEL < r["step_bytes"] < 4 * NUMEL + 256 * r["buckets"]

@@ -115,7 +115,8 @@ def test_ranks_take_one_gpu_each_and_nccl_where_every_rank_has_one(
     [
         (0, "cuda", "auto", 1, r"1 rank\(s\) on this machine, 0 CUDA device\(s\) visible"),
         (2, "cuda", "auto", 3, "start fewer ranks .* or set device=cpu"),
-        (0, "auto", "nccl", 2, "backend=nccl moves CUDA tensors only"),
+        (0, "auto", "nccl", 2, r"backend=nccl moves CUDA tensors only \(device=auto chose the CPU: 0 GPU"),
+        (1, "auto", "nccl", 2, r"chose the CPU: 1 GPU\(s\) for 2 rank\(s\) on this machine"),
     ],
 )
 def test_a_placement_this_machine_cannot_give_is_one_clear_error(
@@ -143,3 +144,32 @@ def test_ddp_refuses_nccl_on_the_cpu_and_a_cuda_it_lacks_before_any_rank_starts(
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and "device=cuda needs one GPU per rank" in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()  # nothing started, nothing written
+
+
+@pytest.mark.parametrize(
+    ("env", "want"),
+    [
+        ({}, "cuda:1"),  # spawned: rank 1 of 2, both here
+        ({"LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "2"}, "cuda:1"),  # inherited without torchrun's RANK: ignored
+        ({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "4"}, "cuda:1"),  # torchrun, 1 machine
+        (
+            {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"},
+            "cpu",
+        ),  # 2 machines: agree on CPU
+    ],
+)
+def test_the_local_rank_comes_from_torchrun_only_and_auto_stays_on_the_cpu_across_machines(
+    monkeypatch: pytest.MonkeyPatch, env: dict, want: str
+) -> None:
+    from fl_split.ddp.config import load_ddp_config
+    from fl_split.launch import rank_placement
+
+    _gpus(monkeypatch, 4)
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    device, backend = rank_placement(load_ddp_config(), 2, 1)
+    assert (str(device), backend) == (want, "nccl" if want != "cpu" else "gloo")
+    if want == "cpu":  # asked for explicitly, the GPUs are used across machines too
+        assert str(rank_placement(load_ddp_config(overrides=["device=cuda"]), 4, 3)[0]) == "cuda:1"

@@ -4,9 +4,10 @@ Every process that trains on ``digits`` or ``mnist1d`` (each Ray actor, ``flwr-c
 DDP or gossip rank, CLI run) would otherwise import scikit-learn, which brings SciPy and pandas
 (about 2 CPU-seconds), or generate MNIST-1D (about 3 s); reading the cached arrays takes milliseconds
 and imports neither. The arrays are exactly what the library returned: ``.npz`` keeps every value and
-dtype. A file's name carries the producing package's version and the seed, so an upgrade makes a new
-one. A file that does not load or fails its dataset's check (``check``) is rebuilt with a warning;
-a folder that cannot be written only means no cache.
+dtype. A file's name carries the producing package's version, the seed and the recipe's version
+(``RECIPE`` in each dataset module, bumped when its arrays change), so an upgrade makes a new one. A
+file that does not load or fails its dataset's check (``check``) is rebuilt with a warning; a folder
+that cannot be read or written only means no cache.
 
 The folder: ``$FL_SPLIT_CACHE_DIR`` (empty or ``off``: no cache), else
 ``$XDG_CACHE_HOME/fl-split``, else ``~/.cache/fl-split``.
@@ -58,7 +59,8 @@ def cached_arrays(name: str, compute: Callable[[], Arrays], check: Callable[[Arr
     Parameters
     ----------
     name:
-        File stem; it must change whenever ``compute`` would return something else (a version, a seed).
+        File stem; it must change whenever ``compute`` would return something else: it holds the library's
+        version, the seed and the recipe's own version (bumped whenever ``compute`` changes).
     compute:
         Builds the arrays (the slow path).
     check:
@@ -67,12 +69,17 @@ def cached_arrays(name: str, compute: Callable[[], Arrays], check: Callable[[Arr
     """
     folder = cache_dir()
     path = None if folder is None else folder / f"{name}.npz"
-    if path is not None and path.exists():
+    if path is not None:
         try:
             with np.load(path, allow_pickle=False) as stored:
                 arrays = {k: stored[k] for k in stored.files}
             check(arrays)
             return arrays
+        except FileNotFoundError:
+            pass  # the first process to ask: build and store
+        except PermissionError as exc:  # a folder this user may not read (HOME of another user): no cache
+            log.info("dataset cache %s not readable (%s): running without it", path, exc)
+            path = None
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
             log.warning("dataset cache %s is unusable (%s): rebuilding it", path, exc)
     arrays = compute()

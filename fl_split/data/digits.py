@@ -13,6 +13,8 @@ from fl_split.data.cache import Arrays, cached_arrays, package_version
 
 SPLITS = ("train", "test")
 TEST_FRACTION = 0.2
+#: The version of :func:`_from_sklearn`'s arrays, in the cache file's name: bump it when they change.
+RECIPE = 1
 #: The dataset's size: 1797 images of 10 classes.
 NUM_IMAGES, NUM_CLASSES = 1797, 10
 
@@ -28,7 +30,7 @@ def _split_indices(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nd
     """Raw images (N, 8, 8) float32, labels, and the stratified train/test index arrays: scikit-learn's,
     read from the dataset cache (:mod:`fl_split.data.cache`) when an earlier process stored them."""
     version = package_version("scikit-learn")
-    name = f"digits-sklearn{version}-seed{seed}"
+    name = f"digits-r{RECIPE}-sklearn{version}-seed{seed}"
     a = cached_arrays(name, lambda: _from_sklearn(seed), _check) if version else _from_sklearn(seed)
     return a["images"], a["labels"], a["train_idx"], a["test_idx"]
 

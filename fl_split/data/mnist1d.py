@@ -11,6 +11,8 @@ import torch
 from fl_split.data.cache import Arrays, cached_arrays, package_version
 from fl_split.data.digits import check_split
 
+#: The version of :func:`_make`'s arrays, in the cache file's name: bump it when they change.
+RECIPE = 1
 #: The generated dataset's shape: 4000 training and 1000 test signals of length 40, 10 classes.
 NUM_TRAIN, NUM_TEST, LENGTH, NUM_CLASSES = 4000, 1000, 40, 10
 
@@ -20,7 +22,9 @@ def _generate(seed: int) -> Arrays:
     """The ``mnist1d`` package's dataset for ``seed``: read from the dataset cache
     (:mod:`fl_split.data.cache`) when an earlier process stored it, else generated (about 3 s)."""
     version = package_version("mnist1d")
-    return cached_arrays(f"mnist1d-{version}-seed{seed}", lambda: _make(seed), _check) if version else _make(seed)
+    if version is None:
+        return _make(seed)
+    return cached_arrays(f"mnist1d-r{RECIPE}-{version}-seed{seed}", lambda: _make(seed), _check)
 
 
 def _make(seed: int) -> Arrays:

@@ -43,7 +43,7 @@ class DDPConfig(OutputKeys, DataKeys):
     device: str = key(
         "auto",
         "each rank's torch device: auto (CUDA, rank r on cuda:LOCAL_RANK, when every rank on the machine gets a GPU of "
-        "its own; else cpu), cpu or cuda",
+        "its own, all ranks are on one machine and backend is not gloo; else cpu), cpu or cuda",
         ("auto", "cpu", "cuda"),
     )
     backend: str = key(

@@ -179,7 +179,7 @@ def train_rank(rank: int, world: int, config: DDPConfig, on_state: StateCallback
             cum = [cum[0] + int(totals[2]), cum[1] + int(totals[3])]
             writer.write_round(_row(step + 1, totals, cum, accuracy(model, xt, yt), state, t0))
         if due(step + 1, saved, config.checkpoint_every, steps):  # collective: every rank at once
-            shared = {"model": _on_cpu(model.state_dict()), "optimizer": sgd.state_dict(), "cum": cum}
+            shared = {"model": _on_cpu(model.state_dict()), "optimizer": _on_cpu(sgd.state_dict()), "cum": cum}
             shared["wall_s"] = time.perf_counter() - t0
             local = {"hook": _on_cpu(state.state_dict()), "codec_rng": codec_rng_state(state.codec)} if state else {}
             save_rank_checkpoint(out, "ddp", step + 1, config, shared, local)
