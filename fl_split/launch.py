@@ -170,7 +170,6 @@ def launch(fn: RankFn, config: RankConfig, world: int, *args: Any, world_must_ma
             )
         run_rank(fn, int(os.environ["RANK"]), size, config, *args)
         return False
-    rank_placement(config, world, 0)  # a device or backend this machine cannot give: one error, before any spawn
     spawn_args = (fn, world, free_port(), config, args)
     mp.start_processes(_spawned, args=spawn_args, nprocs=world, join=True, start_method="spawn")
     return True
