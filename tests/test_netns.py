@@ -3,6 +3,7 @@ over a shaped stream between namespaces, and nothing made is left behind, also w
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 
 from fl_split.link import GOODPUT, LinkProfile
 from fl_split.metrics import read_metrics
-from simulations.netns import NetnsError, ShapedNetwork, check_can_create, measure_mbit
+from simulations.netns import NetnsError, ShapedNetwork, check_can_create, measure_mbit, remove_stale
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -32,8 +33,37 @@ def _namespaces() -> set[str]:
     return {line.split()[0] for line in out.splitlines() if line.split()}
 
 
-def test_a_shaped_link_carries_its_rate_each_way_and_is_removed() -> None:
-    links_before, ns_before = _host_links(), _namespaces()
+@pytest.fixture
+def ns_before() -> set[str]:
+    """The namespaces that exist before a test, once those of dead processes are gone: a network's entry
+    removes them (:func:`remove_stale`), so counting them would blame the test for an earlier run's leftovers
+    (a CI run failed so: a killed run's three namespaces were there before the first test and not after)."""
+    remove_stale()
+    return _namespaces()
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def test_the_namespaces_of_a_dead_run_are_removed_and_a_live_ones_kept() -> None:
+    dead, live = f"fls{_dead_pid()}-n7", f"fls{os.getpid()}-n97"
+    for name in (dead, live):
+        subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        removed = remove_stale()
+        names = _namespaces()
+        assert dead in removed and dead not in names
+        assert live not in removed and live in names
+    finally:
+        for name in (dead, live):
+            subprocess.run(["ip", "netns", "delete", name], capture_output=True, check=False)
+
+
+def test_a_shaped_link_carries_its_rate_each_way_and_is_removed(ns_before: set[str]) -> None:
+    links_before = _host_links()
     with ShapedNetwork([LinkProfile("t", up_mbit=4.0, down_mbit=12.0)]) as net:
         assert _host_links() == links_before  # every interface lives inside the namespaces made
         up = measure_mbit(net, 0, "up", 1_500_000)
@@ -43,8 +73,7 @@ def test_a_shaped_link_carries_its_rate_each_way_and_is_removed() -> None:
     assert net.leftovers() == [] and _namespaces() == ns_before and _host_links() == links_before
 
 
-def test_the_network_is_removed_when_the_body_raises() -> None:
-    ns_before = _namespaces()
+def test_the_network_is_removed_when_the_body_raises(ns_before: set[str]) -> None:
     with pytest.raises(RuntimeError, match="boom"):
         with ShapedNetwork([LinkProfile("t", 8.0, 8.0)] * 2) as net:
             assert len(net.leftovers()) == 3
@@ -52,12 +81,11 @@ def test_the_network_is_removed_when_the_body_raises() -> None:
     assert net.leftovers() == [] and _namespaces() == ns_before
 
 
-def test_a_split_learning_round_runs_over_a_shaped_stream(tmp_path: Path) -> None:
+def test_a_split_learning_round_runs_over_a_shaped_stream(tmp_path: Path, ns_before: set[str]) -> None:
     """Two SuperNodes, each in its own namespace behind a 4/16 Mbit/s link: the round's stream moves its
     bytes no faster than the links allow (the shaping applies to the stream, not only to Flower)."""
     from simulations.deploy import LocalDeployment
 
-    ns_before = _namespaces()
     out = tmp_path / "sl"
     link = LinkProfile("t", up_mbit=4.0, down_mbit=16.0)
     with ShapedNetwork([link] * 2) as net, LocalDeployment(2, tmp_path / "deploy", network=net) as dep:
