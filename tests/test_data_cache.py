@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fl_split.data import digits, mnist1d
+from fl_split.data import digits, mnist1d, partition
 from fl_split.data.cache import CACHE_ENV, cache_dir
 
 
@@ -22,9 +22,11 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setenv(CACHE_ENV, str(folder))
     digits._split_indices.cache_clear()
     mnist1d._generate.cache_clear()
+    partition._cache.clear()
     yield folder
     digits._split_indices.cache_clear()
     mnist1d._generate.cache_clear()
+    partition._cache.clear()
 
 
 def _sklearn_split(seed: int) -> tuple[np.ndarray, ...]:
@@ -135,7 +137,74 @@ def test_a_new_process_with_a_warm_cache_imports_neither_sklearn_nor_mnist1d(cac
         "load_dataset('mnist1d', 'test'); print(sorted(m for m in ('sklearn', 'scipy', 'pandas', 'mnist1d') "
         "if m in sys.modules))"
     )
+    assert _in_a_new_process(code, cache) == "[]"
+
+
+def _in_a_new_process(code: str, cache: Path) -> str:
+    """What ``code`` prints in a fresh interpreter that uses ``cache``."""
     env = {CACHE_ENV: str(cache), "PATH": "/usr/bin:/bin"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip() == "[]"
+    return out.stdout.strip()
+
+
+def _labels() -> np.ndarray:
+    return digits._split_indices(0)[1][digits._split_indices(0)[2]]  # digits' training labels
+
+
+@pytest.mark.parametrize(("scheme", "params"), [("dirichlet", (0.5,)), ("shard", (2,))])
+def test_a_non_iid_split_is_stored_once_and_read_back_exactly(
+    cache: Path, monkeypatch: pytest.MonkeyPatch, scheme: str, params: tuple[float | int, ...]
+) -> None:
+    """The oracle is flwr-datasets' partitioner run directly (``_split_with_flwr_datasets``), 5 partitions."""
+    y = _labels()
+    want = partition._split_with_flwr_datasets(y, scheme, 5, params, 7)
+    kw = {"alpha": params[0]} if scheme == "dirichlet" else {"shards_per_partition": params[0]}
+    first = [partition.partition_indices(y, 5, i, scheme=scheme, seed=7, **kw) for i in range(5)]
+    (path,) = [p for p in cache.iterdir() if p.name.startswith("partition-")]
+    assert f"-{scheme}{params[0]}-5parts-seed7-labels" in path.name and "-flwrdatasets" in path.name
+    partition._cache.clear()
+    monkeypatch.setattr(partition, "_split_with_flwr_datasets", _refuse_to_build)  # a second process: read
+    again = [partition.partition_indices(y, 5, i, scheme=scheme, seed=7, **kw) for i in range(5)]
+    for got in (first, again):
+        assert all(g.dtype == np.int64 and np.array_equal(g, w) for g, w in zip(got, want, strict=True))
+    # other labels, seed or alpha: another file, not the stored split
+    other = partition.partition_indices(y[::-1].copy(), 5, 0, scheme="iid", seed=7)
+    assert len(other) and len(list(cache.glob("partition-*"))) == 1  # iid is computed, never stored
+
+
+@pytest.mark.parametrize("damage", ["overlap", "out_of_range", "missing_part", "not_covering"])
+def test_a_wrong_stored_split_is_rebuilt(cache: Path, damage: str, caplog: pytest.LogCaptureFixture) -> None:
+    y = _labels()
+    want = [partition.partition_indices(y, 3, i, scheme="dirichlet", alpha=1.0, seed=0) for i in range(3)]
+    (path,) = [p for p in cache.iterdir() if p.name.startswith("partition-")]
+    parts = {f"p{i}": w.copy() for i, w in enumerate(want)}
+    if damage == "overlap":
+        parts["p1"] = np.sort(np.concatenate([parts["p1"], parts["p0"][:1]]))
+    elif damage == "out_of_range":
+        parts["p2"] = np.append(parts["p2"], len(y))
+    elif damage == "missing_part":
+        del parts["p2"]
+    else:
+        parts["p2"] = parts["p2"][1:]
+    np.savez(path, **parts)
+    partition._cache.clear()
+    with caplog.at_level(logging.WARNING, logger="fl_split.data.cache"):
+        got = [partition.partition_indices(y, 3, i, scheme="dirichlet", alpha=1.0, seed=0) for i in range(3)]
+    assert f"dataset cache {path} is unusable" in caplog.text
+    assert all(np.array_equal(g, w) for g, w in zip(got, want, strict=True))
+
+
+def test_a_new_process_with_a_warm_cache_partitions_without_importing_datasets(cache: Path) -> None:
+    """Every Ray actor, ClientApp process and rank of a non-iid run skips importing ``datasets`` and pyarrow
+    and the split: 1.3 CPU-s in a process that has already imported the ClientApp, 4.2 in a bare one."""
+    y = _labels()
+    want = partition.partition_indices(y, 3, 1, scheme="dirichlet", alpha=1.0, seed=0)
+    code = (
+        "import sys; from fl_split.data import load_dataset, partition_indices; x, y = load_dataset('digits', "
+        "'train'); p = partition_indices(y, 3, 1, scheme='dirichlet', alpha=1.0, seed=0); "
+        "print(sorted(m for m in ('datasets', 'pyarrow', 'flwr_datasets', 'sklearn') if m in sys.modules)); "
+        "print(','.join(map(str, p)))"
+    )
+    imported, indices = _in_a_new_process(code, cache).splitlines()
+    assert imported == "[]" and indices == ",".join(map(str, want))

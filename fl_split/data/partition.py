@@ -6,7 +6,10 @@ turns those into the (sorted) indices of its samples in an in-memory dataset suc
 (``IidPartitioner``, ``DirichletPartitioner``, ``ShardPartitioner``) on a ``datasets.Dataset`` built
 in memory from the labels, so nothing is downloaded. The whole split is computed once per
 configuration and labels and kept in a small in-process cache, so asking for each of the N
-partitions in turn costs one split, not N.
+partitions in turn costs one split, not N. The ``dirichlet`` and ``shard`` splits are also stored in the
+dataset cache (:mod:`fl_split.data.cache`): computing one imports ``datasets`` and pyarrow, 1.3 to 4
+CPU-seconds in every process that partitions (each Ray actor, ``flwr-clientapp`` process, DDP or gossip
+rank); a later process reads the indices instead.
 """
 
 from __future__ import annotations
@@ -20,6 +23,11 @@ from collections.abc import Hashable
 
 import numpy as np
 import torch
+
+from fl_split.data.cache import Arrays, cached_arrays, package_version
+
+#: The version of the stored non-iid splits (:func:`_split`), in the cache file's name: bump it when they change.
+RECIPE = 1
 
 #: Partitioning schemes understood by :func:`partition_indices`.
 PARTITIONERS = ("iid", "dirichlet", "shard")
@@ -148,14 +156,14 @@ def partition_indices(
         params = (shards_per_partition,)
     else:
         params = ()
-    fingerprint = (n, hashlib.blake2b(y.tobytes(), digest_size=16).hexdigest())
+    fingerprint = (n, _labels_hash(y))
     key = (scheme, num_partitions, params, seed, fingerprint)
     with _cache_lock:
         parts = _cache.get(key)
         if parts is not None:
             _cache.move_to_end(key)
     if parts is None:
-        parts = _split(y, scheme, num_partitions, params, seed)
+        parts = _split(y, scheme, num_partitions, params, seed, fingerprint[1])
         with _cache_lock:
             _cache[key] = parts
             while len(_cache) > CACHE_SIZE:
@@ -163,8 +171,17 @@ def partition_indices(
     return parts[partition_id].copy()
 
 
+def _labels_hash(y: np.ndarray) -> str:
+    return hashlib.blake2b(y.tobytes(), digest_size=16).hexdigest()
+
+
 def _split(
-    y: np.ndarray, scheme: str, num_partitions: int, params: tuple[float | int, ...], seed: int
+    y: np.ndarray,
+    scheme: str,
+    num_partitions: int,
+    params: tuple[float | int, ...],
+    seed: int,
+    labels_hash: str | None = None,
 ) -> tuple[np.ndarray, ...]:
     """Run the flwr-datasets partitioner once and return every partition's sorted (read-only) indices.
 
@@ -172,7 +189,8 @@ def _split(
     (``datasets``' ``shard(contiguous=True)``: the first ``n % k`` blocks one sample longer), which
     is :func:`numpy.array_split` of the shuffled indices; equal to the partitioner's output
     (pinned by a test). Importing ``datasets`` costs about 1.2 CPU-seconds in every process that
-    partitions (each Ray actor, DDP rank and gossip node).
+    partitions (each Ray actor, DDP rank and gossip node); the other schemes' splits go through the
+    dataset cache, keyed by everything that decides them (the labels' hash included).
     """
     n = len(y)
     if scheme == "iid":
@@ -181,7 +199,48 @@ def _split(
         for block in blocks:
             block.setflags(write=False)
         return tuple(blocks)
-    return _split_with_flwr_datasets(y, scheme, num_partitions, params, seed)
+    versions = [package_version(d) for d in ("flwr-datasets", "datasets", "numpy")]
+    labels_hash = labels_hash or _labels_hash(y)
+
+    def compute() -> Arrays:
+        parts = _split_with_flwr_datasets(y, scheme, num_partitions, params, seed)
+        return {f"p{i}": part for i, part in enumerate(parts)}
+
+    def check(arrays: Arrays) -> None:
+        _check_parts(arrays, n, num_partitions, covering=scheme != "shard")
+
+    if None in versions:
+        arrays = compute()
+    else:
+        flwr_datasets, datasets, numpy = versions
+        args = "-".join(str(p) for p in params)
+        name = (
+            f"partition-r{RECIPE}-{scheme}{args}-{num_partitions}parts-seed{seed}-labels{labels_hash}"
+            f"-flwrdatasets{flwr_datasets}-datasets{datasets}-numpy{numpy}"
+        )
+        arrays = cached_arrays(name, compute, check)
+    parts = [arrays[f"p{i}"] for i in range(num_partitions)]
+    for part in parts:
+        part.setflags(write=False)
+    return tuple(parts)
+
+
+def _check_parts(arrays: Arrays, n: int, num_partitions: int, *, covering: bool) -> None:
+    """Raise ``ValueError`` unless ``arrays`` holds ``p0`` .. ``p{k-1}``: sorted int64 indices into ``n`` samples,
+    disjoint, and (``covering``) together every sample once."""
+    if sorted(arrays) != sorted(f"p{i}" for i in range(num_partitions)):
+        raise ValueError(f"expected arrays p0..p{num_partitions - 1}, found {sorted(arrays)}")
+    parts = [arrays[f"p{i}"] for i in range(num_partitions)]
+    for part in parts:
+        if part.dtype != np.int64 or part.ndim != 1 or (part.size and (part[0] < 0 or part[-1] >= n)):
+            raise ValueError("a partition is not 1-D int64 indices within the dataset")
+        if part.size > 1 and not np.all(part[1:] > part[:-1]):
+            raise ValueError("a partition's indices are not sorted and distinct")
+    joined = np.sort(np.concatenate(parts))
+    if joined.size > 1 and not np.all(joined[1:] > joined[:-1]):
+        raise ValueError("the partitions overlap")
+    if covering and not np.array_equal(joined, np.arange(n)):
+        raise ValueError("the partitions do not cover the dataset")
 
 
 def _split_with_flwr_datasets(
