@@ -168,29 +168,74 @@ def test_a_non_iid_split_is_stored_once_and_read_back_exactly(
     again = [partition.partition_indices(y, 5, i, scheme=scheme, seed=7, **kw) for i in range(5)]
     for got in (first, again):
         assert all(g.dtype == np.int64 and np.array_equal(g, w) for g, w in zip(got, want, strict=True))
-    # other labels, seed or alpha: another file, not the stored split
-    other = partition.partition_indices(y[::-1].copy(), 5, 0, scheme="iid", seed=7)
-    assert len(other) and len(list(cache.glob("partition-*"))) == 1  # iid is computed, never stored
+    partition.partition_indices(y, 5, 0, scheme="iid", seed=7)
+    assert len(list(cache.glob("partition-*"))) == 1  # iid is a seeded shuffle: computed, never stored
 
 
-@pytest.mark.parametrize("damage", ["overlap", "out_of_range", "missing_part", "not_covering"])
-def test_a_wrong_stored_split_is_rebuilt(cache: Path, damage: str, caplog: pytest.LogCaptureFixture) -> None:
+def test_other_labels_seed_parameter_or_count_is_another_file_and_its_own_split(
+    cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each change is a new file holding flwr-datasets' split for it (a name missing one would hand back the
+    first split); then, with the partitioner gone, every one is read back."""
     y = _labels()
-    want = [partition.partition_indices(y, 3, i, scheme="dirichlet", alpha=1.0, seed=0) for i in range(3)]
+    shuffled = y[np.random.default_rng(0).permutation(len(y))]
+    cases = [(y, 4, 0, 1.0), (shuffled, 4, 0, 1.0), (y, 4, 1, 1.0), (y, 4, 0, 0.3), (y, 5, 0, 1.0)]
+    want = [partition._split_with_flwr_datasets(labels, "dirichlet", k, (a,), seed) for labels, k, seed, a in cases]
+
+    def split(labels: np.ndarray, k: int, seed: int, alpha: float) -> list[np.ndarray]:
+        return [partition.partition_indices(labels, k, i, scheme="dirichlet", alpha=alpha, seed=seed) for i in range(k)]
+
+    for case, w in zip(cases, want, strict=True):
+        assert all(np.array_equal(g, p) for g, p in zip(split(*case), w, strict=True)), case[1:]
+    assert len(list(cache.glob("partition-*"))) == len(cases)
+    assert len({b"|".join(p.tobytes() for p in w) for w in want}) == len(cases)  # the five splits differ
+    partition._cache.clear()
+    monkeypatch.setattr(partition, "_split_with_flwr_datasets", _refuse_to_build)
+    for case, w in zip(cases, want, strict=True):
+        assert all(np.array_equal(g, p) for g, p in zip(split(*case), w, strict=True)), case[1:]
+
+
+@pytest.mark.parametrize(
+    ("scheme", "damage"),
+    [
+        ("dirichlet", "overlap"),
+        ("dirichlet", "out_of_range"),
+        ("dirichlet", "missing_part"),
+        ("dirichlet", "not_covering"),
+        ("dirichlet", "empty"),
+        ("dirichlet", "unsorted"),
+        ("dirichlet", "float"),
+        ("shard", "short"),  # shards need not cover the dataset: the sizes must hold
+        ("shard", "overlap"),
+    ],
+)
+def test_a_wrong_stored_split_is_rebuilt(
+    cache: Path, scheme: str, damage: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    y = _labels()
+    kw = {"alpha": 1.0} if scheme == "dirichlet" else {"shards_per_partition": 2}
+    want = [partition.partition_indices(y, 3, i, scheme=scheme, seed=0, **kw) for i in range(3)]
     (path,) = [p for p in cache.iterdir() if p.name.startswith("partition-")]
-    parts = {f"p{i}": w.copy() for i, w in enumerate(want)}
-    if damage == "overlap":
-        parts["p1"] = np.sort(np.concatenate([parts["p1"], parts["p0"][:1]]))
+    parts: dict[str, np.ndarray] = {f"p{i}": w.copy() for i, w in enumerate(want)}
+    if damage == "overlap":  # p1 takes one of p0's samples in place of one of its own
+        parts["p1"] = np.sort(np.concatenate([parts["p1"][1:], parts["p0"][:1]]))
     elif damage == "out_of_range":
         parts["p2"] = np.append(parts["p2"], len(y))
     elif damage == "missing_part":
         del parts["p2"]
-    else:
+    elif damage in ("not_covering", "short"):
         parts["p2"] = parts["p2"][1:]
+    elif damage == "empty":
+        parts["p0"] = np.sort(np.concatenate([parts["p0"], parts["p2"]]))
+        parts["p2"] = parts["p2"][:0]
+    elif damage == "unsorted":
+        parts["p1"] = parts["p1"][::-1].copy()
+    else:
+        parts["p0"] = parts["p0"].astype(np.float64)
     np.savez(path, **parts)
     partition._cache.clear()
     with caplog.at_level(logging.WARNING, logger="fl_split.data.cache"):
-        got = [partition.partition_indices(y, 3, i, scheme="dirichlet", alpha=1.0, seed=0) for i in range(3)]
+        got = [partition.partition_indices(y, 3, i, scheme=scheme, seed=0, **kw) for i in range(3)]
     assert f"dataset cache {path} is unusable" in caplog.text
     assert all(np.array_equal(g, w) for g, w in zip(got, want, strict=True))
 

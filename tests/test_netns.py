@@ -50,9 +50,9 @@ def _dead_pid() -> int:
 
 def test_the_namespaces_of_a_dead_run_are_removed_and_a_live_ones_kept() -> None:
     dead, live = f"fls{_dead_pid()}-n7", f"fls{os.getpid()}-n97"
-    for name in (dead, live):
-        subprocess.run(["ip", "netns", "add", name], check=True)
     try:
+        for name in (dead, live):
+            subprocess.run(["ip", "netns", "add", name], check=True)
         removed = remove_stale()
         names = _namespaces()
         assert dead in removed and dead not in names

@@ -1,4 +1,5 @@
-"""An on-disk cache of the offline datasets' raw arrays, so a new process need not rebuild them.
+"""An on-disk cache of the offline datasets' raw arrays (and of non-iid partitions' indices,
+:mod:`fl_split.data.partition`), so a new process need not rebuild them.
 
 Every process that trains on ``digits`` or ``mnist1d`` (each Ray actor, ``flwr-clientapp`` process,
 DDP or gossip rank, CLI run) would otherwise import scikit-learn, which brings SciPy and pandas
