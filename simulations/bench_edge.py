@@ -7,14 +7,19 @@ runs, per link profile, split learning over the stream transport (uplink codecs 
 ``k = 1``, and MS at a larger ``k``) and federated learning (dense, signed MS, top-k + error feedback)
 on digits until ``--target`` test accuracy. First it runs every configuration on unshaped links: the
 link model (:mod:`fl_split.link`) predicts each shaped run's time from that run's measured rows alone,
-and the report sets the prediction against the measurement.
+and the report sets the prediction against the measurement. With ``--seeds 0,1,2`` every configuration
+runs once per seed (seed 0's runs in ``OUT/PROFILE``, seed N's in ``OUT/seedN/PROFILE``) and each shaped
+run is predicted from the mean of its configuration's unshaped runs over all the seeds: one unshaped run
+on a shared machine varied by up to 41 % per round between runs (docs/results.md), and the prediction
+carried that noise.
 
 Per run (``edge.json``'s ``runs``): ``profile``, ``scheme`` (``sl``/``fl``), ``codec``, ``k``,
 ``time_to_target_s`` (the rows' wall clock at the end of the first round at or above the target;
 ``null`` when not reached), ``rounds_to_target``, ``uplink_bytes``/``downlink_bytes`` (measured, to the
 target, else the whole run), ``link_s`` (the model's share of that time for moving the bytes),
-``compute_s`` (the rest: compute, Flower's messages), ``predicted_s`` (the model, from the unshaped run,
-to the same round) and ``prediction_error`` (``predicted_s / time_to_target_s - 1``).
+``compute_s`` (the rest: compute, Flower's messages), ``seed``, ``predicted_s`` (the model, to the same
+round, averaged over the configuration's unshaped runs: ``predicted_from_runs`` of them) and
+``prediction_error`` (``predicted_s / time_to_target_s - 1``).
 """
 
 from __future__ import annotations
@@ -57,8 +62,8 @@ class Spec:
         return f"{self.scheme}_{self.codec}_k{self.k}".replace("+", "")
 
 
-def specs(args: argparse.Namespace, server_ip: str) -> list[Spec]:
-    """The configurations of one profile (the same on every profile)."""
+def specs(args: argparse.Namespace, server_ip: str, seed: int = 0) -> list[Spec]:
+    """The configurations of one profile and seed (the same on every profile)."""
     out: list[Spec] = []
     sl_base = {
         "clients": args.clients,
@@ -69,7 +74,7 @@ def specs(args: argparse.Namespace, server_ip: str) -> list[Spec]:
         "stream.host": server_ip,
         "stream.bind": "0.0.0.0",
         "stream.insecure": True,  # plaintext between namespaces made for this run; TLS: docs/deployment.md
-        "seed": args.seed,
+        "seed": seed,
     }
     for label in args.sl_codecs:
         ks = [1, args.large_k] if label == "ms" and args.large_k > 1 else [1]
@@ -77,17 +82,18 @@ def specs(args: argparse.Namespace, server_ip: str) -> list[Spec]:
             out.append(Spec("sl", label, k, {**sl_base, "uplink": SL_CODECS[label], "batches-per-message": k}))
     for label in args.fl_codecs:
         spec, ef = FL_CODECS[label]
-        values = {"mode": "fl", "clients": args.clients, "rounds": args.fl_rounds, "uplink": spec, "seed": args.seed}
+        values = {"mode": "fl", "clients": args.clients, "rounds": args.fl_rounds, "uplink": spec, "seed": seed}
         out.append(Spec("fl", label, 1, {**values, "error-feedback": ef}))
     return out
 
 
-def _profile_dir(out: Path, link: LinkProfile) -> Path:
-    return out / link.name.replace("=", "").replace(",", "_")
+def profile_dir(out: Path, link: LinkProfile, seed: int = 0) -> Path:
+    """Where a profile's runs of ``seed`` go: ``OUT/PROFILE`` for seed 0, ``OUT/seedN/PROFILE`` for the others."""
+    return (out if seed == 0 else out / f"seed{seed}") / link.name.replace("=", "").replace(",", "_")
 
 
 def run_profile(
-    profile: LinkProfile, args: argparse.Namespace, workdir: Path, failures: list[dict[str, str]]
+    profile: LinkProfile, args: argparse.Namespace, workdir: Path, failures: list[dict[str, str]], seed: int = 0
 ) -> dict[str, list[dict[str, Any]]]:
     """Every configuration on ``profile``'s links; the metrics rows per configuration name.
 
@@ -100,7 +106,7 @@ def run_profile(
     rows: dict[str, list[dict[str, Any]]] = {}
     with ShapedNetwork([profile] * args.clients) as net:
         with LocalDeployment(args.clients, workdir / "deploy", network=net) as dep:
-            for spec in specs(args, net.server_ip):
+            for spec in specs(args, net.server_ip, seed):
                 out = workdir / spec.name
                 if (out / "summary.json").exists():  # done by an earlier invocation: kept (delete it to rerun)
                     rows[spec.name] = read_metrics(out / "metrics.jsonl")
@@ -111,7 +117,9 @@ def run_profile(
                     dep.run(APP, {**spec.values, "out-dir": str(out)}, timeout_s=args.run_timeout_s)
                     rows[spec.name] = read_metrics(out / "metrics.jsonl")
                 except (DeploymentError, OSError) as exc:
-                    failures.append({"profile": profile.name, "run": spec.name, "error": str(exc)[-2000:]})
+                    failures.append(
+                        {"profile": profile.name, "seed": str(seed), "run": spec.name, "error": str(exc)[-2000:]}
+                    )
                     print(f"  {profile.name:9s} {spec.name:14s} FAILED: {str(exc)[-300:]}", file=sys.stderr)
                     continue
                 print(f"  {profile.name:9s} {spec.name:14s} {time.perf_counter() - t0:6.1f} s", file=sys.stderr)
@@ -121,7 +129,7 @@ def run_profile(
 def stored_rows(args: argparse.Namespace, workdir: Path) -> dict[str, list[dict[str, Any]]]:
     """The rows of a profile's earlier runs under ``workdir`` (``--report-only``)."""
     rows = {}
-    for spec in specs(args, ""):
+    for spec in specs(args, ""):  # the names do not depend on the seed
         path = workdir / spec.name / "metrics.jsonl"
         if path.exists():
             rows[spec.name] = read_metrics(path)
@@ -150,11 +158,13 @@ def summarize(
     spec: Spec,
     profile: LinkProfile,
     rows: Sequence[Mapping[str, Any]],
-    baseline: Sequence[Mapping[str, Any]] | None,
+    baselines: Sequence[Sequence[Mapping[str, Any]]],
     target: float,
     clients: int,
+    seed: int = 0,
 ) -> dict[str, Any]:
-    """One run's entry of ``edge.json``."""
+    """One run's entry of ``edge.json``; ``baselines``: the configuration's unshaped runs (one per seed) whose
+    predictions to the run's round are averaged (none: no prediction)."""
     hit = _hit(rows, target)
     last = hit if hit is not None else rows[-1]
     rnd = int(last["round"])
@@ -164,9 +174,13 @@ def summarize(
     seq = False  # splitfed2 and FL: a round's clients run in parallel, each on its own link
     link_s = link_share_s(rows, profile, rnd, clients, sequential=seq)
     measured = float(last["wall_s"])
+    baselines = [b for b in baselines if b]
     predicted = None
-    if baseline:
-        predicted = predict_time_to_round(_extended(baseline, rnd), profile, rnd, clients, UNSHAPED, sequential=seq)
+    if baselines:
+        each = [
+            predict_time_to_round(_extended(b, rnd), profile, rnd, clients, UNSHAPED, sequential=seq) for b in baselines
+        ]
+        predicted = sum(each) / len(each)
     return {
         "profile": profile.name,
         "up_mbit": profile.up_mbit,
@@ -183,7 +197,9 @@ def summarize(
         "downlink_bytes": down,
         "link_s": round(link_s, 2),
         "compute_s": round(measured - link_s, 2),
+        "seed": seed,
         "predicted_s": None if predicted is None else round(predicted, 2),
+        "predicted_from_runs": len(baselines),
         "prediction_error": None if predicted is None else round(predicted / measured - 1, 4),
     }
 
@@ -191,8 +207,8 @@ def summarize(
 def table(runs: Sequence[Mapping[str, Any]], target: float) -> str:
     """Markdown: a row per run."""
     head = (
-        f"| profile | scheme | codec | k | time to {target:g} (s) | rounds | MB up | MB down | link s | other s "
-        "| predicted s | error |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+        f"| profile | scheme | codec | k | seed | time to {target:g} (s) | rounds | MB up | MB down | link s | other s "
+        "| predicted s | error |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     lines = []
     for r in runs:
@@ -200,15 +216,17 @@ def table(runs: Sequence[Mapping[str, Any]], target: float) -> str:
         err = "" if r["prediction_error"] is None else f"{100 * r['prediction_error']:+.1f} %"
         pred = "" if r["predicted_s"] is None else f"{r['predicted_s']:.1f}"
         lines.append(
-            f"| {r['profile']} | {r['scheme']} | {r['codec']} | {r['k']} | {t} | {r['rounds_to_target'] or ''} "
+            f"| {r['profile']} | {r['scheme']} | {r['codec']} | {r['k']} | {r.get('seed', 0)} | {t} "
+            f"| {r['rounds_to_target'] or ''} "
             f"| {r['uplink_bytes'] / 1e6:.2f} | {r['downlink_bytes'] / 1e6:.2f} | {r['link_s']:.1f} "
             f"| {r['compute_s']:.1f} | {pred} | {err} |"
         )
     return head + "\n".join(lines) + "\n"
 
 
-def plot(runs: Sequence[Mapping[str, Any]], target: float, clients: int, path: Path) -> None:
-    """Time to target per configuration, one panel per profile; SL and FL in two colours; link time hatched."""
+def plot(runs: Sequence[Mapping[str, Any]], target: float, clients: int, path: Path, seed: int | None = None) -> None:
+    """Time to target per configuration, one panel per profile; SL and FL in two colours; link time hatched
+    (``seed``: the seed whose runs these are, named in the title when the report holds several)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -272,12 +290,21 @@ def plot(runs: Sequence[Mapping[str, Any]], target: float, clients: int, path: P
         Patch(color=colors["fl"], alpha=0.45, label="FL: the rest (compute, Flower)"),
         Patch(facecolor=colors["fl"], hatch="//", edgecolor="white", label="FL: link (model)"),
         Line2D(
-            [], [], marker="|", markersize=12, color="black", linestyle="none", label="predicted from the unshaped run"
+            [],
+            [],
+            marker="|",
+            markersize=12,
+            color="black",
+            linestyle="none",
+            label="predicted from the unshaped run(s)",
         ),
     ]
     fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, bbox_to_anchor=(0.5, -0.02))
     fig.suptitle(
-        f"Time to accuracy on shaped edge links (digits, {clients} SuperNodes, each behind its own link)", fontsize=11
+        f"Time to accuracy on shaped edge links (digits, {clients} SuperNodes, each behind its own link"
+        + ("" if seed is None else f"; the runs of seed {seed}")
+        + ")",
+        fontsize=11,
     )
     fig.tight_layout(rect=(0, 0.1, 1, 0.95))
     fig.savefig(path, dpi=130, bbox_inches="tight")
@@ -304,7 +331,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=12, help="split learning: a client's batches per round (12: an epoch)")
     p.add_argument("--sl-rounds", type=int, default=6, help="split learning: most rounds (stops at the target)")
     p.add_argument("--fl-rounds", type=int, default=8, help="federated learning: rounds")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seeds",
+        "--seed",
+        default="0",
+        help="comma-separated seeds: every configuration runs once per seed, and each shaped run is predicted "
+        "from the mean of its configuration's unshaped runs (seed 0 in OUT/PROFILE, seed N in OUT/seedN/PROFILE)",
+    )
     p.add_argument("--run-timeout-s", type=float, default=1800.0)
     p.add_argument(
         "--report-only", action="store_true", help="run nothing: rebuild edge.json, .md and .png from the runs in --out"
@@ -313,6 +346,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.sl_codecs = [c for c in args.sl_codecs.split(",") if c]
     args.fl_codecs = [c for c in args.fl_codecs.split(",") if c]
+    try:
+        args.seeds = list(dict.fromkeys(int(t) for t in str(args.seeds).split(",") if t.strip()))
+    except ValueError:
+        p.error(f"--seeds: expected comma-separated integers, got {args.seeds!r}")
+    if not args.seeds or min(args.seeds) < 0:
+        p.error(f"--seeds: expected one or more seeds >= 0, got {args.seeds!r}")
     for label in args.sl_codecs:
         if label not in SL_CODECS:
             p.error(f"--sl-codecs: unknown {label!r}; choose from {', '.join(SL_CODECS)}")
@@ -343,25 +382,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     failures: list[dict[str, str]] = []
     names = {s.name: s for s in specs(args, "")}
 
-    def rows_of(link: LinkProfile) -> dict[str, list[dict[str, Any]]]:
-        where = _profile_dir(out, link)
+    def rows_of(link: LinkProfile, seed: int) -> dict[str, list[dict[str, Any]]]:
+        where = profile_dir(out, link, seed)
         if args.report_only:
             return stored_rows(args, where)
-        print(f"{link.describe()}: {len(names)} runs", file=sys.stderr)
-        return run_profile(link, args, where, failures)
+        print(f"{link.describe()}, seed {seed}: {len(names)} runs", file=sys.stderr)
+        return run_profile(link, args, where, failures, seed)
 
-    baseline = rows_of(UNSHAPED)
+    baselines = {seed: rows_of(UNSHAPED, seed) for seed in args.seeds}
     runs = [
-        summarize(names[n], UNSHAPED, rows, None, args.target, args.clients) for n, rows in baseline.items() if rows
+        summarize(names[n], UNSHAPED, rows, [], args.target, args.clients, seed)
+        for seed, base in baselines.items()
+        for n, rows in base.items()
+        if rows
     ]
     for link in args.links:
-        measured = rows_of(link)
-        runs += [
-            summarize(names[n], link, rows, baseline.get(n), args.target, args.clients)
-            for n, rows in measured.items()
-            if rows
-        ]
-        write_report(out, args, runs, failures, time.perf_counter() - t0)  # what is done so far survives
+        for seed in args.seeds:
+            measured = rows_of(link, seed)
+            runs += [
+                summarize(
+                    names[n], link, rows, [b.get(n, []) for b in baselines.values()], args.target, args.clients, seed
+                )
+                for n, rows in measured.items()
+                if rows
+            ]
+            write_report(out, args, runs, failures, time.perf_counter() - t0)  # what is done so far survives
     report = write_report(out, args, runs, failures, time.perf_counter() - t0)
     print(table(runs, args.target))
     print(json.dumps({k: v for k, v in report.items() if k != "runs"}))
@@ -377,6 +422,7 @@ def write_report(
         "benchmark": "edge",
         "target_accuracy": args.target,
         "clients": args.clients,
+        "seeds": args.seeds,
         "profiles": [vars(p) for p in args.links],
         "runs": runs,
         "failures": failures,
@@ -386,8 +432,10 @@ def write_report(
     }
     (out / "edge.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     (out / "edge.md").write_text(table(runs, args.target), encoding="utf-8")
-    if runs:
-        plot(runs, args.target, args.clients, out / "edge.png")
+    first = [r for r in runs if r.get("seed", 0) == args.seeds[0]]
+    if first:
+        seed = args.seeds[0] if len(args.seeds) > 1 else None
+        plot(first, args.target, args.clients, out / "edge.png", seed)  # one seed: a bar per configuration
     return report
 
 
