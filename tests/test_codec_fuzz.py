@@ -573,6 +573,27 @@ def test_oversized_shape_is_refused_before_allocating(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", CODECS)
+def test_an_empty_shape_with_huge_dimensions_is_refused(name: str) -> None:
+    """Found by test_mutated_payloads (powersgd, CI 12-07): a header of shape (0, 3, 2**32-ish) declares no
+    element, so the element-count limit passed it, and ``torch.empty`` raised "Stride calculation
+    overflowed" from deep inside torch instead of a CodecError."""
+    payload = create_codec(name, **variants(name)[0]).encode(torch.rand(4, 8))
+    for shape in [(0, 2**31, 2**31), (2**20, 0, 2**20), (0, 2**21)]:
+        for decode in (decoder(name).decode, decode_payload):
+            with pytest.raises(CodecError, match="no elements, but non-zero dimensions multiplying to"):
+                decode(_with_shape(payload, shape), max_numel=FUZZ_MAX_NUMEL)
+    if name == "powersgd":  # the falsifying payload itself
+        ci = (
+            b"FLSC\x01\x03\x00\x07\x00\x02\x02\x00\x00\x00\x03\x00\x00\x00\x00\x00\x01\x0fz|<3M@\xbb\x86|"
+            b"\xb2\xbcxC\xba;*\xb01\xbcX%e\xbc"
+        )
+        with pytest.raises(CodecError):
+            decode_payload(ci, max_numel=FUZZ_MAX_NUMEL)
+    empty = create_codec(name, **variants(name)[0]).encode(torch.rand(0, 2**20))  # at the limit: decoded
+    assert decoder(name).decode(empty, max_numel=FUZZ_MAX_NUMEL).shape == (0, 2**20)
+
+
+@pytest.mark.parametrize("name", CODECS)
 def test_caller_max_numel_is_enforced(name: str) -> None:
     params = variants(name)[0]
     payload = create_codec(name, **params).encode(torch.rand(4, 8))

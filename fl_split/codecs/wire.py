@@ -128,7 +128,8 @@ def unpack_header(
     ------
     CodecError
         If the payload is not bytes, is truncated, has the wrong magic, version or codec id, an
-        unknown dtype code, too many dimensions, or a shape whose element count exceeds ``max_numel``.
+        unknown dtype code, too many dimensions, or a shape whose element count (or, for an empty
+        tensor, the product of its non-zero dimensions) exceeds ``max_numel``.
     """
     codec_id, dtype_code, ndim, _ = _check_fixed(payload)
     if codec_id != expected_codec_id:
@@ -145,9 +146,13 @@ def unpack_header(
         raise CodecError(f"payload truncated inside the header: {len(payload)} bytes, header needs {need}")
     shape = struct.unpack_from(f"<{ndim}I", payload, _FIXED.size)
     numel = prod(shape)
-    if numel > max_numel:
+    # an empty tensor's other dimensions still size its strides: (0, 2**31, 2**31) has no element, yet
+    # torch.empty overflows on it, so the non-zero dimensions are held to the limit too
+    extent = prod(d for d in shape if d)
+    if extent > max_numel:
+        what = f"{numel} elements" if numel else f"no elements, but non-zero dimensions multiplying to {extent}"
         raise CodecError(
-            f"payload declares shape {tuple(shape)} ({numel} elements), above the decoder's limit of "
+            f"payload declares shape {tuple(shape)} ({what}), above the decoder's limit of "
             f"{max_numel}; raise max_numel only for payloads from a trusted sender"
         )
     params = param_struct.unpack_from(payload, _FIXED.size + 4 * ndim)
