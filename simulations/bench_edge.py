@@ -216,7 +216,7 @@ def table(runs: Sequence[Mapping[str, Any]], target: float) -> str:
         err = "" if r["prediction_error"] is None else f"{100 * r['prediction_error']:+.1f} %"
         pred = "" if r["predicted_s"] is None else f"{r['predicted_s']:.1f}"
         lines.append(
-            f"| {r['profile']} | {r['scheme']} | {r['codec']} | {r['k']} | {r.get('seed', 0)} | {t} "
+            f"| {r['profile']} | {r['scheme']} | {r['codec']} | {r['k']} | {r['seed']} | {t} "
             f"| {r['rounds_to_target'] or ''} "
             f"| {r['uplink_bytes'] / 1e6:.2f} | {r['downlink_bytes'] / 1e6:.2f} | {r['link_s']:.1f} "
             f"| {r['compute_s']:.1f} | {pred} | {err} |"

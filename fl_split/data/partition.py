@@ -165,7 +165,7 @@ def partition_indices(
         if parts is not None:
             _cache.move_to_end(key)
     if parts is None:
-        parts = _split(y, scheme, num_partitions, params, seed, fingerprint[1])
+        parts = _split(y, scheme, num_partitions, params, seed)
         with _cache_lock:
             _cache[key] = parts
             while len(_cache) > CACHE_SIZE:
@@ -178,12 +178,7 @@ def _labels_hash(y: np.ndarray) -> str:
 
 
 def _split(
-    y: np.ndarray,
-    scheme: str,
-    num_partitions: int,
-    params: tuple[float | int, ...],
-    seed: int,
-    labels_hash: str | None = None,
+    y: np.ndarray, scheme: str, num_partitions: int, params: tuple[float | int, ...], seed: int
 ) -> tuple[np.ndarray, ...]:
     """Run the flwr-datasets partitioner once and return every partition's sorted (read-only) indices.
 
@@ -202,7 +197,6 @@ def _split(
             block.setflags(write=False)
         return tuple(blocks)
     versions = [package_version(d) for d in ("flwr-datasets", "datasets", "pyarrow", "numpy")]
-    labels_hash = labels_hash or _labels_hash(y)
 
     def compute() -> Arrays:
         parts = _split_with_flwr_datasets(y, scheme, num_partitions, params, seed)
@@ -219,7 +213,7 @@ def _split(
         flwr_datasets, datasets, pyarrow, numpy = versions
         args = "-".join(str(p) for p in params)
         name = (
-            f"partition-r{RECIPE}-{scheme}{args}-{num_partitions}parts-seed{seed}-labels{labels_hash}"
+            f"partition-r{RECIPE}-{scheme}{args}-{num_partitions}parts-seed{seed}-labels{_labels_hash(y)}"
             f"-flwrdatasets{flwr_datasets}-datasets{datasets}-pyarrow{pyarrow}-numpy{numpy}"
         )
         arrays = cached_arrays(name, compute, check)
