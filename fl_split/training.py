@@ -78,6 +78,17 @@ def client_device(name: str) -> torch.device:
     return device
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait until ``device`` has run every kernel queued on it; a no-op off CUDA.
+
+    CUDA runs kernels asynchronously, so a timer read around a codec call would count the compute
+    queued before it (an encode's copy to the host waits for the forward or backward pass) and miss
+    a decode's own kernels. Timers around codec calls read the clock after this.
+    """
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def _ray_worker_without_gpu() -> bool:
     """Whether this process is a Ray worker (a virtual client's actor) given no GPU share. Ray hides the
     GPUs from such workers today; a future Ray will not (its FutureWarning), and ``auto`` must not then

@@ -12,7 +12,7 @@ from fl_split.config import ConfigError
 from fl_split.errors import TrainingFailed
 from fl_split.fl.config import load_fl_config
 from fl_split.sl.transport import InProcessTransport
-from fl_split.training import client_device
+from fl_split.training import client_device, synchronize
 from strategies.split_learning import SplitLearningStrategy
 
 CUDA = torch.cuda.is_available()
@@ -49,6 +49,27 @@ def test_a_bad_client_device_is_refused_up_front(value: str) -> None:
         small_config(client_device=value)
     with pytest.raises(ConfigError, match="auto, cpu, cuda or cuda:N"):
         load_fl_config("fl", [f"device={value}"])
+
+
+def test_synchronize_waits_on_cuda_devices_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    waited: list[torch.device] = []
+    monkeypatch.setattr(torch.cuda, "synchronize", waited.append)
+    synchronize(torch.device("cpu"))
+    synchronize(torch.device("cuda", 1))
+    assert waited == [torch.device("cuda", 1)]
+
+
+def test_codec_timers_wait_for_the_device_around_every_encode_and_decode(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Client: before each activation encode (after the forward) and after each gradient decode; server:
+    once per step after the backward, before its gradient encodes. 2 clients, 3 steps each, 1 round."""
+    import fl_split.sl.client as client
+    import fl_split.sl.server as server
+
+    calls: dict[str, list[str]] = {"client": [], "server": []}
+    monkeypatch.setattr(client, "synchronize", lambda d: calls["client"].append(d.type))
+    monkeypatch.setattr(server, "synchronize", lambda d: calls["server"].append(d.type))
+    _run(small_config(clients=2, mode="sequential", uplink="topk:keep=0.1", max_steps_per_round=3))
+    assert calls == {"client": ["cpu"] * 12, "server": ["cpu"] * 6}
 
 
 @pytest.mark.skipif(CUDA, reason="checks the report of a machine without CUDA")

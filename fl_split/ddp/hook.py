@@ -27,6 +27,7 @@ import torch.distributed as dist
 
 from fl_split.codecs import Codec, CodecError, codec_from_spec
 from fl_split.codecs.parts import decode_parts, encode_parts
+from fl_split.training import synchronize
 
 
 @dataclass
@@ -182,8 +183,9 @@ def _keep_residual(
 
 def codec_hook(state: CodecHookState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
     """The communication hook (``ddp.register_comm_hook(state, codec_hook)``)."""
-    t0 = time.perf_counter()
     grad = bucket.buffer()
+    synchronize(grad.device)  # the backward kernels that filled the bucket are not encode time
+    t0 = time.perf_counter()
     index = bucket.index()
     group = state.process_group
     x = grad.detach()
@@ -215,6 +217,7 @@ def codec_hook(state: CodecHookState, bucket: dist.GradBucket) -> torch.futures.
     state.last_bucket_bytes[index] = len(payload)
     state.bucket_numel[index] = grad.numel()
     mean = total / len(payloads)
+    synchronize(grad.device)  # the decode and average kernels
     t3 = time.perf_counter()
     state.encode_s, state.exchange_s, state.decode_s = (
         state.encode_s + t1 - t0,

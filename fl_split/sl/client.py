@@ -60,7 +60,7 @@ from fl_split.sl.wire import (
     encode_labels,
     encode_tensors,
 )
-from fl_split.training import client_data_on, client_device
+from fl_split.training import client_data_on, client_device, synchronize
 
 BEGIN, STEP = "sl_begin", "sl_step"
 
@@ -174,6 +174,7 @@ class _Runtime:
 
     def encode_uplink(self, out: torch.Tensor) -> bytes:
         """The uplink payload of activations ``out``, its time counted in :attr:`codec_s`."""
+        synchronize(out.device)  # the forward pass is compute, not codec time
         t0 = time.perf_counter()
         try:
             return self.uplink.encode(out)
@@ -252,6 +253,7 @@ class _Runtime:
         try:
             return self._decode_gradient(payload, out, j)
         finally:
+            synchronize(out.device)  # the decode's own kernels
             self.codec_s += time.perf_counter() - t0
 
     def _decode_gradient(self, payload: bytes, out: torch.Tensor, j: int) -> torch.Tensor:

@@ -14,6 +14,7 @@ from torch.nn import functional as F
 from fl_split.codecs import Codec, CodecError
 from fl_split.codecs.base import MAX_ABS_INPUT
 from fl_split.sl.wire import decode_labels, encode_masked
+from fl_split.training import synchronize
 from fl_split.validate import BadReply
 
 
@@ -148,6 +149,7 @@ def server_step_batched(
                 out[decoded[j][0]] = BadReply("non_finite", f"the server's loss on this batch is not finite ({exc})")
             decoded = [d for j, d in enumerate(decoded) if j not in set(exc.bad)]
             continue
+        synchronize(dev)  # the backward pass and step are compute, not the first encode's time
         for (i, a, _, decode_s), grad, loss in zip(decoded, grads, losses, strict=True):
             t0 = time.perf_counter()
             payload = encode_gradient(steps[i], grad) if steps[i].send_gradient else b""
