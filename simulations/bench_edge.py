@@ -11,7 +11,10 @@ and the report sets the prediction against the measurement. With ``--seeds 0,1,2
 runs once per seed (seed 0's runs in ``OUT/PROFILE``, seed N's in ``OUT/seedN/PROFILE``) and each shaped
 run is predicted from the mean of its configuration's unshaped runs over all the seeds: one unshaped run
 on a shared machine varied by up to 41 % per round between runs (docs/results.md), and the prediction
-carried that noise.
+carried that noise. Every process of the deployment runs torch with ``--threads`` intra-op threads
+(default: the machine's cores shared among the SuperNodes and the server, at least one): with torch's
+default of one per core, five processes on two cores competed for them, unshaped runs (all of them
+computing at once) more than shaped ones, and the model over-predicted the Wi-Fi runs by up to 24 %.
 
 Per run (``edge.json``'s ``runs``): ``profile``, ``scheme`` (``sl``/``fl``), ``codec``, ``k``,
 ``time_to_target_s`` (the rows' wall clock at the end of the first round at or above the target;
@@ -19,13 +22,15 @@ Per run (``edge.json``'s ``runs``): ``profile``, ``scheme`` (``sl``/``fl``), ``c
 target, else the whole run), ``link_s`` (the model's share of that time for moving the bytes),
 ``compute_s`` (the rest: compute, Flower's messages), ``seed``, ``predicted_s`` (the model, to the same
 round, averaged over the configuration's unshaped runs: ``predicted_from_runs`` of them) and
-``prediction_error`` (``predicted_s / time_to_target_s - 1``).
+``prediction_error`` (``predicted_s / time_to_target_s - 1``), ``threads`` (torch's intra-op threads
+per process; ``null`` for a run kept from a version that did not record them).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -105,7 +110,7 @@ def run_profile(
 
     rows: dict[str, list[dict[str, Any]]] = {}
     with ShapedNetwork([profile] * args.clients) as net:
-        with LocalDeployment(args.clients, workdir / "deploy", network=net) as dep:
+        with LocalDeployment(args.clients, workdir / "deploy", network=net, threads=args.threads) as dep:
             for spec in specs(args, net.server_ip, seed):
                 out = workdir / spec.name
                 if (out / "summary.json").exists():  # done by an earlier invocation: kept (delete it to rerun)
@@ -116,6 +121,7 @@ def run_profile(
                 try:
                     dep.run(APP, {**spec.values, "out-dir": str(out)}, timeout_s=args.run_timeout_s)
                     rows[spec.name] = read_metrics(out / "metrics.jsonl")
+                    (out / THREADS_FILE).write_text(json.dumps({"threads": args.threads}) + "\n", encoding="utf-8")
                 except (DeploymentError, OSError) as exc:
                     failures.append(
                         {"profile": profile.name, "seed": str(seed), "run": spec.name, "error": str(exc)[-2000:]}
@@ -134,6 +140,21 @@ def stored_rows(args: argparse.Namespace, workdir: Path) -> dict[str, list[dict[
         if path.exists():
             rows[spec.name] = read_metrics(path)
     return rows
+
+
+#: Written beside a finished run's metrics: the torch threads per process it ran with.
+THREADS_FILE = "bench_edge.json"
+
+
+def run_threads(run_dir: Path) -> int | None:
+    """The torch threads per process a run in ``run_dir`` ran with (``None``: not recorded)."""
+    path = run_dir / THREADS_FILE
+    return int(json.loads(path.read_text(encoding="utf-8"))["threads"]) if path.exists() else None
+
+
+def default_threads(clients: int, cpus: int | None = None) -> int:
+    """The machine's cores shared among ``clients`` SuperNodes and the server: at least 1 per process."""
+    return max(1, (cpus if cpus is not None else os.cpu_count() or 1) // (clients + 1))
 
 
 def _hit(rows: Sequence[Mapping[str, Any]], target: float) -> Mapping[str, Any] | None:
@@ -338,6 +359,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="comma-separated seeds: every configuration runs once per seed, and each shaped run is predicted "
         "from the mean of its configuration's unshaped runs (seed 0 in OUT/PROFILE, seed N in OUT/seedN/PROFILE)",
     )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch intra-op threads in every deployed process (0: the cores shared among the SuperNodes and "
+        "the server, at least 1)",
+    )
     p.add_argument("--run-timeout-s", type=float, default=1800.0)
     p.add_argument(
         "--report-only", action="store_true", help="run nothing: rebuild edge.json, .md and .png from the runs in --out"
@@ -352,6 +380,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error(f"--seeds: expected comma-separated integers, got {args.seeds!r}")
     if not args.seeds or min(args.seeds) < 0:
         p.error(f"--seeds: expected one or more seeds >= 0, got {args.seeds!r}")
+    if args.threads < 0:
+        p.error(f"--threads: expected 0 (automatic) or a count >= 1, got {args.threads}")
+    args.threads = args.threads or default_threads(args.clients)
     for label in args.sl_codecs:
         if label not in SL_CODECS:
             p.error(f"--sl-codecs: unknown {label!r}; choose from {', '.join(SL_CODECS)}")
@@ -392,6 +423,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     baselines = {seed: rows_of(UNSHAPED, seed) for seed in args.seeds}
     runs = [
         summarize(names[n], UNSHAPED, rows, [], args.target, args.clients, seed)
+        | {"threads": run_threads(profile_dir(out, UNSHAPED, seed) / n)}
         for seed, base in baselines.items()
         for n, rows in base.items()
         if rows
@@ -403,6 +435,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 summarize(
                     names[n], link, rows, [b.get(n, []) for b in baselines.values()], args.target, args.clients, seed
                 )
+                | {"threads": run_threads(profile_dir(out, link, seed) / n)}
                 for n, rows in measured.items()
                 if rows
             ]

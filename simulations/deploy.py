@@ -104,6 +104,11 @@ class LocalDeployment:
         ``workdir/certs`` (:func:`simulations.certs.make_certs`); the SuperLink serves them, the
         SuperNodes and ``flwr`` verify with the CA, and :attr:`certs` holds ``(ca, cert, key)`` for
         the stream transport's ``stream.ssl_*`` keys.
+    threads:
+        Intra-op threads for torch in every process the deployment starts (``OMP_NUM_THREADS`` and
+        ``MKL_NUM_THREADS``, which the ServerApp and ClientApp processes inherit); ``None`` leaves
+        torch's default (one per core). Where several emulated machines share a few cores, one each
+        keeps their thread pools from competing for the same cores.
     """
 
     def __init__(
@@ -114,9 +119,12 @@ class LocalDeployment:
         *,
         tls: bool = False,
         network: ShapedNetwork | None = None,
+        threads: int | None = None,
     ) -> None:
         if num_supernodes < 1:
             raise ValueError(f"num_supernodes must be >= 1, got {num_supernodes}")
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads must be >= 1 (or None for torch's default), got {threads}")
         if network is not None and len(network.nodes) != num_supernodes:
             raise ValueError(f"{num_supernodes} SuperNodes on a network of {len(network.nodes)} node links")
         self.network = network
@@ -135,6 +143,8 @@ class LocalDeployment:
             # the flwr-serverapp / flwr-clientapp children are found on PATH
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         }
+        if threads is not None:
+            self.env |= {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
 
     # ------------------------------------------------------------------ lifecycle
     def __enter__(self) -> LocalDeployment:

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from simulations.bench_edge import main
+from simulations.bench_edge import THREADS_FILE, default_threads, main
+from simulations.deploy import LocalDeployment
 
 #: a custom link of 8/8 Mbit/s without RTT: a round's 985,000 bytes each way per client take
 #: 985,000 * 8 / (8e6 * 0.985) = 1.0 s up and 1.0 s down (GOODPUT 0.985), so FL's round grows by 2.0 s
@@ -65,6 +66,8 @@ def test_shaped_runs_are_predicted_from_the_mean_of_the_seeds_unshaped_runs(tmp_
     assert "| seed |" in table and f"| {LINK} | fl | none | 1 | 1 | 24.0 |" in table
     assert (tmp_path / "edge.png").stat().st_size > 10_000
 
+    assert {r["threads"] for r in runs.values()} == {None}  # runs of a version that did not record them
+
     # one seed: seed 0's own unshaped run only, from the same folders
     single = _report(tmp_path, "0")
     assert (single[(LINK, 0)]["predicted_s"], single[(LINK, 0)]["predicted_from_runs"]) == (36.0, 1)
@@ -76,3 +79,30 @@ def test_bad_seeds_are_refused_in_one_line(seeds: str, tmp_path: Path, capsys: p
     with pytest.raises(SystemExit) as exc:
         main(["--report-only", "--seeds", seeds, "--out", str(tmp_path)])
     assert exc.value.code == 2 and "--seeds" in capsys.readouterr().err
+
+
+def test_each_run_reports_the_threads_it_ran_with(tmp_path: Path) -> None:
+    _write(tmp_path / "unshaped", [10.0] * 3, [0.5, 0.8, 0.96])
+    _write(tmp_path / "up8_down8", [13.0] * 3, [0.6, 0.9, 0.96])
+    (tmp_path / "up8_down8" / "fl_none_k1" / THREADS_FILE).write_text('{"threads": 3}\n')
+    runs = _report(tmp_path, "0")
+    assert (runs[(LINK, 0)]["threads"], runs[("unshaped", 0)]["threads"]) == (3, None)
+
+
+def test_the_default_threads_share_the_cores_among_the_nodes_and_the_server() -> None:
+    assert [default_threads(4, cpus) for cpus in (1, 2, 5, 16)] == [1, 1, 1, 3]
+    assert default_threads(1, 16) == 8
+
+
+def test_the_deployment_hands_its_thread_count_to_every_process(tmp_path: Path) -> None:
+    env = LocalDeployment(2, tmp_path, threads=1).env
+    assert (env["OMP_NUM_THREADS"], env["MKL_NUM_THREADS"]) == ("1", "1")
+    assert "FLWR_HOME" in env  # the same environment every process it starts gets
+    with pytest.raises(ValueError, match="threads must be >= 1"):
+        LocalDeployment(2, tmp_path, threads=0)
+
+
+def test_bad_threads_are_refused_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--report-only", "--threads", "-1", "--out", str(tmp_path)])
+    assert exc.value.code == 2 and "--threads" in capsys.readouterr().err
