@@ -109,13 +109,17 @@ def run_profile(
     from simulations.netns import ShapedNetwork
 
     rows: dict[str, list[dict[str, Any]]] = {}
+    names = [spec.name for spec in specs(args, "", seed)]  # the names do not depend on the address
+    if all(_finished(workdir / name) for name in names):  # nothing to run: no network or deployment to start
+        for name in names:
+            _keep(workdir, name, profile, rows)
+        return rows
     with ShapedNetwork([profile] * args.clients) as net:
         with LocalDeployment(args.clients, workdir / "deploy", network=net, threads=args.threads) as dep:
             for spec in specs(args, net.server_ip, seed):
                 out = workdir / spec.name
-                if (out / "summary.json").exists():  # done by an earlier invocation: kept (delete it to rerun)
-                    rows[spec.name] = read_metrics(out / "metrics.jsonl")
-                    print(f"  {profile.name:9s} {spec.name:14s} (kept from an earlier run)", file=sys.stderr)
+                if _finished(out):
+                    _keep(workdir, spec.name, profile, rows)
                     continue
                 t0 = time.perf_counter()
                 try:
@@ -130,6 +134,16 @@ def run_profile(
                     continue
                 print(f"  {profile.name:9s} {spec.name:14s} {time.perf_counter() - t0:6.1f} s", file=sys.stderr)
     return rows
+
+
+def _finished(run_dir: Path) -> bool:
+    """Whether an earlier invocation finished the run in ``run_dir`` (kept; delete its ``summary.json`` to rerun)."""
+    return (run_dir / "summary.json").exists()
+
+
+def _keep(workdir: Path, name: str, profile: LinkProfile, rows: dict[str, list[dict[str, Any]]]) -> None:
+    rows[name] = read_metrics(workdir / name / "metrics.jsonl")
+    print(f"  {profile.name:9s} {name:14s} (kept from an earlier run)", file=sys.stderr)
 
 
 def stored_rows(args: argparse.Namespace, workdir: Path) -> dict[str, list[dict[str, Any]]]:

@@ -106,3 +106,22 @@ def test_bad_threads_are_refused_in_one_line(tmp_path: Path, capsys: pytest.Capt
     with pytest.raises(SystemExit) as exc:
         main(["--report-only", "--threads", "-1", "--out", str(tmp_path)])
     assert exc.value.code == 2 and "--threads" in capsys.readouterr().err
+
+
+def test_a_profile_whose_runs_all_finished_starts_no_network(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import simulations.netns
+    from simulations.bench_edge import parse_args, run_profile
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a network was made for runs that are all kept")
+
+    monkeypatch.setattr(simulations.netns, "ShapedNetwork", refuse)
+    _write(tmp_path, [10.0] * 2, [0.5, 0.96])
+    (tmp_path / "fl_none_k1" / "summary.json").write_text("{}")
+    args = parse_args(["--sl-codecs", "", "--fl-codecs", "none", "--out", str(tmp_path)])
+    failures: list[dict[str, str]] = []
+    rows = run_profile(args.links[0], args, tmp_path, failures)
+    assert [r["wall_s"] for r in rows["fl_none_k1"]] == [10.0, 20.0] and failures == []
+    (tmp_path / "fl_none_k1" / "summary.json").unlink()  # one run left to do: the network is made
+    with pytest.raises(AssertionError, match="a network was made"):
+        run_profile(args.links[0], args, tmp_path, failures)
