@@ -112,20 +112,21 @@ def run_profile(
     names = [spec.name for spec in specs(args, "", seed)]  # the names do not depend on the address
     if all(_finished(workdir / name) for name in names):  # nothing to run: no network or deployment to start
         for name in names:
-            _keep(workdir, name, profile, rows)
+            _keep(workdir, name, profile, rows, args.threads)
         return rows
     with ShapedNetwork([profile] * args.clients) as net:
         with LocalDeployment(args.clients, workdir / "deploy", network=net, threads=args.threads) as dep:
             for spec in specs(args, net.server_ip, seed):
                 out = workdir / spec.name
                 if _finished(out):
-                    _keep(workdir, spec.name, profile, rows)
+                    _keep(workdir, spec.name, profile, rows, args.threads)
                     continue
                 t0 = time.perf_counter()
                 try:
+                    out.mkdir(parents=True, exist_ok=True)  # the count first: a run that finishes has it
+                    (out / THREADS_FILE).write_text(json.dumps({"threads": args.threads}) + "\n", encoding="utf-8")
                     dep.run(APP, {**spec.values, "out-dir": str(out)}, timeout_s=args.run_timeout_s)
                     rows[spec.name] = read_metrics(out / "metrics.jsonl")
-                    (out / THREADS_FILE).write_text(json.dumps({"threads": args.threads}) + "\n", encoding="utf-8")
                 except (DeploymentError, OSError) as exc:
                     failures.append(
                         {"profile": profile.name, "seed": str(seed), "run": spec.name, "error": str(exc)[-2000:]}
@@ -141,9 +142,11 @@ def _finished(run_dir: Path) -> bool:
     return (run_dir / "summary.json").exists()
 
 
-def _keep(workdir: Path, name: str, profile: LinkProfile, rows: dict[str, list[dict[str, Any]]]) -> None:
+def _keep(workdir: Path, name: str, profile: LinkProfile, rows: dict[str, list[dict[str, Any]]], threads: int) -> None:
     rows[name] = read_metrics(workdir / name / "metrics.jsonl")
-    print(f"  {profile.name:9s} {name:14s} (kept from an earlier run)", file=sys.stderr)
+    kept = run_threads(workdir / name)
+    note = "" if kept == threads else f"; it ran with {kept or 'torch default'} threads, not {threads}"
+    print(f"  {profile.name:9s} {name:14s} (kept from an earlier run{note})", file=sys.stderr)
 
 
 def stored_rows(args: argparse.Namespace, workdir: Path) -> dict[str, list[dict[str, Any]]]:
@@ -167,8 +170,10 @@ def run_threads(run_dir: Path) -> int | None:
 
 
 def default_threads(clients: int, cpus: int | None = None) -> int:
-    """The machine's cores shared among ``clients`` SuperNodes and the server: at least 1 per process."""
-    return max(1, (cpus if cpus is not None else os.cpu_count() or 1) // (clients + 1))
+    """The cores this process may use, shared among ``clients`` SuperNodes and the server: at least 1 each."""
+    if cpus is None:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cpus // (clients + 1))
 
 
 def _hit(rows: Sequence[Mapping[str, Any]], target: float) -> Mapping[str, Any] | None:

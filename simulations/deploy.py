@@ -106,9 +106,9 @@ class LocalDeployment:
         the stream transport's ``stream.ssl_*`` keys.
     threads:
         Intra-op threads for torch in every process the deployment starts (``OMP_NUM_THREADS`` and
-        ``MKL_NUM_THREADS``, which the ServerApp and ClientApp processes inherit); ``None`` leaves
-        torch's default (one per core). Where several emulated machines share a few cores, one each
-        keeps their thread pools from competing for the same cores.
+        ``MKL_NUM_THREADS``, which the ServerApp and ClientApp processes inherit); ``None``: the
+        caller's environment (torch's default, one per core, where it sets neither). Where several
+        emulated machines share a few cores, one each keeps their thread pools from competing.
     """
 
     def __init__(

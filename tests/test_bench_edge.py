@@ -108,7 +108,9 @@ def test_bad_threads_are_refused_in_one_line(tmp_path: Path, capsys: pytest.Capt
     assert exc.value.code == 2 and "--threads" in capsys.readouterr().err
 
 
-def test_a_profile_whose_runs_all_finished_starts_no_network(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_profile_whose_runs_all_finished_starts_no_network(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     import simulations.netns
     from simulations.bench_edge import parse_args, run_profile
 
@@ -122,6 +124,7 @@ def test_a_profile_whose_runs_all_finished_starts_no_network(tmp_path: Path, mon
     failures: list[dict[str, str]] = []
     rows = run_profile(args.links[0], args, tmp_path, failures)
     assert [r["wall_s"] for r in rows["fl_none_k1"]] == [10.0, 20.0] and failures == []
+    assert f"kept from an earlier run; it ran with torch default threads, not {args.threads}" in capsys.readouterr().err
     (tmp_path / "fl_none_k1" / "summary.json").unlink()  # one run left to do: the network is made
     with pytest.raises(AssertionError, match="a network was made"):
         run_profile(args.links[0], args, tmp_path, failures)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import torch
@@ -59,17 +60,27 @@ def test_synchronize_waits_on_cuda_devices_only(monkeypatch: pytest.MonkeyPatch)
     assert waited == [torch.device("cuda", 1)]
 
 
-def test_codec_timers_wait_for_the_device_around_every_encode_and_decode(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Client: before each activation encode (after the forward) and after each gradient decode; server:
-    once per step after the backward, before its gradient encodes. 2 clients, 3 steps each, 1 round."""
+def test_codec_timers_wait_for_the_device_right_before_reading_the_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Client: a wait before each activation encode, and before and after each gradient decode; server: one
+    per step before its gradient encodes; each wait followed at once by a clock read. 2 clients, 3 steps
+    each, 1 round: 18 and 6 waits (12 without the wait before a decode). A wait moved just inside a timer
+    also passes here: only a GPU shows the difference (``fl-split gpu-check``)."""
+    import types
+
     import fl_split.sl.client as client
     import fl_split.sl.server as server
 
-    calls: dict[str, list[str]] = {"client": [], "server": []}
-    monkeypatch.setattr(client, "synchronize", lambda d: calls["client"].append(d.type))
-    monkeypatch.setattr(server, "synchronize", lambda d: calls["server"].append(d.type))
+    events: dict[str, list[str]] = {"client": [], "server": []}
+    for name, module in (("client", client), ("server", server)):
+        log = events[name]
+        monkeypatch.setattr(module, "synchronize", lambda d, log=log: log.append(f"wait:{d.type}"))
+        clock = types.SimpleNamespace(perf_counter=lambda log=log: log.append("clock") or time.perf_counter())
+        monkeypatch.setattr(module, "time", clock)
     _run(small_config(clients=2, mode="sequential", uplink="topk:keep=0.1", max_steps_per_round=3))
-    assert calls == {"client": ["cpu"] * 12, "server": ["cpu"] * 6}
+    for name, waits in (("client", 18), ("server", 6)):
+        log = events[name]
+        assert log.count("wait:cpu") == waits, name
+        assert all(log[i + 1] == "clock" for i, e in enumerate(log) if e.startswith("wait")), name
 
 
 @pytest.mark.skipif(CUDA, reason="checks the report of a machine without CUDA")

@@ -217,7 +217,7 @@ def codec_hook(state: CodecHookState, bucket: dist.GradBucket) -> torch.futures.
     state.last_bucket_bytes[index] = len(payload)
     state.bucket_numel[index] = grad.numel()
     mean = total / len(payloads)
-    synchronize(grad.device)  # the decode and average kernels
+    synchronize(grad.device)  # the decode and average kernels (a short stall; encode_parts already waited)
     t3 = time.perf_counter()
     state.encode_s, state.exchange_s, state.decode_s = (
         state.encode_s + t1 - t0,

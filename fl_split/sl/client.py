@@ -249,6 +249,7 @@ class _Runtime:
         st.pending, st.pending_uplink = [], []
 
     def decode_gradient(self, payload: bytes, out: torch.Tensor, j: int) -> torch.Tensor:
+        synchronize(out.device)  # the recomputed forward and the last step are compute, not decode time
         t0 = time.perf_counter()
         try:
             return self._decode_gradient(payload, out, j)
