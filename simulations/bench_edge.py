@@ -324,11 +324,16 @@ def plot(runs: Sequence[Mapping[str, Any]], target: float, clients: int, path: P
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
+    schemes = [s for s in ("sl", "fl") if any(r["scheme"] == s for r in runs)]  # only those plotted
     handles = [
-        Patch(color=colors["sl"], alpha=0.45, label="SL: the rest (compute, Flower)"),
-        Patch(facecolor=colors["sl"], hatch="//", edgecolor="white", label="SL: link (model)"),
-        Patch(color=colors["fl"], alpha=0.45, label="FL: the rest (compute, Flower)"),
-        Patch(facecolor=colors["fl"], hatch="//", edgecolor="white", label="FL: link (model)"),
+        *(
+            patch
+            for s in schemes
+            for patch in (
+                Patch(color=colors[s], alpha=0.45, label=f"{s.upper()}: the rest (compute, Flower)"),
+                Patch(facecolor=colors[s], hatch="//", edgecolor="white", label=f"{s.upper()}: link (model)"),
+            )
+        ),
         Line2D(
             [],
             [],

@@ -124,7 +124,7 @@ class LocalDeployment:
         if num_supernodes < 1:
             raise ValueError(f"num_supernodes must be >= 1, got {num_supernodes}")
         if threads is not None and threads < 1:
-            raise ValueError(f"threads must be >= 1 (or None for torch's default), got {threads}")
+            raise ValueError(f"threads must be >= 1 (or None to keep the caller's environment), got {threads}")
         if network is not None and len(network.nodes) != num_supernodes:
             raise ValueError(f"{num_supernodes} SuperNodes on a network of {len(network.nodes)} node links")
         self.network = network

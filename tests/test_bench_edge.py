@@ -128,3 +128,39 @@ def test_a_profile_whose_runs_all_finished_starts_no_network(
     (tmp_path / "fl_none_k1" / "summary.json").unlink()  # one run left to do: the network is made
     with pytest.raises(AssertionError, match="a network was made"):
         run_profile(args.links[0], args, tmp_path, failures)
+
+
+def test_the_plot_legend_names_only_the_schemes_it_shows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from matplotlib.figure import Figure
+
+    from simulations.bench_edge import plot
+
+    saved: list[Figure] = []
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: saved.append(fig))
+
+    def run(scheme: str, profile: str) -> dict:
+        up = 0.0 if profile == "unshaped" else 5.0
+        return {
+            "profile": profile,
+            "scheme": scheme,
+            "codec": "ms",
+            "k": 1,
+            "wall_s": 60.0,
+            "time_to_target_s": 50.0,
+            "compute_s": 40.0,
+            "link_s": 10.0,
+            "predicted_s": 55.0,
+            "up_mbit": up,
+            "down_mbit": up,
+            "final_accuracy": 0.96,
+        }
+
+    def legend(runs: list[dict]) -> list[str]:
+        plot(runs, 0.95, 4, tmp_path / "edge.png")
+        return [t.get_text() for t in saved.pop().legends[0].get_texts()]
+
+    sl_only = legend([run("sl", "unshaped"), run("sl", "lte")])
+    assert sl_only == ["SL: the rest (compute, Flower)", "SL: link (model)", "predicted from the unshaped run(s)"]
+    both = legend([run("sl", "lte"), run("fl", "lte")])
+    assert [t for t in both if t.startswith("FL")] == ["FL: the rest (compute, Flower)", "FL: link (model)"]
+    assert len(both) == 5
