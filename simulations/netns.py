@@ -66,11 +66,21 @@ def _run(cmd: list[str]) -> None:
         raise NetnsError(f"`{' '.join(cmd)}` failed: {(done.stderr or done.stdout).strip()}")
 
 
+#: bytes a shaped link may send at once after an idle gap: at least a few full frames, else 2 ms of traffic
+MIN_BURST = 4096
+
+
 def tbf_args(mbit: float) -> list[str]:
-    """``tc`` arguments of a token bucket at ``mbit`` Mbit/s: a burst of 20 ms of traffic (at least
-    64 KiB, one offloaded segment) and a queue of up to 500 ms, so TCP sees a rate, not drops."""
+    """``tc`` arguments of a token bucket at ``mbit`` Mbit/s: a burst of 2 ms of traffic (at least
+    :data:`MIN_BURST` bytes; ``tbf`` splits larger offloaded segments) and a queue of up to 500 ms, so TCP
+    sees a rate, not drops.
+
+    The burst is what an idle link sends at once, ahead of its rate. It was 64 KiB (one offloaded
+    segment) until 12-08: every message after an idle gap then had its first 64 KiB free, and a
+    148.6 KB uplink message at 1 Mbit/s took 0.72 s instead of 1.21 s (0.60x); with 4 KiB, 1.21 s.
+    """
     rate_bps = mbit * 1e6
-    burst = max(64 * 1024, int(rate_bps / 8 * 0.02))
+    burst = max(MIN_BURST, int(rate_bps / 8 * 0.002))
     return ["tbf", "rate", f"{int(rate_bps)}bit", "burst", str(burst), "latency", "500ms"]
 
 
@@ -282,18 +292,86 @@ c = socket.create_connection((sys.argv[1], int(sys.argv[2]))); c.sendall(bytes(i
 """
 
 
+_ACK_RECEIVER = """
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2]))); s.listen(1); print("ready", flush=True)
+c, _ = s.accept(); c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+m = int(sys.argv[3])
+while True:
+    n = 0
+    while n < m:
+        b = c.recv(1 << 16)
+        if not b: sys.exit(0)
+        n += len(b)
+    c.sendall(b"k")
+"""
+_MESSAGE_SENDER = """
+import json, socket, sys, time
+c = socket.create_connection((sys.argv[1], int(sys.argv[2]))); c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+m, n, gap = int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
+out = []
+for _ in range(n):
+    time.sleep(gap)
+    t = time.perf_counter(); c.sendall(bytes(m)); c.recv(1); out.append(time.perf_counter() - t)
+print(json.dumps(out), flush=True)
+"""
+
+
+def _ends(network: ShapedNetwork, node: int, direction: str) -> tuple[str, str, str]:
+    """``(receiver namespace, receiver address, sender namespace)`` of node ``node``'s link in ``direction``."""
+    n = network.nodes[node]
+    if direction == "up":
+        return network.server_netns, network.server_ip, n.netns
+    if direction == "down":
+        return n.netns, n.ip, network.server_netns
+    raise ValueError(f"direction is 'up' or 'down', got {direction!r}")
+
+
+def message_seconds(
+    network: ShapedNetwork, node: int, direction: str, nbytes: int, count: int = 3, gap_s: float = 1.0
+) -> list[float]:
+    """Seconds each of ``count`` messages of ``nbytes`` takes over node ``node``'s link in ``direction``,
+    each sent after ``gap_s`` idle seconds on one TCP connection and timed by the sender until a 1-byte
+    reply: how split learning uses a link (a message, then a wait). On a faithful link about
+    ``nbytes * 8 / (rate * GOODPUT)``; a shaper's burst shows up as messages faster than that."""
+    import json
+    import sys
+
+    recv_ns, recv_ip, send_ns = _ends(network, node, direction)
+    port = "5202"
+    recv = subprocess.Popen(
+        [*network.exec_prefix(recv_ns), sys.executable, "-c", _ACK_RECEIVER, recv_ip, port, str(nbytes)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert recv.stdout is not None
+        if recv.stdout.readline().strip() != "ready":
+            raise NetnsError(f"the message receiver in {recv_ns} did not start")
+        args = [recv_ip, port, str(nbytes), str(count), str(gap_s)]
+        sent = subprocess.run(
+            [*network.exec_prefix(send_ns), sys.executable, "-c", _MESSAGE_SENDER, *args],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=600,
+        )
+        recv.wait(timeout=30)
+    finally:
+        if recv.poll() is None:
+            recv.kill()
+            recv.wait()
+    return [float(t) for t in json.loads(sent.stdout)]
+
+
 def measure_mbit(network: ShapedNetwork, node: int, direction: str, nbytes: int = 2_000_000) -> float:
     """Goodput of node ``node``'s link in ``direction`` (``"up"``: node → server, ``"down"``), Mbit/s:
     ``nbytes`` over one TCP connection, timed by the receiver from its first byte to the last."""
     import sys
 
+    recv_ns, recv_ip, send_ns = _ends(network, node, direction)
     n = network.nodes[node]
-    if direction == "up":
-        recv_ns, recv_ip, send_ns = network.server_netns, network.server_ip, n.netns
-    elif direction == "down":
-        recv_ns, recv_ip, send_ns = n.netns, n.ip, network.server_netns
-    else:
-        raise ValueError(f"direction is 'up' or 'down', got {direction!r}")
     port = "5201"
     recv = subprocess.Popen(
         [*network.exec_prefix(recv_ns), sys.executable, "-c", _RECEIVER, recv_ip, port],

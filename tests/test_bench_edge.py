@@ -9,13 +9,14 @@ from pathlib import Path
 
 import pytest
 
+from fl_split.link import GOODPUT
 from simulations.bench_edge import THREADS_FILE, default_threads, main
 from simulations.deploy import LocalDeployment
 
-#: a custom link of 8/8 Mbit/s without RTT: a round's 985,000 bytes each way per client take
-#: 985,000 * 8 / (8e6 * 0.985) = 1.0 s up and 1.0 s down (GOODPUT 0.985), so FL's round grows by 2.0 s
+#: a custom link of 8/8 Mbit/s without RTT: a round's 1e6 * GOODPUT bytes each way per client take
+#: 1.0 s up and 1.0 s down, so FL's round grows by 2.0 s
 LINK = "up=8,down=8"
-PER_CLIENT = 985_000
+PER_CLIENT = round(1e6 * GOODPUT)
 
 
 def _write(folder: Path, walls: list[float], accuracy: list[float]) -> None:

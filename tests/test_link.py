@@ -80,15 +80,15 @@ def test_compare_gives_each_run_its_time_to_target_on_a_link() -> None:
         cell = Cell("sl", "x", SLConfig.from_dict({"clients": 4, "mode": mode, "engine": "inprocess"}))
         got = cell_result(cell, {"status": "completed"}, rows, 0.95, link)
         assert (got["s_to_target"], got["link"]) == (4.0, "lte")
-        # by hand: per client and round 0.25 MB up at 5 Mbit/s, 1 MB down at 20 (x 1/0.985), one 50 ms exchange
-        per_client = 2e6 / (5e6 * 0.985) + 8e6 / (20e6 * 0.985) + 0.05
+        # by hand: per client and round 0.25 MB up at 5 Mbit/s, 1 MB down at 20 (x 1/GOODPUT), one 50 ms exchange
+        per_client = 2e6 / (5e6 * GOODPUT) + 8e6 / (20e6 * GOODPUT) + 0.05
         expected = 4.0 + 2 * (4 * per_client if sequential else per_client)
         assert got["s_to_target_link"] == pytest.approx(expected, abs=0.01), (mode, got["s_to_target_link"])
     # a round's own client count wins over the configured one (sampling: 2 of 10 here)
     sampled = [{**r, "clients": 2} for r in rows]
     cell = Cell("sl", "x", SLConfig.from_dict({"clients": 10, "fraction": 0.2, "engine": "inprocess"}))
     got = cell_result(cell, {"status": "completed"}, sampled, 0.95, link)
-    per_client = 4e6 / (5e6 * 0.985) + 16e6 / (20e6 * 0.985) + 0.1
+    per_client = 4e6 / (5e6 * GOODPUT) + 16e6 / (20e6 * GOODPUT) + 0.1
     assert got["s_to_target_link"] == pytest.approx(4.0 + 2 * per_client, abs=0.01)
     assert cell_result(cell, {"status": "completed"}, rows, 0.99, link)["s_to_target_link"] is None
 
