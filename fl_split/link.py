@@ -17,9 +17,9 @@ other clients' transfers (measured: on 5/20 Mbit/s links the stream part took th
 unshaped time and the link time, within 2 s), so that part is the longer of the two; the round's
 other seconds (Flower's messages, evaluation) stay. Elsewhere the link time adds: FL's transfers
 come before and after local training, and ``sequential`` split learning's clients take turns, so their
-link times add up. ``η`` (:data:`GOODPUT`) is the share of a shaped rate that carries payload bytes,
-measured by ``tests/test_netns.py`` on a ``tbf`` link. Not modelled: TCP slow start after idle
-periods, loss, and round trips beyond one per exchange.
+link times add up. ``η`` (:data:`GOODPUT`) is the share of a link's rate that carries payload bytes
+(TCP payload per full Ethernet frame; ``tests/test_netns.py`` checks it on a ``tbf`` link). Not
+modelled: TCP slow start after idle periods, loss, and round trips beyond one per exchange.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ from typing import Any
 #: Share of a link's rate that carries payload bytes: a full Ethernet frame of 1514 bytes (what ``tbf``
 #: counts) carries 1448 of TCP payload (20 bytes of IP and 32 of TCP with timestamps, 14 of Ethernet);
 #: the stream's framing adds under 0.5 % on MB-sized messages. Measured on this project's shaped veth
-#: links with a 4 KiB burst: 0.959 and 0.958 of 1 and 4 Mbit/s (``tests/test_netns.py`` checks it).
+#: links with a 4 KiB burst: 0.959 and 0.958 of 1 and 4 Mbit/s, 0.956 and 0.958 of 20 and 50
+#: (``tests/test_netns.py`` checks 4 and 12).
 #: It was 0.985 until 12-08, read off links whose 64 KiB burst carried a transfer's first bytes free.
 GOODPUT = 1448 / 1514
 
