@@ -25,7 +25,8 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from types import FrameType, TracebackType
 from typing import Any
@@ -332,6 +333,27 @@ def _ends(network: ShapedNetwork, node: int, direction: str) -> tuple[str, str, 
     raise ValueError(f"direction is 'up' or 'down', got {direction!r}")
 
 
+@contextmanager
+def _receiver(
+    network: ShapedNetwork, netns: str, what: str, script: str, *args: str
+) -> Iterator[subprocess.Popen[str]]:
+    """Run ``script`` (a receiver that prints ``ready`` once it listens) in ``netns``; killed on exit if running."""
+    import sys
+
+    recv = subprocess.Popen(
+        [*network.exec_prefix(netns), sys.executable, "-c", script, *args], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert recv.stdout is not None
+        if recv.stdout.readline().strip() != "ready":
+            raise NetnsError(f"the {what} receiver in {netns} did not start")
+        yield recv
+    finally:
+        if recv.poll() is None:
+            recv.kill()
+            recv.wait()
+
+
 def message_seconds(
     network: ShapedNetwork, node: int, direction: str, nbytes: int, count: int = 3, gap_s: float = 1.0
 ) -> list[float]:
@@ -346,15 +368,7 @@ def message_seconds(
         raise ValueError(f"nbytes and count must be >= 1 and gap_s >= 0, got {nbytes}, {count}, {gap_s}")
     recv_ns, recv_ip, send_ns = _ends(network, node, direction)
     port = "5202"
-    recv = subprocess.Popen(
-        [*network.exec_prefix(recv_ns), sys.executable, "-c", _ACK_RECEIVER, recv_ip, port, str(nbytes)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert recv.stdout is not None
-        if recv.stdout.readline().strip() != "ready":
-            raise NetnsError(f"the message receiver in {recv_ns} did not start")
+    with _receiver(network, recv_ns, "message", _ACK_RECEIVER, recv_ip, port, str(nbytes)) as recv:
         args = [recv_ip, port, str(nbytes), str(count), str(gap_s)]
         sent = subprocess.run(
             [*network.exec_prefix(send_ns), sys.executable, "-c", _MESSAGE_SENDER, *args],
@@ -366,10 +380,6 @@ def message_seconds(
         if sent.returncode != 0:
             raise NetnsError(f"timing messages over the {direction}link of {send_ns} failed: {sent.stderr.strip()}")
         recv.wait(timeout=30)
-    finally:
-        if recv.poll() is None:
-            recv.kill()
-            recv.wait()
     return [float(t) for t in json.loads(sent.stdout)]
 
 
@@ -381,26 +391,15 @@ def measure_mbit(network: ShapedNetwork, node: int, direction: str, nbytes: int 
     recv_ns, recv_ip, send_ns = _ends(network, node, direction)
     n = network.nodes[node]
     port = "5201"
-    recv = subprocess.Popen(
-        [*network.exec_prefix(recv_ns), sys.executable, "-c", _RECEIVER, recv_ip, port],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert recv.stdout is not None
-        if recv.stdout.readline().strip() != "ready":
-            raise NetnsError(f"the throughput receiver in {recv_ns} did not start")
+    with _receiver(network, recv_ns, "throughput", _RECEIVER, recv_ip, port) as recv:
         subprocess.run(
             [*network.exec_prefix(send_ns), sys.executable, "-c", _SENDER, recv_ip, port, str(nbytes)],
             check=True,
             timeout=600,
         )
+        assert recv.stdout is not None
         got, seconds = recv.stdout.readline().split()
         recv.wait(timeout=30)
-    finally:
-        if recv.poll() is None:
-            recv.kill()
-            recv.wait()
     if int(got) != nbytes:
         raise NetnsError(f"sent {nbytes} bytes over {direction}link of {n.netns}, {got} arrived")
     return int(got) * 8 / float(seconds) / 1e6
